@@ -1,0 +1,1 @@
+//! The shoal operator (see issue: Kubernetes).
