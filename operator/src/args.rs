@@ -1,0 +1,47 @@
+//! The flags of `shoal operator`, each with its environment variable and default.
+
+use clap::Args;
+
+/// Flags of `shoal operator`.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct OperatorArgs {
+    /// Namespace whose TaskClusters are reconciled; all namespaces when empty.
+    #[arg(
+        long = "watch-namespace",
+        env = "SHOAL_WATCH_NAMESPACE",
+        default_value = ""
+    )]
+    pub watch_namespace: String,
+
+    /// Port of the operator's /metrics, /healthz and /readyz.
+    #[arg(long, env = "SHOAL_OPERATOR_METRICS_PORT", default_value_t = 8081)]
+    pub metrics_port: u16,
+
+    /// Elect one active replica through a coordination.k8s.io Lease.
+    #[arg(long, env = "SHOAL_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "SHOAL_LEASE_NAME", default_value = "shoal-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease; the client's default namespace when empty.
+    #[arg(long, env = "SHOAL_LEASE_NAMESPACE", default_value = "")]
+    pub lease_namespace: String,
+
+    /// Seconds a lease stays valid without renewal.
+    #[arg(long, env = "SHOAL_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// This replica's identity (Lease holder and Event reporter); the pod name in-cluster.
+    #[arg(long, env = "SHOAL_OPERATOR_POD_NAME", default_value = "")]
+    pub pod_name: String,
+
+    /// Port of each cluster's head REST API (asked for idle nodes on scale-down).
+    #[arg(long, env = "SHOAL_HEAD_PORT", default_value_t = 8265)]
+    pub head_port: u16,
+
+    /// TaskClusters reconciled at the same time.
+    #[arg(long, env = "SHOAL_OPERATOR_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+}

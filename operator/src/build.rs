@@ -1,0 +1,748 @@
+//! Builders: pure functions from a [`ValidCluster`] to the Kubernetes objects it needs.
+//!
+//! Nothing here talks to the API server, reads the clock or draws random numbers, so the
+//! same cluster always builds byte-identical objects. That property is what makes the
+//! template hash ([`TEMPLATE_HASH`]) meaningful: a pod whose annotation differs from the
+//! hash of what would be built now is out of date and is replaced by the rollout.
+//!
+//! A user's pod template is the *base* of each pod: the operator fills in the containers
+//! it owns (`head`, `raylet`, the init containers, and the command of `worker`), adds its
+//! labels, volumes and env, and leaves every other field (node selectors, tolerations,
+//! affinity, sidecars, security context, ...) as the user wrote it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::labels::{self, TEMPLATE_HASH};
+use crate::quantity::Amount;
+use crate::validate::{ValidCluster, ValidGroup, WORKER_CONTAINER};
+
+/// GCS gRPC port.
+pub const GCS_PORT: i32 = 6379;
+/// Head REST API, metrics and health port.
+pub const HEAD_HTTP_PORT: i32 = 8265;
+/// Raylet gRPC port.
+pub const RAYLET_PORT: i32 = 6380;
+/// Raylet metrics and health port.
+pub const RAYLET_METRICS_PORT: i32 = 8080;
+
+/// Path of the shoal binary in the shoal image.
+pub const SHOAL_BIN: &str = "/usr/local/bin/shoal";
+/// Where the worker container finds the shoal binary (an emptyDir filled by an init container).
+pub const SHARED_BIN_DIR: &str = "/shoal-bin";
+/// Directory of the raylet's Unix socket, shared with the worker container.
+pub const SOCKET_DIR: &str = "/var/run/shoal";
+/// The raylet's Unix socket for external workers.
+pub const RAYLET_SOCKET: &str = "/var/run/shoal/raylet.sock";
+/// Where the REST API's token Secret is mounted.
+pub const TOKEN_DIR: &str = "/var/run/shoal/token";
+/// Where raylets spill objects.
+pub const SPILL_DIR: &str = "/var/lib/shoal/spill";
+/// Seconds the GCS-wait init container waits before failing (and being retried by the kubelet).
+pub const GCS_WAIT_TIMEOUT_SECS: u32 = 300;
+
+/// Memory of the raylet container when tasks run in a separate worker container: the
+/// object store plus this much for the raylet itself.
+const RAYLET_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The head Service: GCS, REST/metrics and the user's extra ports, routed to the head pod.
+pub fn head_service(cluster: &ValidCluster, owner: &OwnerReference) -> Service {
+    let mut ports = vec![
+        service_port("gcs", GCS_PORT),
+        service_port("http", HEAD_HTTP_PORT),
+    ];
+    ports.extend(
+        cluster
+            .head
+            .ports
+            .iter()
+            .map(|p| service_port(&p.name, p.port)),
+    );
+    Service {
+        metadata: ObjectMeta {
+            name: Some(labels::head_name(&cluster.name)),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(labels::object_labels(
+                &cluster.name,
+                labels::ROLE_HEAD,
+                None,
+            )),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(cluster.head.service_type.as_str().to_string()),
+            selector: Some(labels::head_selector(&cluster.name)),
+            ports: Some(ports),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The head pod, named `<cluster>-head`, with its template hash.
+pub fn head_pod(cluster: &ValidCluster, owner: &OwnerReference) -> Pod {
+    let mut template = head_template(cluster);
+    let hash = template_hash(&template);
+    finish(
+        &mut template,
+        labels::head_name(&cluster.name),
+        cluster,
+        owner,
+        hash,
+    );
+    template
+}
+
+/// Hash of the head pod the cluster wants now.
+pub fn head_hash(cluster: &ValidCluster) -> String {
+    template_hash(&head_template(cluster))
+}
+
+/// A raylet pod of `group` with the given name, with its template hash.
+pub fn raylet_pod(
+    cluster: &ValidCluster,
+    group: &ValidGroup,
+    name: &str,
+    owner: &OwnerReference,
+) -> Pod {
+    let mut template = raylet_template(cluster, group);
+    let hash = template_hash(&template);
+    finish(&mut template, name.to_string(), cluster, owner, hash);
+    template
+}
+
+/// Hash of the raylet pods `group` wants now.
+pub fn raylet_hash(cluster: &ValidCluster, group: &ValidGroup) -> String {
+    template_hash(&raylet_template(cluster, group))
+}
+
+/// `SHOAL_GCS_ADDRESS` of the cluster's raylets.
+pub fn gcs_address(cluster: &ValidCluster) -> String {
+    format!(
+        "{}:{GCS_PORT}",
+        labels::head_service_host(&cluster.name, &cluster.namespace)
+    )
+}
+
+fn head_template(cluster: &ValidCluster) -> Pod {
+    let mut pod = base_pod(
+        &cluster.head.template,
+        labels::object_labels(&cluster.name, labels::ROLE_HEAD, None),
+        HEAD_HTTP_PORT,
+    );
+    let mut args = strings(&[
+        "head",
+        "--host",
+        "0.0.0.0",
+        "--gcs-port",
+        &GCS_PORT.to_string(),
+        "--port",
+        &HEAD_HTTP_PORT.to_string(),
+    ]);
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    let mut mounts = Vec::new();
+    if let Some(secret) = &cluster.head.token_secret {
+        args.extend(strings(&["--token-file", &format!("{TOKEN_DIR}/token")]));
+        push_volume(
+            spec,
+            Volume {
+                name: "shoal-token".to_string(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.name.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: secret.key.clone(),
+                        path: "token".to_string(),
+                        mode: None,
+                    }]),
+                    default_mode: Some(0o440),
+                    optional: None,
+                }),
+                ..Volume::default()
+            },
+        );
+        mounts.push(mount("shoal-token", TOKEN_DIR, true));
+    }
+    let mut ports = vec![
+        container_port("gcs", GCS_PORT),
+        container_port("http", HEAD_HTTP_PORT),
+    ];
+    ports.extend(
+        cluster
+            .head
+            .ports
+            .iter()
+            .map(|p| container_port(&p.name, p.port)),
+    );
+    let head = upsert_container(spec, "head");
+    shoal_container(head, cluster, args, cluster.head.resources.clone());
+    head.ports = Some(ports);
+    head.readiness_probe
+        .get_or_insert_with(|| probe("/readyz", HEAD_HTTP_PORT, 5));
+    head.liveness_probe
+        .get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
+    extend(&mut head.volume_mounts, mounts);
+    pod
+}
+
+fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
+    let mut pod = base_pod(
+        &group.template,
+        labels::object_labels(&cluster.name, labels::ROLE_RAYLET, Some(&group.name)),
+        RAYLET_METRICS_PORT,
+    );
+    let node = &group.node;
+    let mut args = strings(&[
+        "raylet",
+        "--gcs",
+        "$(SHOAL_GCS_ADDRESS)",
+        "--host",
+        "0.0.0.0",
+        "--node-ip",
+        "$(POD_IP)",
+        "--port",
+        &RAYLET_PORT.to_string(),
+        "--metrics-port",
+        &RAYLET_METRICS_PORT.to_string(),
+    ]);
+    if let Some(cpus) = node.cpus {
+        args.extend(strings(&["--num-cpus", &Amount(cpus).to_string()]));
+    }
+    args.extend(strings(&["--num-gpus", &Amount(node.gpus).to_string()]));
+    if let Some(memory) = node.memory {
+        args.extend(strings(&["--memory", &memory.to_string()]));
+    }
+    if let Some(memory) = node.object_store_memory {
+        args.extend(strings(&["--object-store-memory", &memory.to_string()]));
+    }
+    if !node.custom.is_empty() {
+        args.extend(strings(&["--resources", &node.custom_flag()]));
+    }
+    let node_labels: Vec<String> = group
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    args.extend(strings(&["--labels", &node_labels.join(",")]));
+    if group.external_workers {
+        args.extend(strings(&[
+            "--worker-mode",
+            "external",
+            "--worker-socket",
+            RAYLET_SOCKET,
+        ]));
+    }
+
+    let gcs_env = env("SHOAL_GCS_ADDRESS", &gcs_address(cluster));
+    let spec = pod.spec.get_or_insert_with(PodSpec::default);
+    push_volume(
+        spec,
+        Volume {
+            name: "shoal-spill".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: cluster.spill_volume.medium.clone(),
+                size_limit: cluster.spill_volume.size_limit.clone(),
+            }),
+            ..Volume::default()
+        },
+    );
+    let mut raylet_mounts = vec![mount("shoal-spill", SPILL_DIR, false)];
+
+    // Init: wait until the GCS accepts connections, so raylets never crash-loop while the
+    // head starts (and rejoin a recreated head through the same Service name).
+    let mut init = Vec::new();
+    let mut wait = Container {
+        name: "wait-for-gcs".to_string(),
+        command: Some(vec![SHOAL_BIN.to_string()]),
+        args: Some(strings(&[
+            "wait-for",
+            "$(SHOAL_GCS_ADDRESS)",
+            "--timeout",
+            &GCS_WAIT_TIMEOUT_SECS.to_string(),
+        ])),
+        env: Some(vec![gcs_env.clone()]),
+        ..Container::default()
+    };
+    image_of(&mut wait, cluster);
+    init.push(wait);
+
+    let raylet_resources = if group.external_workers {
+        push_volume(spec, empty_dir("shoal-bin"));
+        push_volume(spec, empty_dir("shoal-socket"));
+        raylet_mounts.push(mount("shoal-socket", SOCKET_DIR, false));
+        let mut install = Container {
+            name: "install-shoal".to_string(),
+            // The image holds a single static `cp` next to shoal for exactly this copy.
+            command: Some(strings(&[
+                "cp",
+                SHOAL_BIN,
+                &format!("{SHARED_BIN_DIR}/shoal"),
+            ])),
+            volume_mounts: Some(vec![mount("shoal-bin", SHARED_BIN_DIR, false)]),
+            ..Container::default()
+        };
+        image_of(&mut install, cluster);
+        init.push(install);
+        let worker = upsert_container(spec, WORKER_CONTAINER);
+        worker.command = Some(strings(&[
+            &format!("{SHARED_BIN_DIR}/shoal"),
+            "worker",
+            "--raylet-socket",
+            RAYLET_SOCKET,
+            "--num-workers",
+            &node.worker_processes().to_string(),
+        ]));
+        worker.args = None;
+        if worker.resources.is_none() {
+            worker.resources = group.resources.clone();
+        }
+        extend(
+            &mut worker.volume_mounts,
+            vec![
+                mount("shoal-bin", SHARED_BIN_DIR, true),
+                mount("shoal-socket", SOCKET_DIR, false),
+            ],
+        );
+        // The raylet itself needs little CPU; its memory is the object store plus overhead.
+        let memory = node.object_store_memory.unwrap_or(0) + RAYLET_OVERHEAD_BYTES;
+        Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("100m".to_string())),
+                ("memory".to_string(), Quantity(memory.to_string())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity(memory.to_string()),
+            )])),
+            ..ResourceRequirements::default()
+        })
+    } else {
+        group.resources.clone()
+    };
+    let mut user_init = spec.init_containers.take().unwrap_or_default();
+    init.append(&mut user_init);
+    spec.init_containers = Some(init);
+
+    let raylet = upsert_container(spec, "raylet");
+    shoal_container(raylet, cluster, args, raylet_resources);
+    raylet.ports = Some(vec![
+        container_port("raylet", RAYLET_PORT),
+        container_port("metrics", RAYLET_METRICS_PORT),
+    ]);
+    extend(
+        &mut raylet.env,
+        vec![
+            gcs_env,
+            field_env("POD_IP", "status.podIP"),
+            field_env("SHOAL_NODE_NAME", "metadata.name"),
+            env("SHOAL_SPILL_DIR", SPILL_DIR),
+        ],
+    );
+    raylet
+        .readiness_probe
+        .get_or_insert_with(|| probe("/readyz", RAYLET_METRICS_PORT, 5));
+    raylet
+        .liveness_probe
+        .get_or_insert_with(|| probe("/healthz", RAYLET_METRICS_PORT, 10));
+    extend(&mut raylet.volume_mounts, raylet_mounts);
+    pod
+}
+
+/// Starts a pod from the user's template, adds the operator's labels and the scrape
+/// annotations, and defaults the pod-level security context to non-root.
+fn base_pod(
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    own_labels: BTreeMap<String, String>,
+    metrics_port: i32,
+) -> Pod {
+    let mut metadata = template.metadata.clone().unwrap_or_default();
+    let mut pod_labels = metadata.labels.take().unwrap_or_default();
+    pod_labels.extend(own_labels);
+    metadata.labels = Some(pod_labels);
+    let annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (k, v) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", metrics_port.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        annotations.entry(k.to_string()).or_insert(v);
+    }
+    let mut spec = template.spec.clone().unwrap_or_default();
+    spec.security_context
+        .get_or_insert_with(|| PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        });
+    Pod {
+        metadata,
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+/// Sets what every container running the shoal image has.
+fn shoal_container(
+    c: &mut Container,
+    cluster: &ValidCluster,
+    args: Vec<String>,
+    resources: Option<ResourceRequirements>,
+) {
+    image_of(c, cluster);
+    c.command = Some(vec![SHOAL_BIN.to_string()]);
+    c.args = Some(args);
+    if c.resources.is_none() {
+        c.resources = resources;
+    }
+}
+
+/// The shoal image and pull policy, unless the user's template names its own, and a
+/// restrictive container security context unless the template sets one.
+fn image_of(c: &mut Container, cluster: &ValidCluster) {
+    if c.image.as_deref().unwrap_or("").is_empty() {
+        c.image = Some(cluster.image.clone());
+    }
+    if c.image_pull_policy.is_none() {
+        c.image_pull_policy = cluster.image_pull_policy.map(|p| p.as_str().to_string());
+    }
+    c.security_context.get_or_insert_with(|| SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    });
+}
+
+/// Sets name, namespace, owner and hash on a built template.
+fn finish(
+    pod: &mut Pod,
+    name: String,
+    cluster: &ValidCluster,
+    owner: &OwnerReference,
+    hash: String,
+) {
+    pod.metadata.name = Some(name);
+    pod.metadata.namespace = Some(cluster.namespace.clone());
+    pod.metadata.owner_references = Some(vec![owner.clone()]);
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(TEMPLATE_HASH.to_string(), hash);
+}
+
+/// FNV-1a (64-bit) of the pod's JSON: stable across Rust releases and operator restarts,
+/// unlike `std`'s hasher, so an operator upgrade alone never triggers a rollout.
+pub fn template_hash(pod: &Pod) -> String {
+    let bytes = serde_json::to_vec(pod).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn upsert_container<'a>(spec: &'a mut PodSpec, name: &str) -> &'a mut Container {
+    let index = match spec.containers.iter().position(|c| c.name == name) {
+        Some(i) => i,
+        None => {
+            // The operator's containers go first so `kubectl logs` picks them by default.
+            spec.containers.insert(
+                0,
+                Container {
+                    name: name.to_string(),
+                    ..Container::default()
+                },
+            );
+            0
+        }
+    };
+    &mut spec.containers[index]
+}
+
+fn push_volume(spec: &mut PodSpec, volume: Volume) {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    if !volumes.iter().any(|v| v.name == volume.name) {
+        volumes.push(volume);
+    }
+}
+
+/// Appends items whose name the list does not have yet (the user's entries win).
+fn extend<T: Named>(list: &mut Option<Vec<T>>, items: Vec<T>) {
+    let list = list.get_or_insert_with(Vec::new);
+    for item in items {
+        if !list.iter().any(|x| x.key() == item.key()) {
+            list.push(item);
+        }
+    }
+}
+
+trait Named {
+    fn key(&self) -> &str;
+}
+impl Named for EnvVar {
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+impl Named for VolumeMount {
+    fn key(&self) -> &str {
+        &self.mount_path
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::String(name.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+fn probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn owner() -> OwnerReference {
+        OwnerReference {
+            api_version: "shoal.dev/v1alpha1".into(),
+            kind: "TaskCluster".into(),
+            name: "demo".into(),
+            uid: "tc-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == name))
+            .expect("container")
+    }
+
+    #[test]
+    fn raylet_flags_come_from_the_group_resources() {
+        let (valid, _) = fixtures::valid_and_desired();
+        let pod = raylet_pod(&valid, &valid.groups[0], "demo-cpu-abcde", &owner());
+        let raylet = container(&pod, "raylet");
+        assert_eq!(
+            raylet.args.clone().unwrap_or_default().join(" "),
+            "raylet --gcs $(SHOAL_GCS_ADDRESS) --host 0.0.0.0 --node-ip $(POD_IP) --port 6380 --metrics-port 8080 \
+             --num-cpus 2 --num-gpus 0 --memory 4294967296 --object-store-memory 1073741824 \
+             --labels shoal.dev/group=cpu,tier=general"
+        );
+        let env: Vec<&str> = raylet
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "SHOAL_GCS_ADDRESS",
+                "POD_IP",
+                "SHOAL_NODE_NAME",
+                "SHOAL_SPILL_DIR"
+            ]
+        );
+        assert_eq!(
+            raylet.env.as_ref().expect("env")[0].value.as_deref(),
+            Some("demo-head.default.svc:6379")
+        );
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels["shoal.dev/cluster"], "demo");
+        assert_eq!(labels["shoal.dev/group"], "cpu");
+        assert_eq!(labels["shoal.dev/role"], "raylet");
+        assert_eq!(pod.metadata.owner_references, Some(vec![owner()]));
+        let init = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            init[0].args.clone().unwrap_or_default().join(" "),
+            "wait-for $(SHOAL_GCS_ADDRESS) --timeout 300"
+        );
+        assert_eq!(
+            raylet
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/readyz")
+        );
+    }
+
+    #[test]
+    fn worker_container_gets_the_shared_binary_and_the_raylet_socket() {
+        let (valid, _) = fixtures::valid_and_desired();
+        let pod = raylet_pod(&valid, &valid.groups[1], "demo-gpu-abcde", &owner());
+        let raylet_args = container(&pod, "raylet")
+            .args
+            .clone()
+            .unwrap_or_default()
+            .join(" ");
+        assert!(raylet_args.contains("--num-cpus 4 --num-gpus 1 --memory 17179869184 --object-store-memory 1073741824 --resources accel=1,example.com/fpga=2"), "{raylet_args}");
+        assert!(
+            raylet_args
+                .ends_with("--worker-mode external --worker-socket /var/run/shoal/raylet.sock"),
+            "{raylet_args}"
+        );
+        let worker = container(&pod, "worker");
+        assert_eq!(worker.image.as_deref(), Some("python:3.12-slim"));
+        assert_eq!(
+            worker.command.clone().unwrap_or_default().join(" "),
+            "/shoal-bin/shoal worker --raylet-socket /var/run/shoal/raylet.sock --num-workers 4"
+        );
+        assert_eq!(worker.resources, valid.groups[1].resources);
+        let init: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(init, ["wait-for-gcs", "install-shoal"]);
+        // The user's tolerations survive.
+        assert!(pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_ref())
+            .is_some());
+    }
+
+    #[test]
+    fn head_pod_and_service_expose_gcs_and_http() {
+        let (mut valid, _) = fixtures::valid_and_desired();
+        valid.head.token_secret = Some(crate::crd::SecretKeyRef {
+            name: "tok".into(),
+            key: "token".into(),
+        });
+        let pod = head_pod(&valid, &owner());
+        let head = container(&pod, "head");
+        assert_eq!(
+            head.args.clone().unwrap_or_default().join(" "),
+            "head --host 0.0.0.0 --gcs-port 6379 --port 8265 --token-file /var/run/shoal/token/token"
+        );
+        assert_eq!(pod.metadata.name.as_deref(), Some("demo-head"));
+        let svc = head_service(&valid, &owner());
+        let ports: Vec<i32> = svc
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(ports, [6379, 8265]);
+    }
+
+    #[test]
+    fn building_is_deterministic_and_the_hash_follows_the_spec() {
+        let (valid, _) = fixtures::valid_and_desired();
+        assert_eq!(
+            raylet_hash(&valid, &valid.groups[0]),
+            raylet_hash(&valid, &valid.groups[0])
+        );
+        assert_ne!(
+            raylet_hash(&valid, &valid.groups[0]),
+            raylet_hash(&valid, &valid.groups[1])
+        );
+        let mut changed = valid.clone();
+        changed.image = "other:1".into();
+        assert_ne!(head_hash(&valid), head_hash(&changed));
+        assert_ne!(
+            raylet_hash(&valid, &valid.groups[0]),
+            raylet_hash(&changed, &changed.groups[0])
+        );
+        // The pod name is not part of the hash: every pod of a group shares it.
+        let a = raylet_pod(&valid, &valid.groups[0], "a", &owner());
+        let b = raylet_pod(&valid, &valid.groups[0], "b", &owner());
+        assert_eq!(a.metadata.annotations, b.metadata.annotations);
+    }
+}
