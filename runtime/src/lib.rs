@@ -1,1 +1,36 @@
-//! shoal runtime
+//! shoal's runtime: a distributed task runtime in the spirit of Ray's task
+//! system.
+//!
+//! - [`gcs`]: the global control service (membership, resource view, jobs, KV);
+//! - [`raylet`]: per node, the owner of submitted tasks, the local scheduler,
+//!   worker pool, object store and object manager;
+//! - [`worker`]: the process that runs tasks (builtins and `exec` commands);
+//! - [`client`]: the Rust client (`connect`, `submit`, `get`, `put`, `wait`);
+//! - [`job`]: the job-spec format and its validation; [`driver`] runs one;
+//! - [`local_cluster`]: a head and N raylets as local processes.
+
+#![warn(missing_docs, rust_2018_idioms)]
+
+pub mod bench;
+pub mod client;
+pub mod driver;
+pub mod error;
+pub mod frame;
+pub mod gcs;
+pub mod head;
+pub mod http;
+pub mod ids;
+pub mod job;
+pub mod local_cluster;
+pub mod net;
+pub mod raylet;
+pub mod resources;
+pub mod value;
+pub mod worker;
+
+pub use client::{node_stats, Client, ConnectOptions, ObjectRef, Task, TaskArg};
+pub use error::{Error, TaskError};
+pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use raylet::scheduler::Strategy;
+pub use resources::ResourceSet;
+pub use value::Value;

@@ -1,0 +1,194 @@
+//! `shoal bench`: the runtime's performance figures on a local cluster.
+//!
+//! Every figure is measured end to end through the public client against
+//! real processes: a head and raylets started as children, workers started by
+//! the raylets. The report is JSON, with the target of each figure beside it.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::client::{Client, Task};
+use crate::error::Error;
+use crate::local_cluster::{ClusterOptions, LocalCluster};
+use crate::raylet::scheduler::Strategy;
+use crate::value::Value;
+use crate::NodeId;
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Resident memory of a process and all its descendants, in bytes.
+pub fn tree_rss(roots: &[u32]) -> u64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // The command may contain spaces; fields after the last ')' are fixed.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+            let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+            parents.push((pid, ppid));
+        }
+    }
+    let mut all: Vec<u32> = roots.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        for (c, pp) in &parents {
+            if *pp == p && !all.contains(c) {
+                all.push(*c);
+            }
+        }
+        i += 1;
+    }
+    all.iter().map(|pid| rss_of(*pid)).sum()
+}
+
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+async fn noop_batch(c: &Client, n: usize) -> Result<Duration, Error> {
+    let t = Instant::now();
+    let mut refs = Vec::with_capacity(n);
+    for _ in 0..n {
+        refs.push(c.submit(Task::builtin("noop")).await?);
+    }
+    for r in c.get_many(&refs, None).await? {
+        r?;
+    }
+    Ok(t.elapsed())
+}
+
+/// Runs every benchmark on a fresh cluster started with `opts`.
+pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
+    let nodes = opts.nodes;
+    let t = Instant::now();
+    let mut cluster = LocalCluster::start(opts).await?;
+    let start_time = t.elapsed();
+    let c = Client::connect(&cluster.raylets[0].address).await?;
+
+    // Warm up: let every raylet start its workers.
+    for _ in 0..3 {
+        noop_batch(&c, 200).await?;
+    }
+
+    // Sync round trip.
+    let mut lat = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let r = c.submit(Task::builtin("noop")).await?;
+        c.get_value(&r).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+
+    // Async throughput from one client.
+    let n_async = 50_000;
+    let async_time = noop_batch(&c, n_async).await?;
+
+    // 10k tasks submit + get.
+    let ten_k = noop_batch(&c, 10_000).await?;
+
+    // A chain of 1,000 dependent tasks.
+    let t = Instant::now();
+    let mut prev = c.submit(Task::builtin("identity").arg(0)).await?;
+    for _ in 1..1000 {
+        prev = c.submit(Task::builtin("identity").arg(&prev)).await?;
+    }
+    c.get_value(&prev).await?;
+    let chain = t.elapsed();
+    drop(prev);
+
+    // Fan-in of 1,000 x 1 KiB results into one task.
+    let t = Instant::now();
+    let mut parts = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        parts.push(c.submit(Task::builtin("bytes").arg(1024)).await?);
+    }
+    let sink = c.submit(Task::builtin("noop").args(parts.iter())).await?;
+    c.get_value(&sink).await?;
+    let fan_in = t.elapsed();
+    drop(parts);
+
+    // Put / get of 100 MiB.
+    let big = Bytes::from(vec![7u8; 100 << 20]);
+    let t = Instant::now();
+    let r = c.put_value(Value::Bytes(big.clone())).await?;
+    let put = t.elapsed();
+    let t = Instant::now();
+    let v = c.get_value(&r).await?;
+    let get = t.elapsed();
+    if v != Value::Bytes(big) {
+        return Err(Error::Invalid("100 MiB put/get came back different".into()));
+    }
+    drop(r);
+
+    // Cross-node pull of 100 MiB: made on the last node, read on the second.
+    let mut pull = json!(null);
+    if nodes >= 2 {
+        let producer: NodeId = cluster.raylets[nodes - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
+        let consumer: NodeId = cluster.raylets[nodes.min(2) - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
+        let data = c
+            .submit(Task::builtin("bytes").arg(100u64 << 20).strategy(Strategy::NodeAffinity { node: producer, soft: false }))
+            .await?;
+        c.wait(std::slice::from_ref(&data), 1, None).await?;
+        let before = crate::client::node_stats(&cluster.raylets[nodes.min(2) - 1].address).await?.pulled_bytes;
+        let t = Instant::now();
+        let probe = c
+            .submit(Task::builtin("noop").arg(&data).strategy(Strategy::NodeAffinity { node: consumer, soft: false }))
+            .await?;
+        c.get_value(&probe).await?;
+        let took = t.elapsed();
+        let after = crate::client::node_stats(&cluster.raylets[nodes.min(2) - 1].address).await?.pulled_bytes;
+        let moved = after - before;
+        pull = json!({
+            "bytes": moved,
+            "seconds": took.as_secs_f64(),
+            "gb_per_s": (moved as f64 / took.as_secs_f64() / 1e9 * 100.0).round() / 100.0,
+            "target_gb_per_s": 1.0,
+        });
+    }
+    drop(c);
+
+    // Idle memory of the whole tree (head, raylets, their idle workers).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rss = tree_rss(&cluster.pids());
+
+    let t = Instant::now();
+    cluster.stop();
+    let stop_time = t.elapsed();
+
+    Ok(json!({
+        "nodes": nodes,
+        "sync_round_trip_ms": { "p50": ms(percentile(&lat, 0.5)), "p99": ms(percentile(&lat, 0.99)), "target_p50": 0.3 },
+        "async_noop_tasks_per_s": { "value": (n_async as f64 / async_time.as_secs_f64()).round(), "target": 20000 },
+        "tasks_10k_submit_get_s": { "value": ten_k.as_secs_f64(), "target": 1.0 },
+        "chain_1000_s": { "value": chain.as_secs_f64(), "target": 0.3 },
+        "fan_in_1000x1KiB_s": { "value": fan_in.as_secs_f64(), "target": 0.1 },
+        "put_100MiB_s": put.as_secs_f64(),
+        "get_100MiB_s": get.as_secs_f64(),
+        "cross_node_pull_100MiB": pull,
+        "cluster_start_s": { "value": start_time.as_secs_f64(), "target": 0.5 },
+        "cluster_stop_s": stop_time.as_secs_f64(),
+        "idle_rss_mib": { "value": (rss as f64 / 1048576.0).round(), "target": 150 },
+    }))
+}

@@ -1,0 +1,74 @@
+//! Running a planned job through a client: submit every task in
+//! topological order, passing references between them, then collect the
+//! results of the sink tasks (the ones nothing else consumes).
+
+use std::collections::BTreeMap;
+
+use crate::client::{Client, ObjectRef, Task, TaskArg};
+use crate::error::Error;
+use crate::job::{JobPlan, PlanArg};
+use crate::raylet::core::strategy_of;
+use crate::value::Value;
+
+/// Submits every task of `plan`; returns each task's return references.
+pub async fn submit_plan(client: &Client, plan: &JobPlan) -> Result<Vec<Vec<ObjectRef>>, Error> {
+    let mut refs: Vec<Vec<ObjectRef>> = Vec::with_capacity(plan.tasks.len());
+    for t in &plan.tasks {
+        let mut task = Task::from_descriptor(t.function.clone(), t.id.clone())
+            .num_returns(t.num_returns)
+            .resources(t.resources.clone())
+            .max_retries(t.max_retries)
+            .retry_exceptions(t.retry_exceptions);
+        if t.strategy.is_some() {
+            task = task.strategy(strategy_of(&t.strategy).map_err(Error::Invalid)?);
+        }
+        for a in &t.args {
+            let arg: TaskArg = match a {
+                PlanArg::Literal(v) => TaskArg::Value(Value::Json(v.clone())),
+                PlanArg::Ref { task, index } => {
+                    let r = refs
+                        .get(*task)
+                        .and_then(|r| r.get(*index as usize))
+                        .ok_or_else(|| Error::Invalid(format!("task `{}` refers to a task not yet submitted", t.id)))?;
+                    TaskArg::Ref(r.clone())
+                }
+            };
+            task = task.arg(arg);
+        }
+        refs.push(client.submit_returns(task).await?);
+    }
+    Ok(refs)
+}
+
+/// Runs `plan` to completion and returns the result of every sink task, by
+/// task id (a task with several returns gives an array). The first failure
+/// is returned as the task's error.
+pub async fn run_plan(client: &Client, plan: &JobPlan) -> Result<BTreeMap<String, serde_json::Value>, Error> {
+    let refs = submit_plan(client, plan).await?;
+    let mut sinks: Vec<(usize, ObjectRef)> = Vec::new();
+    for (i, t) in plan.tasks.iter().enumerate() {
+        if t.is_sink {
+            for r in &refs[i] {
+                sinks.push((i, r.clone()));
+            }
+        }
+    }
+    // Intermediate references are no longer needed by this driver.
+    drop(refs);
+    let all: Vec<ObjectRef> = sinks.iter().map(|(_, r)| r.clone()).collect();
+    let values = client.get_many(&all, None).await?;
+    let mut out: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for ((i, _), v) in sinks.iter().zip(values) {
+        let t = &plan.tasks[*i];
+        let v = v?.to_json_lossy();
+        if t.num_returns > 1 {
+            match out.entry(t.id.clone()).or_insert_with(|| serde_json::Value::Array(Vec::new())) {
+                serde_json::Value::Array(a) => a.push(v),
+                other => *other = v,
+            }
+        } else {
+            out.insert(t.id.clone(), v);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! The head process: the GCS plus the HTTP endpoint (health and metrics; the
+//! REST API and job manager build on it).
+
+use std::path::PathBuf;
+
+use crate::error::Error;
+use crate::gcs::{Gcs, GcsConfig};
+
+/// Settings of the head.
+#[derive(Clone, Debug)]
+pub struct HeadConfig {
+    /// Interface to listen on.
+    pub host: String,
+    /// GCS gRPC port (0 picks one).
+    pub gcs_port: u16,
+    /// HTTP port (0 picks one).
+    pub http_port: u16,
+    /// GCS settings.
+    pub gcs: GcsConfig,
+    /// Where to write `{"grpc": .., "http": ..}` once serving.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// A running head.
+pub struct Head {
+    /// GCS address.
+    pub gcs_address: String,
+    /// HTTP address.
+    pub http_address: String,
+    /// The GCS state.
+    pub gcs: Gcs,
+}
+
+/// Starts the GCS (and the HTTP endpoint when `http_port` is given).
+pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
+    let (listener, bound) = crate::net::bind(&cfg.host, cfg.gcs_port).await?;
+    let ip = match cfg.host.as_str() {
+        "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+        h => h.to_string(),
+    };
+    let gcs = Gcs::new(cfg.gcs.clone());
+    gcs.spawn_background();
+    let svc = crate::gcs::service(gcs.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::net::server().add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await {
+            tracing::error!(error = %e, "GCS server stopped");
+        }
+    });
+    let gcs_address = format!("{ip}:{}", bound.port());
+    let http_address =
+        if with_http { crate::http::serve_health(&cfg.host, cfg.http_port, &ip).await? } else { String::new() };
+    tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
+    if let Some(path) = &cfg.ready_file {
+        crate::local_cluster::write_ready_file(path, &serde_json::json!({ "grpc": gcs_address, "http": http_address }))?;
+    }
+    Ok(Head { gcs_address, http_address, gcs })
+}

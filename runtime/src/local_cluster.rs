@@ -1,0 +1,287 @@
+//! A whole cluster on one machine: a head and N raylets as child processes
+//! on 127.0.0.1, each on ports it picks itself. Used by `shoal up`,
+//! `shoal run`, `shoal bench` and the end-to-end tests.
+//!
+//! Every child gets SIGKILL if this process dies (`PR_SET_PDEATHSIG`), and
+//! [`LocalCluster::stop`] (also run on drop) sends SIGTERM, then SIGKILL after
+//! a grace period, so no process outlives the cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_proto::v1 as pb;
+
+use crate::error::Error;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Number of raylets.
+    pub nodes: usize,
+    /// CPUs per raylet (default: the machine's).
+    pub cpus_per_node: Option<f64>,
+    /// Per-raylet extra arguments (index i goes to raylet i), e.g. `--num-cpus 1`.
+    pub node_args: Vec<Vec<String>>,
+    /// Arguments for every raylet.
+    pub raylet_args: Vec<String>,
+    /// Arguments for the head.
+    pub head_args: Vec<String>,
+    /// The `shoal` binary to run.
+    pub binary: PathBuf,
+    /// Where sockets, ready files and logs go (default: a new temp dir, removed on stop).
+    pub session_dir: Option<PathBuf>,
+    /// How long to wait for the cluster to come up.
+    pub start_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// `nodes` raylets run by `binary`.
+    pub fn new(binary: impl Into<PathBuf>, nodes: usize) -> Self {
+        ClusterOptions {
+            nodes,
+            cpus_per_node: None,
+            node_args: Vec::new(),
+            raylet_args: Vec::new(),
+            head_args: Vec::new(),
+            binary: binary.into(),
+            session_dir: None,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One raylet of a local cluster.
+#[derive(Clone, Debug)]
+pub struct LocalRaylet {
+    /// gRPC address (give it to `Client::connect`).
+    pub address: String,
+    /// Metrics and health address.
+    pub http_address: String,
+    /// Node id in hex.
+    pub node_id: String,
+    /// Process id.
+    pub pid: u32,
+}
+
+/// A running local cluster.
+pub struct LocalCluster {
+    /// GCS gRPC address.
+    pub gcs_address: String,
+    /// Head HTTP address (REST API, metrics).
+    pub http_address: String,
+    /// The raylets, in start order.
+    pub raylets: Vec<LocalRaylet>,
+    /// Session directory (logs under `logs/`).
+    pub session_dir: PathBuf,
+    /// Head process id.
+    pub head_pid: u32,
+    children: Vec<Child>,
+    owns_dir: bool,
+    stopped: bool,
+}
+
+/// Writes `body` to `path` atomically (write, then rename).
+pub fn write_ready_file(path: &Path, body: &serde_json::Value) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+}
+
+fn spawn_child(binary: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| Error::io("log file", e))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| Error::io(format!("starting {}", binary.display()), e))
+}
+
+async fn wait_ready(path: &Path, child: &mut Child, log: &Path, deadline: Instant) -> Result<serde_json::Value, Error> {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                return Ok(v);
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Invalid(format!("process exited with {status} before it was ready:\n{}", log_tail(log))));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!("process not ready in time:\n{}", log_tail(log))));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The last lines of a log file.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl LocalCluster {
+    /// Starts a head and the raylets and waits until every raylet sees every other.
+    pub async fn start(opts: ClusterOptions) -> Result<LocalCluster, Error> {
+        let deadline = Instant::now() + opts.start_timeout;
+        let (session_dir, owns_dir) = match &opts.session_dir {
+            Some(d) => (d.clone(), false),
+            None => {
+                let d = std::env::temp_dir().join(format!("shoal-{}-{:08x}", std::process::id(), fastrand::u32(..)));
+                (d, true)
+            }
+        };
+        let logs = session_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        let mut cluster = LocalCluster {
+            gcs_address: String::new(),
+            http_address: String::new(),
+            raylets: Vec::new(),
+            session_dir: session_dir.clone(),
+            head_pid: 0,
+            children: Vec::new(),
+            owns_dir,
+            stopped: false,
+        };
+        let head_ready = session_dir.join("head.ready");
+        let head_log = logs.join("head.log");
+        let mut args: Vec<String> = ["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--ready-file"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(head_ready.display().to_string());
+        args.extend(opts.head_args.iter().cloned());
+        let mut head = spawn_child(&opts.binary, &args, &head_log)?;
+        cluster.head_pid = head.id();
+        let ready = wait_ready(&head_ready, &mut head, &head_log, deadline).await;
+        cluster.children.push(head);
+        let ready = ready?;
+        cluster.gcs_address = ready["grpc"].as_str().unwrap_or_default().to_string();
+        cluster.http_address = ready["http"].as_str().unwrap_or_default().to_string();
+
+        let mut pending = Vec::new();
+        for i in 0..opts.nodes {
+            let ready_file = session_dir.join(format!("raylet-{i}.ready"));
+            let log = logs.join(format!("raylet-{i}.log"));
+            let mut args: Vec<String> = vec![
+                "raylet".into(),
+                "--gcs".into(),
+                cluster.gcs_address.clone(),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                "0".into(),
+                "--metrics-port".into(),
+                "0".into(),
+                "--worker-socket".into(),
+                session_dir.join(format!("raylet-{i}.sock")).display().to_string(),
+                "--ready-file".into(),
+                ready_file.display().to_string(),
+            ];
+            if let Some(c) = opts.cpus_per_node {
+                args.push("--num-cpus".into());
+                args.push(c.to_string());
+            }
+            args.extend(opts.raylet_args.iter().cloned());
+            if let Some(extra) = opts.node_args.get(i) {
+                args.extend(extra.iter().cloned());
+            }
+            let child = spawn_child(&opts.binary, &args, &log)?;
+            pending.push((ready_file, log, child));
+        }
+        for (ready_file, log, mut child) in pending {
+            let r = wait_ready(&ready_file, &mut child, &log, deadline).await;
+            let pid = child.id();
+            cluster.children.push(child);
+            let r = r?;
+            cluster.raylets.push(LocalRaylet {
+                address: r["grpc"].as_str().unwrap_or_default().to_string(),
+                http_address: r["http"].as_str().unwrap_or_default().to_string(),
+                node_id: r["node_id"].as_str().unwrap_or_default().to_string(),
+                pid,
+            });
+        }
+        // Every raylet must know every other before the cluster is usable.
+        let want = opts.nodes as u32;
+        for r in &cluster.raylets {
+            loop {
+                let known = crate::client::node_stats(&r.address).await.map(|s| s.known_nodes).unwrap_or(0);
+                if known >= want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Invalid(format!("raylet {} sees {known} of {want} nodes", r.address)));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after two seconds.
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        // Raylets first, then the head.
+        for c in self.children.iter().rev() {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for c in self.children.iter_mut().rev() {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        if self.owns_dir && std::env::var_os("SHOAL_KEEP_SESSION").is_none() {
+            let _ = std::fs::remove_dir_all(&self.session_dir);
+        }
+    }
+
+    /// Process ids of the head and raylets.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
+    /// Sends SIGKILL to raylet `i` (for fault tests).
+    pub fn kill_raylet(&mut self, i: usize) {
+        if let Some(c) = self.children.get_mut(i + 1) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Lists the nodes the GCS knows.
+    pub async fn nodes(&self) -> Result<Vec<pb::NodeInfo>, Error> {
+        let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, Duration::from_secs(5)).await?;
+        Ok(gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("nodes", s))?.into_inner().nodes)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,105 @@
+//! Building gRPC servers and channels the same way everywhere: TCP_NODELAY on
+//! every connection, HTTP/2 windows large enough to stream objects at memory
+//! speed over loopback, and message limits that admit large values.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::error::Error;
+
+/// Largest gRPC message accepted: puts and gets of single large values travel
+/// as one message, so this is generous. Object transfers between raylets use
+/// chunks far below it.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 31;
+
+const STREAM_WINDOW: u32 = 16 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+
+/// A server builder with shoal's transport settings.
+pub fn server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
+
+/// An endpoint for `addr` (`host:port` or `http://host:port`) with shoal's settings.
+pub fn endpoint(addr: &str) -> Result<Endpoint, Error> {
+    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ep = Endpoint::from_shared(uri).map_err(|e| Error::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+    Ok(ep
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+/// Connects now, failing fast when nothing listens.
+pub async fn connect(addr: &str) -> Result<Channel, Error> {
+    endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| Error::Connect { addr: addr.to_string(), reason: error_chain(&e) })
+}
+
+/// A channel that connects on first use (and reconnects after failures).
+pub fn connect_lazy(addr: &str) -> Result<Channel, Error> {
+    Ok(endpoint(addr)?.connect_lazy())
+}
+
+/// Binds a TCP listener on `host:port` (port 0 picks a free one) and returns
+/// it with the address actually bound.
+pub async fn bind(host: &str, port: u16) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {host}:{port}"), e))?;
+    let addr = listener.local_addr().map_err(|e| Error::io("local_addr", e))?;
+    Ok((listener, addr))
+}
+
+/// A listener as a stream of connections with TCP_NODELAY set, for tonic.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|s| {
+            // Small messages must not wait for Nagle's algorithm.
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
+/// The full `source()` chain of an error on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,358 @@
+//! The raylet: one per node. It owns the tasks its drivers and workers
+//! submit, schedules tasks onto its workers, keeps the node's object store
+//! and moves objects to and from other raylets.
+//!
+//! ```text
+//!   client ──Session/Get/Put──▶ service ──▶ core (owner · local scheduler · worker pool)
+//!                                   │           │ ▲                 │
+//!                     peers ◀───────┘   outbox ◀┘ │ TaskDone        ▼ ExecuteTask
+//!                 (ExecuteTasks, ReportResults,   └──────── workers (unix socket)
+//!                  FreeObjects, PullObject)  object_manager ◀──▶ object_store
+//! ```
+
+pub(crate) mod cluster_view;
+pub(crate) mod core;
+pub mod object_store;
+pub(crate) mod object_manager;
+pub(crate) mod peers;
+pub mod scheduler;
+pub(crate) mod service;
+pub(crate) mod workers;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shoal_proto::v1 as pb;
+use shoal_proto::v1::gcs_client::GcsClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::error::Error;
+use crate::ids::NodeId;
+use crate::resources::ResourceSet;
+
+pub use workers::{die_with_parent, set_parent_death_signal, ENV_ADDRESS, ENV_SOCKET, ENV_WORKER_ID};
+
+/// Settings of one raylet. Each has a default in [`RayletConfig::new`].
+#[derive(Clone, Debug)]
+pub struct RayletConfig {
+    /// GCS address, `host:port`.
+    pub gcs_address: String,
+    /// Interface to listen on.
+    pub host: String,
+    /// gRPC port (0 picks a free one).
+    pub port: u16,
+    /// Address other nodes reach this one at (defaults to `host`, or
+    /// 127.0.0.1 when `host` is a wildcard).
+    pub node_ip: Option<String>,
+    /// Port of the metrics and health HTTP server (0 picks a free one).
+    pub metrics_port: u16,
+    /// Resources this node offers.
+    pub resources: ResourceSet,
+    /// Labels for label-selector scheduling.
+    pub labels: HashMap<String, String>,
+    /// Object store budget in bytes.
+    pub object_store_memory: u64,
+    /// Binary started for workers (`shoal`).
+    pub worker_binary: PathBuf,
+    /// Unix socket workers connect to.
+    pub worker_socket: PathBuf,
+    /// Whether workers are started by someone else (an external worker
+    /// container) rather than by this raylet.
+    pub external_workers: bool,
+    /// Most workers running tasks at once (not counting workers blocked in a
+    /// nested `get`).
+    pub max_workers: usize,
+    /// Workers started ahead of demand.
+    pub prestart_workers: usize,
+    /// Tasks queued on one leased worker when every resource is taken.
+    pub pipeline_depth: usize,
+    /// How long a task may stay infeasible before it fails.
+    pub infeasible_timeout: Duration,
+    /// How often load is reported to the GCS.
+    pub heartbeat_interval: Duration,
+    /// Chunk size of object transfers.
+    pub transfer_chunk_bytes: usize,
+    /// Bound on bytes of object transfers in progress.
+    pub max_transfer_bytes_in_flight: u64,
+    /// Where to write `{"grpc": .., "http": .., "node_id": ..}` once serving.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl RayletConfig {
+    /// Defaults for a raylet that joins the GCS at `gcs_address`, offering
+    /// `resources`.
+    pub fn new(gcs_address: impl Into<String>, resources: ResourceSet) -> Self {
+        let cpus = resources.get(crate::resources::CPU).ceil().max(1.0) as usize;
+        RayletConfig {
+            gcs_address: gcs_address.into(),
+            host: "127.0.0.1".into(),
+            port: 6380,
+            node_ip: None,
+            metrics_port: 8080,
+            resources,
+            labels: HashMap::new(),
+            object_store_memory: 2 << 30,
+            worker_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
+            worker_socket: std::env::temp_dir().join(format!("shoal-raylet-{}.sock", std::process::id())),
+            external_workers: false,
+            max_workers: cpus,
+            prestart_workers: 1,
+            pipeline_depth: 4,
+            infeasible_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(100),
+            transfer_chunk_bytes: 2 << 20,
+            max_transfer_bytes_in_flight: 512 << 20,
+            ready_file: None,
+        }
+    }
+}
+
+/// Shared state of a running raylet.
+pub(crate) struct Inner {
+    pub node_id: NodeId,
+    pub address: String,
+    pub config: Arc<RayletConfig>,
+    core: Mutex<core::Core>,
+    pub store: Arc<object_store::ObjectStore>,
+    pub objects: object_manager::ObjectManager,
+    pub peers: Arc<peers::Peers>,
+    pub gcs: GcsClient<Channel>,
+}
+
+impl Inner {
+    pub(crate) fn core(&self) -> MutexGuard<'_, core::Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running raylet.
+pub struct Raylet {
+    inner: Arc<Inner>,
+    /// The gRPC address other processes use.
+    pub address: String,
+    /// The metrics/health HTTP address.
+    pub http_address: String,
+}
+
+fn gcs_client(channel: Channel) -> GcsClient<Channel> {
+    GcsClient::new(channel)
+        .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+}
+
+/// Connects to the GCS, retrying for up to `patience`.
+pub async fn connect_gcs(addr: &str, patience: Duration) -> Result<GcsClient<Channel>, Error> {
+    let start = std::time::Instant::now();
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match crate::net::connect(addr).await {
+            Ok(ch) => return Ok(gcs_client(ch)),
+            Err(e) if start.elapsed() >= patience => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+impl Raylet {
+    /// Binds, registers with the GCS and starts serving.
+    pub async fn start(config: RayletConfig) -> Result<Raylet, Error> {
+        let config = Arc::new(config);
+        let (listener, bound) = crate::net::bind(&config.host, config.port).await?;
+        let ip = config.node_ip.clone().unwrap_or_else(|| match config.host.as_str() {
+            "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        });
+        let address = format!("{ip}:{}", bound.port());
+        let node_id = NodeId::random();
+
+        let _ = std::fs::remove_file(&config.worker_socket);
+        if let Some(dir) = config.worker_socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let unix = tokio::net::UnixListener::bind(&config.worker_socket)
+            .map_err(|e| Error::io(format!("cannot listen on {}", config.worker_socket.display()), e))?;
+
+        let gcs = connect_gcs(&config.gcs_address, Duration::from_secs(30)).await?;
+        let store = Arc::new(object_store::ObjectStore::new(config.object_store_memory));
+        let inner = Arc::new_cyclic(|me| {
+            let peers = Arc::new(peers::Peers::new(me.clone()));
+            Inner {
+                node_id,
+                address: address.clone(),
+                config: config.clone(),
+                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), me.clone(), store.clone())),
+                objects: object_manager::ObjectManager::new(
+                    store.clone(),
+                    peers.clone(),
+                    config.transfer_chunk_bytes,
+                    config.max_transfer_bytes_in_flight,
+                ),
+                store,
+                peers,
+                gcs,
+            }
+        });
+
+        let svc = service::RayletService { inner: inner.clone() };
+        let server = pb::raylet_server::RayletServer::new(svc)
+            .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
+        tokio::spawn(async move {
+            if let Err(e) = crate::net::server().add_service(server).serve_with_incoming(crate::net::incoming(listener)).await {
+                tracing::error!(error = %e, "raylet gRPC server stopped");
+            }
+        });
+        tokio::spawn(workers::serve(inner.clone(), unix));
+
+        let http_address = crate::http::serve_health(&config.host, config.metrics_port, &ip).await?;
+
+        register(&inner).await?;
+        tokio::spawn(heartbeat_loop(inner.clone()));
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.core().retry_infeasible();
+            }
+        });
+        inner.core().prestart(config.prestart_workers);
+
+        tracing::info!(node = %node_id, %address, http = %http_address, resources = %config.resources, "raylet started");
+        if let Some(path) = &config.ready_file {
+            let body = serde_json::json!({ "grpc": address, "http": http_address, "node_id": node_id.to_string() });
+            crate::local_cluster::write_ready_file(path, &body)?;
+        }
+        Ok(Raylet { inner, address, http_address })
+    }
+
+    /// This raylet's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// Stops every worker process (the raylet is about to exit).
+    pub fn shutdown(&self) {
+        let pids = self.inner.core().worker_pids();
+        for pid in pids {
+            // SAFETY: kill(2) on a pid this raylet started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&self.inner.config.worker_socket);
+    }
+}
+
+async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
+    let info = {
+        let core = inner.core();
+        pb::NodeInfo {
+            node_id: inner.node_id.to_bytes(),
+            address: inner.address.clone(),
+            metrics_address: String::new(),
+            total: Some((&core.total).into()),
+            labels: core.labels.clone(),
+            state: pb::NodeState::NodeAlive as i32,
+            hostname: hostname(),
+            start_time_ms: crate::net::now_ms(),
+            death_reason: String::new(),
+        }
+    };
+    let mut gcs = inner.gcs.clone();
+    let reply = gcs
+        .register_node(pb::RegisterNodeRequest { node: Some(info) })
+        .await
+        .map_err(|s| Error::rpc("registering with the GCS", s))?
+        .into_inner();
+    let mut core = inner.core();
+    let me = inner.node_id;
+    core.view.apply_snapshot(&reply.nodes, &reply.loads, me);
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let interval = inner.config.heartbeat_interval;
+    loop {
+        let (tx, rx) = mpsc::channel::<pb::HeartbeatRequest>(16);
+        let first = pb::HeartbeatRequest { node_id: inner.node_id.to_bytes(), load: Some(inner.core().load()) };
+        let _ = tx.send(first).await;
+        let mut gcs = inner.gcs.clone();
+        let stream = gcs.heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        let mut updates = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                tracing::error!(error = %s.message(), "the GCS declared this node dead; exiting");
+                std::process::exit(3);
+            }
+            Err(s) => {
+                tracing::warn!(error = %s.message(), "heartbeat to the GCS failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let sender_inner = Arc::downgrade(&inner);
+        let sender = tokio::spawn(async move {
+            let mut last: Option<pb::NodeLoad> = None;
+            let mut since = std::time::Instant::now();
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                let Some(inner) = sender_inner.upgrade() else { return };
+                let load = inner.core().load();
+                let changed = last.as_ref() != Some(&load);
+                if changed || since.elapsed() >= Duration::from_secs(1) {
+                    let hb = pb::HeartbeatRequest { node_id: inner.node_id.to_bytes(), load: changed.then(|| load.clone()) };
+                    if tx.send(hb).await.is_err() {
+                        return;
+                    }
+                    last = Some(load);
+                    since = std::time::Instant::now();
+                }
+            }
+        });
+        loop {
+            match updates.message().await {
+                Ok(Some(u)) => {
+                    let mut core = inner.core();
+                    let me = inner.node_id;
+                    let dead = core.view.apply_update(&u, me);
+                    if dead.contains(&me) {
+                        tracing::error!("the GCS declared this node dead; exiting");
+                        std::process::exit(3);
+                    }
+                    for d in dead {
+                        core.on_node_dead(d);
+                    }
+                    if !u.joined.is_empty() {
+                        core.retry_infeasible();
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        sender.abort();
+        tracing::warn!("lost the heartbeat stream to the GCS; re-registering");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Err(e) = register(&inner).await {
+            if let Error::Rpc { status, .. } = &e {
+                if status.code() == tonic::Code::FailedPrecondition {
+                    tracing::error!(error = %e, "the GCS refused this node; exiting");
+                    std::process::exit(3);
+                }
+            }
+            tracing::warn!(error = %e, "re-registering failed");
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The raylet's gRPC service: sessions, puts, gets and waits for clients;
+//! task execution, results, object status, transfers and frees for peers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::TaskError;
+use crate::ids::{JobId, ObjectId, WorkerId};
+use crate::raylet::core::Lookup;
+use crate::raylet::Inner;
+use crate::value::error_value;
+
+/// The raylet gRPC service.
+#[derive(Clone)]
+pub struct RayletService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn object_id(b: &[u8]) -> Result<ObjectId, Status> {
+    ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn deadline(timeout_ms: u64) -> Option<Instant> {
+    (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms))
+}
+
+fn lost(id: ObjectId, why: &str) -> pb::ObjectValue {
+    error_value(&TaskError::new("ObjectLost", format!("object {id}: {why}")))
+}
+
+impl RayletService {
+    async fn wait_seq(&self, session: u64, after: u64) -> Result<(), Status> {
+        if after == 0 {
+            return Ok(());
+        }
+        let rx = self.inner.core().session_seq(session);
+        let Some(mut rx) = rx else { return Err(Status::failed_precondition(format!("session {session} is not open"))) };
+        rx.wait_for(|s| *s >= after).await.map_err(|_| Status::failed_precondition("session closed"))?;
+        Ok(())
+    }
+
+    /// Resolves objects to values, waiting up to the deadline.
+    async fn resolve(&self, refs: &[pb::ObjectRef], until: Option<Instant>) -> Result<Vec<pb::GetResult>, Status> {
+        let n = refs.len();
+        let mut results: Vec<Option<pb::get_result::Kind>> = vec![None; n];
+        let ids: Vec<ObjectId> = refs.iter().map(|r| object_id(&r.object_id)).collect::<Result<_, _>>()?;
+        let (tx, mut rx) = mpsc::channel::<ObjectId>(n.max(1));
+        let mut pending: Vec<usize> = Vec::new();
+        let mut stored: Vec<(usize, u64, Vec<pb::Location>)> = Vec::new();
+        let mut foreign: Vec<usize> = Vec::new();
+        {
+            let mut core = self.inner.core();
+            for (i, r) in refs.iter().enumerate() {
+                if !r.owner_address.is_empty() && r.owner_address != self.inner.address {
+                    foreign.push(i);
+                    continue;
+                }
+                match core.lookup(ids[i], Some(&tx)) {
+                    Lookup::Pending => pending.push(i),
+                    Lookup::Inline(v) => results[i] = Some(pb::get_result::Kind::Value(v)),
+                    Lookup::Stored { size, locations } => stored.push((i, size, locations)),
+                    Lookup::Unknown => {
+                        results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "unknown to its owner (freed, or never created)")))
+                    }
+                }
+            }
+        }
+        while !pending.is_empty() {
+            let woke = match until {
+                Some(d) => tokio::time::timeout_at(d.into(), rx.recv()).await.ok().flatten(),
+                None => rx.recv().await,
+            };
+            if woke.is_none() {
+                for i in pending.drain(..) {
+                    results[i] = Some(pb::get_result::Kind::TimedOut(true));
+                }
+                break;
+            }
+            let mut core = self.inner.core();
+            pending.retain(|&i| match core.lookup(ids[i], None) {
+                Lookup::Pending => true,
+                Lookup::Inline(v) => {
+                    results[i] = Some(pb::get_result::Kind::Value(v));
+                    false
+                }
+                Lookup::Stored { size, locations } => {
+                    stored.push((i, size, locations));
+                    false
+                }
+                Lookup::Unknown => {
+                    results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "freed while waiting")));
+                    false
+                }
+            });
+        }
+        for (i, size, locations) in stored {
+            results[i] = Some(pb::get_result::Kind::Value(self.fetch(ids[i], size, &locations, true).await));
+        }
+        if !foreign.is_empty() {
+            self.resolve_foreign(refs, &ids, &foreign, until, &mut results).await;
+        }
+        Ok(results.into_iter().map(|k| pb::GetResult { kind: k }).collect())
+    }
+
+    /// Brings a stored object here and returns its value.
+    async fn fetch(&self, id: ObjectId, size: u64, locations: &[pb::Location], owned: bool) -> pb::ObjectValue {
+        if let Some(v) = self.inner.store.get(&id) {
+            return v;
+        }
+        match self.inner.objects.pull(id, locations, size).await {
+            Ok(()) => {
+                if owned {
+                    self.inner.core().add_copy_here(id);
+                }
+                self.inner.store.get(&id).unwrap_or_else(|| lost(id, "evicted right after arriving"))
+            }
+            Err(e) => lost(id, &format!("could not be fetched: {e}")),
+        }
+    }
+
+    async fn resolve_foreign(
+        &self,
+        refs: &[pb::ObjectRef],
+        ids: &[ObjectId],
+        idx: &[usize],
+        until: Option<Instant>,
+        results: &mut [Option<pb::get_result::Kind>],
+    ) {
+        for &i in idx {
+            let owner = &refs[i].owner_address;
+            let Some(mut client) = self.inner.peers.client(owner) else {
+                results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "its owner's address is invalid")));
+                continue;
+            };
+            let timeout_ms = until.map(|d| d.saturating_duration_since(Instant::now()).as_millis().max(1) as u64).unwrap_or(0);
+            let req = pb::GetObjectStatusRequest { object_ids: vec![ids[i].to_bytes()], wait_for: 1, timeout_ms };
+            let status = match client.get_object_status(req).await {
+                Ok(r) => r.into_inner().statuses.into_iter().next(),
+                Err(s) => {
+                    let e = TaskError::new("OwnerDied", format!("owner {owner} of object {} is unreachable: {}", ids[i], s.message()));
+                    results[i] = Some(pb::get_result::Kind::Value(error_value(&e)));
+                    continue;
+                }
+            };
+            let Some(st) = status else { continue };
+            results[i] = Some(match pb::ObjectStatusKind::try_from(st.kind) {
+                Ok(pb::ObjectStatusKind::ObjectPending) => pb::get_result::Kind::TimedOut(true),
+                Ok(pb::ObjectStatusKind::ObjectReady) | Ok(pb::ObjectStatusKind::ObjectFailed) => match st.inline_value {
+                    Some(v) => pb::get_result::Kind::Value(v),
+                    None => pb::get_result::Kind::Value(self.fetch(ids[i], st.size, &st.locations, false).await),
+                },
+                _ => pb::get_result::Kind::Value(lost(ids[i], "unknown to its owner")),
+            });
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raylet_server::Raylet for RayletService {
+    type SessionStream = BoxStream<pb::SessionEvent>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before opening"))?;
+        let Some(pb::session_request::Kind::Open(open)) = first.kind else {
+            return Err(Status::invalid_argument("a session must start with an open message"));
+        };
+        let worker_id = if open.worker_id.is_empty() {
+            None
+        } else {
+            Some(WorkerId::from_slice(&open.worker_id).map_err(|e| Status::invalid_argument(e.to_string()))?)
+        };
+        let (job_id, new_job) = if open.job_id == 0 {
+            let mut gcs = self.inner.gcs.clone();
+            let r = gcs
+                .register_job(pb::RegisterJobRequest { name: open.name.clone(), driver_address: self.inner.address.clone() })
+                .await
+                .map_err(|s| Status::unavailable(format!("GCS: {}", s.message())))?;
+            (r.into_inner().job_id, true)
+        } else {
+            (open.job_id, false)
+        };
+        let session = {
+            let mut core = self.inner.core();
+            let (id, _) = core.open_session(JobId(job_id), worker_id);
+            core.mark_applied(id, first.seq);
+            id
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let _ = tx
+            .send(Ok(pb::SessionEvent {
+                kind: Some(pb::session_event::Kind::Opened(pb::SessionOpened {
+                    session_id: session,
+                    job_id,
+                    node_id: self.inner.node_id.to_bytes(),
+                })),
+            }))
+            .await;
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        let problems = {
+                            let mut core = inner.core();
+                            let problems = match m.kind {
+                                Some(pb::session_request::Kind::Submit(s)) => core.submit(session, s.tasks),
+                                Some(pb::session_request::Kind::Refs(r)) => {
+                                    core.update_refs(session, &r.add, &r.remove);
+                                    Vec::new()
+                                }
+                                Some(pb::session_request::Kind::Open(_)) => vec!["the session is already open".to_string()],
+                                None => Vec::new(),
+                            };
+                            core.mark_applied(session, m.seq);
+                            problems
+                        };
+                        for p in problems {
+                            tracing::warn!(session, problem = %p, "rejected part of a submission");
+                            let _ = tx.try_send(Ok(pb::SessionEvent { kind: Some(pb::session_event::Kind::Error(p)) }));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(s) => {
+                        tracing::debug!(session, error = %s.message(), "session stream broke");
+                        break;
+                    }
+                }
+            }
+            inner.core().close_session(session);
+            if new_job {
+                let mut gcs = inner.gcs.clone();
+                let _ = gcs.finish_job(pb::FinishJobRequest { job_id }).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutReply>, Status> {
+        let r = req.into_inner();
+        let id = object_id(&r.object_id)?;
+        let value = r.value.ok_or_else(|| Status::invalid_argument("put without a value"))?;
+        self.inner.core().put(r.session_id, id, value).map_err(Status::resource_exhausted)?;
+        Ok(Response::new(pb::PutReply {}))
+    }
+
+    async fn get_objects(&self, req: Request<pb::GetObjectsRequest>) -> Result<Response<pb::GetObjectsReply>, Status> {
+        let r = req.into_inner();
+        self.wait_seq(r.session_id, r.after_seq).await?;
+        let worker = self.inner.core().session_worker(r.session_id);
+        if let Some(w) = worker {
+            self.inner.core().worker_blocked(w);
+        }
+        let results = self.resolve(&r.refs, deadline(r.timeout_ms)).await;
+        if let Some(w) = worker {
+            self.inner.core().worker_unblocked(w);
+        }
+        Ok(Response::new(pb::GetObjectsReply { results: results? }))
+    }
+
+    async fn wait_objects(&self, req: Request<pb::WaitObjectsRequest>) -> Result<Response<pb::WaitObjectsReply>, Status> {
+        let r = req.into_inner();
+        self.wait_seq(r.session_id, r.after_seq).await?;
+        let ids: Vec<ObjectId> = r.refs.iter().map(|x| object_id(&x.object_id)).collect::<Result<_, _>>()?;
+        let want = (r.num_ready as usize).min(ids.len());
+        let until = deadline(r.timeout_ms);
+        let (tx, mut rx) = mpsc::channel::<ObjectId>(ids.len().max(1));
+        let mut ready = vec![false; ids.len()];
+        let mut first = true;
+        loop {
+            {
+                let mut core = self.inner.core();
+                for (i, id) in ids.iter().enumerate() {
+                    if ready[i] {
+                        continue;
+                    }
+                    let owner = &r.refs[i].owner_address;
+                    if !owner.is_empty() && owner != &self.inner.address {
+                        // Objects owned elsewhere are asked for below.
+                        continue;
+                    }
+                    ready[i] = !matches!(core.lookup(*id, if first { Some(&tx) } else { None }), Lookup::Pending);
+                }
+            }
+            first = false;
+            for (i, id) in ids.iter().enumerate() {
+                let owner = &r.refs[i].owner_address;
+                if ready[i] || owner.is_empty() || owner == &self.inner.address {
+                    continue;
+                }
+                if let Some(mut c) = self.inner.peers.client(owner) {
+                    let q = pb::GetObjectStatusRequest { object_ids: vec![id.to_bytes()], wait_for: 0, timeout_ms: 0 };
+                    ready[i] = match c.get_object_status(q).await {
+                        Ok(s) => s.into_inner().statuses.first().is_some_and(|s| s.kind != pb::ObjectStatusKind::ObjectPending as i32),
+                        Err(_) => true,
+                    };
+                }
+            }
+            if ready.iter().filter(|r| **r).count() >= want {
+                break;
+            }
+            let has_foreign = r.refs.iter().any(|x| !x.owner_address.is_empty() && x.owner_address != self.inner.address);
+            let tick = async {
+                if has_foreign {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some(())
+                } else {
+                    rx.recv().await.map(|_| ())
+                }
+            };
+            let woke = match until {
+                Some(d) => tokio::time::timeout_at(d.into(), tick).await.ok().flatten(),
+                None => tick.await,
+            };
+            if woke.is_none() {
+                break;
+            }
+        }
+        Ok(Response::new(pb::WaitObjectsReply { ready }))
+    }
+
+    async fn execute_tasks(&self, req: Request<pb::ExecuteTasksRequest>) -> Result<Response<pb::ExecuteTasksReply>, Status> {
+        let r = req.into_inner();
+        let mut spilled = Vec::new();
+        let mut core = self.inner.core();
+        for t in r.tasks {
+            match core.should_spill(&t) {
+                Some(reason) => spilled.push(pb::Spillback { task_id: t.task_id.clone(), attempt: t.attempt, reason }),
+                None => core.enqueue_local(t),
+            }
+        }
+        Ok(Response::new(pb::ExecuteTasksReply { spilled }))
+    }
+
+    async fn report_results(&self, req: Request<pb::ReportResultsRequest>) -> Result<Response<pb::ReportResultsReply>, Status> {
+        let mut core = self.inner.core();
+        for r in req.into_inner().results {
+            core.apply_result(r);
+        }
+        Ok(Response::new(pb::ReportResultsReply {}))
+    }
+
+    async fn get_object_status(
+        &self,
+        req: Request<pb::GetObjectStatusRequest>,
+    ) -> Result<Response<pb::GetObjectStatusReply>, Status> {
+        let r = req.into_inner();
+        let ids: Vec<ObjectId> = r.object_ids.iter().map(|b| object_id(b)).collect::<Result<_, _>>()?;
+        let until = deadline(r.timeout_ms);
+        let (tx, mut rx) = mpsc::channel::<ObjectId>(ids.len().max(1));
+        let mut first = true;
+        loop {
+            let statuses: Vec<pb::ObjectStatus> = {
+                let mut core = self.inner.core();
+                ids.iter()
+                    .map(|id| match core.lookup(*id, if first { Some(&tx) } else { None }) {
+                        Lookup::Pending => pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectPending as i32, ..Default::default() },
+                        Lookup::Inline(v) => {
+                            let kind = if crate::value::is_error(&v) { pb::ObjectStatusKind::ObjectFailed } else { pb::ObjectStatusKind::ObjectReady };
+                            pb::ObjectStatus { kind: kind as i32, size: v.data.len() as u64, inline_value: Some(v), locations: Vec::new() }
+                        }
+                        Lookup::Stored { size, locations } => {
+                            pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectReady as i32, inline_value: None, locations, size }
+                        }
+                        Lookup::Unknown => pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectUnknown as i32, ..Default::default() },
+                    })
+                    .collect()
+            };
+            first = false;
+            let done = statuses.iter().filter(|s| s.kind != pb::ObjectStatusKind::ObjectPending as i32).count();
+            if done >= r.wait_for as usize {
+                return Ok(Response::new(pb::GetObjectStatusReply { statuses }));
+            }
+            let woke = match until {
+                Some(d) => tokio::time::timeout_at(d.into(), rx.recv()).await.ok().flatten(),
+                None => rx.recv().await,
+            };
+            if woke.is_none() {
+                return Ok(Response::new(pb::GetObjectStatusReply { statuses }));
+            }
+        }
+    }
+
+    async fn update_borrows(&self, _req: Request<pb::UpdateBorrowsRequest>) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
+        Err(Status::unimplemented("borrowing objects across owners is not supported yet"))
+    }
+
+    type PullObjectStream = BoxStream<pb::ObjectChunk>;
+
+    async fn pull_object(&self, req: Request<pb::PullObjectRequest>) -> Result<Response<Self::PullObjectStream>, Status> {
+        let id = object_id(&req.get_ref().object_id)?;
+        let chunks = self.inner.objects.serve(&id).ok_or_else(|| Status::not_found(format!("object {id} is not on node {}", self.inner.node_id)))?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+    }
+
+    async fn free_objects(&self, req: Request<pb::FreeObjectsRequest>) -> Result<Response<pb::FreeObjectsReply>, Status> {
+        for b in &req.get_ref().object_ids {
+            if let Ok(id) = ObjectId::from_slice(b) {
+                self.inner.store.delete(&id);
+            }
+        }
+        Ok(Response::new(pb::FreeObjectsReply {}))
+    }
+
+    async fn node_stats(&self, _req: Request<pb::NodeStatsRequest>) -> Result<Response<pb::NodeStatsReply>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = self.inner.core().node_stats();
+        let t = &self.inner.objects.stats;
+        s.pulled_bytes = t.pulled_bytes.load(Relaxed);
+        s.pulled_objects = t.pulled_objects.load(Relaxed);
+        s.served_bytes = t.served_bytes.load(Relaxed);
+        Ok(Response::new(s))
+    }
+}

@@ -1,0 +1,189 @@
+//! Worker processes: starting them, and the local socket they connect back on.
+//!
+//! The raylet starts `shoal worker` processes (its own binary by default)
+//! with the socket path and a worker id in the environment. Each worker
+//! connects, says hello, then takes `ExecuteTask` frames and answers with
+//! `TaskDone` frames. Workers die with their raylet: they get SIGKILL when it
+//! exits (`PR_SET_PDEATHSIG`), and exit on their own when the socket closes.
+//! Workers the raylet did not start (an external worker container sharing
+//! the socket) are accepted the same way.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use shoal_proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::frame;
+use crate::ids::WorkerId;
+use crate::raylet::Inner;
+
+/// Environment variable naming the raylet's worker socket.
+pub const ENV_SOCKET: &str = "SHOAL_RAYLET_SOCKET";
+/// Environment variable carrying the worker id the raylet assigned.
+pub const ENV_WORKER_ID: &str = "SHOAL_WORKER_ID";
+/// Environment variable with the raylet's gRPC address (for nested tasks).
+pub const ENV_ADDRESS: &str = "SHOAL_ADDRESS";
+
+/// Makes a child process die when its parent does.
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe and touches only this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Starts one worker process; returns its pid.
+pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
+    let cfg = &inner.config;
+    let mut cmd = tokio::process::Command::new(&cfg.worker_binary);
+    cmd.arg("worker")
+        .env(ENV_SOCKET, &cfg.worker_socket)
+        .env(ENV_WORKER_ID, id.to_string())
+        .env(ENV_ADDRESS, &inner.address)
+        .env("SHOAL_NODE_ID", inner.node_id.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let reason = match status {
+            Ok(s) => describe_exit(s),
+            Err(e) => format!("could not be waited for: {e}"),
+        };
+        if let Some(inner) = weak.upgrade() {
+            inner.core().on_worker_exit(id, &reason);
+        }
+    });
+    Ok(pid)
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(9)) => "was killed (SIGKILL; out of memory?)".to_string(),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "exited".to_string(),
+    }
+}
+
+/// Accepts worker connections until the raylet stops.
+pub(crate) async fn serve(inner: Arc<Inner>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(Arc::downgrade(&inner), stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a worker connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(inner: std::sync::Weak<Inner>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The hello comes first.
+    let hello: pb::WorkerHello = loop {
+        match frame::decode_from::<pb::FromWorker>(&mut buf) {
+            Ok(Some(pb::FromWorker { kind: Some(pb::from_worker::Kind::Hello(h)) })) => break h,
+            Ok(Some(_)) => {
+                tracing::warn!("a worker spoke before saying hello; closing it");
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "corrupt frame from a worker; closing it");
+                return;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    };
+    let Ok(id) = WorkerId::from_slice(&hello.worker_id) else {
+        tracing::warn!("a worker sent a malformed id; closing it");
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<pb::ToWorker>();
+    // Writer: batch whatever is queued into one write.
+    let writer = tokio::spawn(async move {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        while let Some(first) = rx.recv().await {
+            frame::encode_into(&first, &mut out);
+            while out.len() < (1 << 20) {
+                match rx.try_recv() {
+                    Ok(m) => frame::encode_into(&m, &mut out),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+    });
+    match inner.upgrade() {
+        Some(i) => i.core().on_worker_connected(id, hello.pid, tx),
+        None => return,
+    }
+    let mut done = Vec::new();
+    let reason = loop {
+        loop {
+            match frame::decode_from::<pb::FromWorker>(&mut buf) {
+                Ok(Some(pb::FromWorker { kind: Some(pb::from_worker::Kind::Done(d)) })) => done.push(d),
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    if !done.is_empty() {
+                        let Some(i) = inner.upgrade() else { return };
+                        let mut core = i.core();
+                        for d in done.drain(..) {
+                            core.on_task_done(id, d);
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %id, error = %e, "corrupt frame from a worker; closing it");
+                    writer.abort();
+                    if let Some(i) = inner.upgrade() {
+                        i.core().on_worker_exit(id, "sent a corrupt frame");
+                    }
+                    return;
+                }
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => break "closed its connection".to_string(),
+            Err(e) => break format!("connection failed: {e}"),
+            Ok(_) => {}
+        }
+    };
+    writer.abort();
+    if let Some(i) = inner.upgrade() {
+        i.core().on_worker_exit(id, &reason);
+    }
+}
+
+/// Asks the kernel to SIGKILL this process when its parent exits (call it in
+/// a child between fork and exec).
+pub fn set_parent_death_signal() {
+    // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's settings.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+}

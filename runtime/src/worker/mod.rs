@@ -1,0 +1,135 @@
+//! The worker process: runs tasks its raylet sends over a local socket.
+//!
+//! The loop is synchronous: read a frame, run the function, write the
+//! result. Results are buffered and flushed once no further task is already
+//! waiting in the socket buffer, so a pipelined burst costs one write. A
+//! builtin that submits nested tasks gets a client of the raylet from its
+//! [`TaskContext`]; the client runs on a small background runtime created on
+//! first use.
+
+pub mod builtins;
+pub mod context;
+pub mod exec;
+
+use std::io::{BufWriter, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use shoal_proto::v1 as pb;
+
+use crate::error::TaskError;
+use crate::frame;
+use crate::ids::WorkerId;
+use crate::value::Value;
+pub use builtins::Registry;
+pub use context::TaskContext;
+
+/// Runs one worker until its raylet closes the socket.
+pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket)?;
+    let mut reader = stream.try_clone()?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+    let hello = pb::FromWorker {
+        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello { worker_id: worker_id.to_bytes(), pid: std::process::id() })),
+    };
+    frame::write_blocking(&mut writer, &hello)?;
+    writer.flush()?;
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let mut ctx = TaskContext::new(worker_id);
+    loop {
+        let msg: Option<pb::ToWorker> = frame::read_blocking(&mut reader, &mut buf)?;
+        let Some(msg) = msg else { return Ok(()) };
+        let Some(pb::to_worker::Kind::Execute(task)) = msg.kind else { continue };
+        let done = execute(&mut ctx, registry, task);
+        frame::write_blocking(&mut writer, &pb::FromWorker { kind: Some(pb::from_worker::Kind::Done(done)) })?;
+        // Flush unless another task is already waiting to be read.
+        if buf.is_empty() {
+            writer.flush()?;
+        }
+    }
+}
+
+fn split_returns(v: Value, n: u32) -> Result<Vec<pb::ObjectValue>, TaskError> {
+    if n == 1 {
+        return Ok(vec![v.encode()]);
+    }
+    match v {
+        Value::Json(serde_json::Value::Array(items)) if items.len() == n as usize => {
+            Ok(items.into_iter().map(|i| Value::Json(i).encode()).collect())
+        }
+        other => Err(TaskError::new(
+            "TaskFailed",
+            format!(
+                "the task declares num_returns {n}, so its result must be an array of {n} values; got {}",
+                describe(&other)
+            ),
+        )),
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Json(serde_json::Value::Array(a)) => format!("an array of {}", a.len()),
+        Value::Json(j) => {
+            let s = j.to_string();
+            if s.len() > 80 {
+                format!("{}...", &s[..s.char_indices().nth(80).map(|(i, _)| i).unwrap_or(s.len())])
+            } else {
+                s
+            }
+        }
+        Value::Bytes(b) => format!("{} raw bytes", b.len()),
+    }
+}
+
+/// Runs one task and builds its `TaskDone`.
+fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) -> pb::TaskDone {
+    let task_id = task.task_id.clone();
+    let mut args = Vec::with_capacity(task.args.len());
+    for (i, a) in task.args.iter().enumerate() {
+        match Value::decode(a) {
+            Ok(v) => args.push(v),
+            Err(mut e) => {
+                // An argument that is itself a failed object: propagate its error.
+                if e.kind != "CorruptObject" {
+                    return done_err(task_id, e);
+                }
+                e.message = format!("argument {i}: {}", e.message);
+                return done_err(task_id, e);
+            }
+        }
+    }
+    ctx.begin(&task);
+    let result = match task.function.as_ref().and_then(|f| f.kind.as_ref()) {
+        Some(pb::function_descriptor::Kind::Builtin(name)) => match registry.get(name) {
+            Some(b) => {
+                let f = b.func;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, args))) {
+                    Ok(Ok(v)) => Ok(v),
+                    Ok(Err(msg)) => Err(TaskError::new("TaskFailed", msg)),
+                    Err(p) => {
+                        let msg = p
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "panic".into());
+                        Err(TaskError::new("TaskFailed", format!("builtin:{name} panicked: {msg}")))
+                    }
+                }
+            }
+            None => Err(TaskError::new("UnknownFunction", format!("no builtin named `{name}` in this worker"))),
+        },
+        Some(pb::function_descriptor::Kind::Exec(e)) => exec::run_exec(e, &args, task.num_returns),
+        None => Err(TaskError::new("InvalidTask", "the task names no function")),
+    };
+    ctx.end();
+    match result.and_then(|v| split_returns(v, task.num_returns.max(1))) {
+        Ok(returns) => pb::TaskDone { task_id, returns, error: None, stderr_tail: String::new() },
+        Err(e) => done_err(task_id, e),
+    }
+}
+
+fn done_err(task_id: Bytes, e: TaskError) -> pb::TaskDone {
+    pb::TaskDone { task_id, returns: Vec::new(), stderr_tail: e.stderr_tail.clone(), error: Some((&e).into()) }
+}

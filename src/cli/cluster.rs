@@ -1,0 +1,377 @@
+//! Process roles (`gcs`, `head`, `raylet`) and the local-cluster commands
+//! (`up`, `run`, `bench`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use shoal::gcs::GcsConfig;
+use shoal::head::HeadConfig;
+use shoal::local_cluster::{ClusterOptions, LocalCluster};
+use shoal::raylet::{Raylet, RayletConfig};
+use shoal::resources::{self, ResourceSet};
+
+use super::{machine, self_binary, shutdown_signal, OutputFormat};
+
+/// Flags of `shoal gcs`.
+#[derive(clap::Args, Debug)]
+pub struct GcsArgs {
+    /// Interface to listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "SHOAL_HOST")]
+    pub host: String,
+    /// gRPC port (0 picks a free one).
+    #[arg(long, default_value_t = 6379, env = "SHOAL_GCS_PORT")]
+    pub port: u16,
+    /// Milliseconds without a heartbeat after which a raylet is declared dead.
+    #[arg(long, default_value_t = 3000, env = "SHOAL_HEALTH_TIMEOUT_MS")]
+    pub health_timeout_ms: u64,
+    /// Write the bound addresses as JSON here once serving.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Flags of `shoal head`.
+#[derive(clap::Args, Debug)]
+pub struct HeadArgs {
+    /// Interface to listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "SHOAL_HOST")]
+    pub host: String,
+    /// GCS gRPC port (0 picks a free one).
+    #[arg(long, default_value_t = 6379, env = "SHOAL_GCS_PORT")]
+    pub gcs_port: u16,
+    /// HTTP port of the REST API, metrics and health (0 picks a free one).
+    #[arg(long, default_value_t = 8265, env = "SHOAL_HTTP_PORT")]
+    pub port: u16,
+    /// Milliseconds without a heartbeat after which a raylet is declared dead.
+    #[arg(long, default_value_t = 3000, env = "SHOAL_HEALTH_TIMEOUT_MS")]
+    pub health_timeout_ms: u64,
+    /// File holding the bearer token the REST API requires.
+    #[arg(long, env = "SHOAL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Write the bound addresses as JSON here once serving.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// How a raylet gets its workers.
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// The raylet starts `shoal worker` processes itself.
+    Local,
+    /// Workers are started by someone else (a worker container) and connect to the socket.
+    External,
+}
+
+/// Flags of `shoal raylet`.
+#[derive(clap::Args, Debug)]
+pub struct RayletArgs {
+    /// GCS address, HOST:PORT.
+    #[arg(long, env = "SHOAL_GCS_ADDRESS")]
+    pub gcs: String,
+    /// Interface to listen on.
+    #[arg(long, default_value = "0.0.0.0", env = "SHOAL_HOST")]
+    pub host: String,
+    /// Address other nodes reach this raylet at (default: the host, or 127.0.0.1).
+    #[arg(long, env = "SHOAL_NODE_IP")]
+    pub node_ip: Option<String>,
+    /// gRPC port for tasks and objects (0 picks a free one).
+    #[arg(long, default_value_t = 6380, env = "SHOAL_RAYLET_PORT")]
+    pub port: u16,
+    /// Port of /metrics, /healthz and /readyz (0 picks a free one).
+    #[arg(long, default_value_t = 8080, env = "SHOAL_METRICS_PORT")]
+    pub metrics_port: u16,
+    /// CPUs offered (default: the machine's or the container's limit).
+    #[arg(long, env = "SHOAL_NUM_CPUS")]
+    pub num_cpus: Option<f64>,
+    /// GPUs offered.
+    #[arg(long, default_value_t = 0.0, env = "SHOAL_NUM_GPUS")]
+    pub num_gpus: f64,
+    /// Memory offered to tasks, e.g. 8Gi (default: 70% of the machine's or container's).
+    #[arg(long, env = "SHOAL_MEMORY")]
+    pub memory: Option<String>,
+    /// Custom resources, NAME=AMOUNT,...
+    #[arg(long, default_value = "", env = "SHOAL_RESOURCES")]
+    pub resources: String,
+    /// Node labels, KEY=VALUE,...
+    #[arg(long, default_value = "", env = "SHOAL_LABELS")]
+    pub labels: String,
+    /// Object store budget, e.g. 2Gi (default: 30% of memory).
+    #[arg(long, env = "SHOAL_OBJECT_STORE_MEMORY")]
+    pub object_store_memory: Option<String>,
+    /// Unix socket workers connect to.
+    #[arg(long, env = "SHOAL_WORKER_SOCKET")]
+    pub worker_socket: Option<PathBuf>,
+    /// Who starts workers.
+    #[arg(long, value_enum, default_value_t = WorkerMode::Local, env = "SHOAL_WORKER_MODE")]
+    pub worker_mode: WorkerMode,
+    /// Most workers running tasks at once (default: the CPU count).
+    #[arg(long, env = "SHOAL_MAX_WORKERS")]
+    pub max_workers: Option<usize>,
+    /// Workers started ahead of demand.
+    #[arg(long, default_value_t = 1, env = "SHOAL_PRESTART_WORKERS")]
+    pub prestart_workers: usize,
+    /// Tasks queued on a busy worker when every resource is taken.
+    #[arg(long, default_value_t = 4, env = "SHOAL_PIPELINE_DEPTH")]
+    pub pipeline_depth: usize,
+    /// Milliseconds a task may stay infeasible before it fails.
+    #[arg(long, default_value_t = 1000, env = "SHOAL_INFEASIBLE_TIMEOUT_MS")]
+    pub infeasible_timeout_ms: u64,
+    /// Write the bound addresses as JSON here once serving.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = item.split_once('=').with_context(|| format!("label `{item}` is not KEY=VALUE"))?;
+        if k.trim().is_empty() {
+            bail!("label `{item}` has an empty key");
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+fn bytes_flag(name: &str, text: &str) -> anyhow::Result<u64> {
+    let units = resources::parse_quantity(name, text)?;
+    Ok((units / resources::UNIT) as u64)
+}
+
+impl RayletArgs {
+    /// Validates every flag and reports all problems at once.
+    fn to_config(&self) -> anyhow::Result<RayletConfig> {
+        let mut problems = Vec::new();
+        let mut res = match ResourceSet::parse_pairs(&self.resources) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("--resources: {e}"));
+                ResourceSet::new()
+            }
+        };
+        let cpus = self.num_cpus.unwrap_or_else(machine::cpus);
+        if !(cpus.is_finite() && cpus >= 0.0) {
+            problems.push(format!("--num-cpus: {cpus} is not a non-negative number"));
+        }
+        if !(self.num_gpus.is_finite() && self.num_gpus >= 0.0) {
+            problems.push(format!("--num-gpus: {} is not a non-negative number", self.num_gpus));
+        }
+        let machine_mem = machine::memory();
+        let memory = match &self.memory {
+            Some(m) => bytes_flag("memory", m).unwrap_or_else(|e| {
+                problems.push(format!("--memory: {e}"));
+                0
+            }),
+            None => machine_mem / 10 * 7,
+        };
+        let store = match &self.object_store_memory {
+            Some(m) => bytes_flag("object_store_memory", m).unwrap_or_else(|e| {
+                problems.push(format!("--object-store-memory: {e}"));
+                0
+            }),
+            None => (memory / 10 * 3).max(64 << 20),
+        };
+        let labels = parse_labels(&self.labels).unwrap_or_else(|e| {
+            problems.push(format!("--labels: {e}"));
+            HashMap::new()
+        });
+        if !problems.is_empty() {
+            bail!("invalid raylet settings:\n  {}", problems.join("\n  "));
+        }
+        res = res.with(resources::CPU, cpus).with(resources::GPU, self.num_gpus);
+        res.set_units(resources::MEMORY, memory as i64 * resources::UNIT);
+        let mut labels = labels;
+        if let Ok(pod) = std::env::var("SHOAL_NODE_NAME") {
+            labels.entry("shoal.dev/pod".into()).or_insert(pod);
+        }
+        let mut cfg = RayletConfig::new(self.gcs.clone(), res);
+        cfg.host = self.host.clone();
+        cfg.port = self.port;
+        cfg.node_ip = self.node_ip.clone();
+        cfg.metrics_port = self.metrics_port;
+        cfg.labels = labels;
+        cfg.object_store_memory = store;
+        if let Some(s) = &self.worker_socket {
+            cfg.worker_socket = s.clone();
+        }
+        cfg.external_workers = self.worker_mode == WorkerMode::External;
+        if let Some(m) = self.max_workers {
+            cfg.max_workers = m.max(1);
+        }
+        cfg.prestart_workers = if cfg.external_workers { 0 } else { self.prestart_workers };
+        cfg.pipeline_depth = self.pipeline_depth.max(1);
+        cfg.infeasible_timeout = Duration::from_millis(self.infeasible_timeout_ms);
+        cfg.ready_file = self.ready_file.clone();
+        Ok(cfg)
+    }
+}
+
+/// `shoal gcs`.
+pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
+    let cfg = HeadConfig {
+        host: a.host,
+        gcs_port: a.port,
+        http_port: 0,
+        gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
+        ready_file: a.ready_file,
+    };
+    let _head = shoal::head::start(cfg, false).await?;
+    shutdown_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal head`.
+pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
+    let cfg = HeadConfig {
+        host: a.host,
+        gcs_port: a.gcs_port,
+        http_port: a.port,
+        gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
+        ready_file: a.ready_file,
+    };
+    let _head = shoal::head::start(cfg, true).await?;
+    shutdown_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shoal raylet`.
+pub async fn raylet(a: RayletArgs) -> anyhow::Result<ExitCode> {
+    let cfg = a.to_config()?;
+    let raylet = Raylet::start(cfg).await?;
+    shutdown_signal().await;
+    raylet.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `shoal up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Number of raylets.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// CPUs per raylet (default: the machine's).
+    #[arg(long)]
+    pub cpus_per_node: Option<f64>,
+}
+
+fn options(nodes: usize, cpus: Option<f64>) -> anyhow::Result<ClusterOptions> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if nodes > 64 {
+        bail!("--nodes {nodes} is more than a local cluster should run (64 at most)");
+    }
+    let mut o = ClusterOptions::new(self_binary(), nodes);
+    o.cpus_per_node = cpus;
+    Ok(o)
+}
+
+/// `shoal up`.
+pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let mut cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
+    println!("shoal local cluster up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    println!("  GCS:       {}", cluster.gcs_address);
+    println!("  HTTP:      http://{}  (metrics, health)", cluster.http_address);
+    for (i, r) in cluster.raylets.iter().enumerate() {
+        println!("  raylet {i}:  {}  node {}  metrics http://{}", r.address, r.node_id, r.http_address);
+    }
+    println!("  logs:      {}", cluster.session_dir.join("logs").display());
+    println!();
+    println!("Connect a client with SHOAL_ADDRESS={}. Press Ctrl-C to stop.", cluster.raylets[0].address);
+    shutdown_signal().await;
+    println!("stopping...");
+    cluster.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `shoal run`.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The job spec (YAML or JSON).
+    pub file: PathBuf,
+    /// Number of raylets.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// CPUs per raylet (default: the machine's).
+    #[arg(long)]
+    pub cpus_per_node: Option<f64>,
+    /// How to print the results.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// `shoal run`.
+pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let spec = shoal::job::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let plan = shoal::job::plan(&spec, &shoal::worker::builtins::is_standard_builtin)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    let cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
+    let opts = shoal::ConnectOptions { name: plan.name.clone(), ..Default::default() };
+    let client = shoal::Client::connect_with(&cluster.raylets[0].address, opts).await?;
+    let outcome = shoal::driver::run_plan(&client, &plan).await;
+    drop(client);
+    drop(cluster);
+    match outcome {
+        Ok(results) => {
+            match a.output {
+                OutputFormat::Json => println!("{}", serde_json::to_string(&results)?),
+                OutputFormat::Text => {
+                    for (id, v) in &results {
+                        println!("{id}: {v}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("job `{}` failed: {e}", plan.name);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Flags of `shoal bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Number of raylets.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// CPUs per raylet (default: the machine's).
+    #[arg(long)]
+    pub cpus_per_node: Option<f64>,
+}
+
+/// `shoal bench`.
+pub async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let report = shoal::bench::run(options(a.nodes, a.cpus_per_node)?).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `shoal wait-for`.
+#[derive(clap::Args, Debug)]
+pub struct WaitForArgs {
+    /// HOST:PORT to wait for.
+    pub address: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// `shoal wait-for`.
+pub async fn wait_for(a: WaitForArgs) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
+    loop {
+        if tokio::net::TcpStream::connect(&a.address).await.is_ok() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{} did not accept connections within {}s", a.address, a.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

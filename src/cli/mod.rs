@@ -1,0 +1,122 @@
+//! Command-line interface: one subcommand per process role and user action.
+
+pub mod cluster;
+pub mod machine;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// shoal: a Kubernetes-native distributed task runtime.
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format of server processes.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SHOAL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Result output format of user commands.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Human-readable.
+    Text,
+    /// JSON on stdout.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the global control service alone.
+    Gcs(cluster::GcsArgs),
+    /// Run the head: GCS plus the HTTP API.
+    Head(cluster::HeadArgs),
+    /// Run a raylet (one per node).
+    Raylet(Box<cluster::RayletArgs>),
+    /// Run a worker process (started by a raylet, or by a worker container).
+    Worker(worker::WorkerArgs),
+    /// Start a local cluster (a head and N raylets) and keep it up until Ctrl-C.
+    Up(cluster::UpArgs),
+    /// Run a job spec on a fresh local cluster and print the results.
+    Run(cluster::RunArgs),
+    /// Measure the runtime on a local cluster and print JSON figures.
+    Bench(cluster::BenchArgs),
+    /// Wait until a TCP address accepts connections (init containers).
+    WaitFor(cluster::WaitForArgs),
+    /// Run the Kubernetes operator that reconciles TaskCluster resources.
+    Operator(shoal_operator::OperatorArgs),
+    /// Print the TaskCluster CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Installs the tracing subscriber.
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let server = matches!(
+        cli.command,
+        Command::Gcs(_) | Command::Head(_) | Command::Raylet(_) | Command::Worker(_) | Command::Operator(_)
+    );
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs an async subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Gcs(a) => cluster::gcs(a).await,
+        Command::Head(a) => cluster::head(a).await,
+        Command::Raylet(a) => cluster::raylet(*a).await,
+        Command::Up(a) => cluster::up(a).await,
+        Command::Run(a) => cluster::run(a).await,
+        Command::Bench(a) => cluster::bench(a).await,
+        Command::WaitFor(a) => cluster::wait_for(a).await,
+        Command::Operator(a) => {
+            shoal_operator::run(a).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crd => {
+            print!("{}", shoal_operator::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// The path of this executable, for starting children.
+pub fn self_binary() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"))
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Helpers shared by the end-to-end tests: local clusters of real `shoal`
+//! processes on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use shoal::local_cluster::{ClusterOptions, LocalCluster};
+
+/// The `shoal` binary cargo built for these tests.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+/// A cluster of `n` raylets with `cpus` CPUs each.
+pub async fn cluster(n: usize, cpus: f64) -> LocalCluster {
+    let mut o = ClusterOptions::new(binary(), n);
+    o.cpus_per_node = Some(cpus);
+    o.raylet_args = vec!["--object-store-memory".into(), "512Mi".into()];
+    LocalCluster::start(o).await.expect("cluster starts")
+}
+
+/// A cluster whose raylet `i` gets `per_node[i]` as extra flags.
+pub async fn cluster_with(per_node: Vec<Vec<&str>>) -> LocalCluster {
+    let mut o = ClusterOptions::new(binary(), per_node.len());
+    o.node_args = per_node.into_iter().map(|a| a.into_iter().map(String::from).collect()).collect();
+    o.raylet_args = vec!["--object-store-memory".into(), "512Mi".into()];
+    LocalCluster::start(o).await.expect("cluster starts")
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,292 @@
+//! End-to-end behaviour of the runtime core, against real `shoal` processes:
+//! a head and raylets on 127.0.0.1, workers started by the raylets.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use shoal::{Client, NodeId, ResourceSet, Strategy, Task, Value};
+
+async fn whereami(c: &Client, task: Task) -> String {
+    let r = c.submit(task).await.unwrap();
+    let v: serde_json::Value = c.get(&r).await.unwrap();
+    v["node"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_pipeline_trains_and_evaluates_on_three_raylets() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pipeline.yaml")).unwrap();
+    let spec = shoal::job::parse(&text).unwrap();
+    let plan = shoal::job::plan(&spec, &shoal::worker::builtins::is_standard_builtin).unwrap();
+    let out = shoal::driver::run_plan(&c, &plan).await.unwrap();
+    assert_eq!(out.len(), 1, "only `evaluate` is a sink: {out:?}");
+    let eval = &out["evaluate"];
+    assert!(eval["mse"].as_f64().unwrap() < 1e-9, "{eval}");
+    assert_eq!(eval["n"].as_u64().unwrap(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_mib_result_crosses_nodes_through_the_object_manager() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let a: NodeId = cluster.raylets[1].node_id.parse().unwrap();
+    let b: NodeId = cluster.raylets[2].node_id.parse().unwrap();
+    let size: u64 = 5 << 20;
+    let data = c
+        .submit(Task::builtin("bytes").arg(size).strategy(Strategy::NodeAffinity { node: a, soft: false }))
+        .await
+        .unwrap();
+    let sum = c
+        .submit(Task::builtin("checksum").arg(&data).strategy(Strategy::NodeAffinity { node: b, soft: false }))
+        .await
+        .unwrap();
+    let got: serde_json::Value = c.get(&sum).await.unwrap();
+    // The same pattern computed here.
+    let expected: Vec<u8> = (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect();
+    assert_eq!(got["len"], size);
+    assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&expected)));
+    let stats = shoal::node_stats(&cluster.raylets[2].address).await.unwrap();
+    assert!(stats.pulled_bytes >= size, "node B pulled {} bytes", stats.pulled_bytes);
+    assert!(stats.pulled_objects >= 1);
+    let src = shoal::node_stats(&cluster.raylets[1].address).await.unwrap();
+    assert!(src.served_bytes >= size, "node A served {} bytes", src.served_bytes);
+    // And the driver can read it too, intact.
+    match c.get_value(&data).await.unwrap() {
+        Value::Bytes(b) => assert_eq!(&b[..], &expected[..]),
+        v => panic!("expected bytes, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cpu_task_never_lands_on_a_one_cpu_raylet() {
+    let cluster = common::cluster_with(vec![vec!["--num-cpus", "1"], vec!["--num-cpus", "2"], vec!["--num-cpus", "2"]]).await;
+    let small = cluster.raylets[0].node_id.clone();
+    // Submit through the 1-CPU raylet itself: it must send the tasks away.
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut refs = Vec::new();
+    for _ in 0..12 {
+        refs.push(c.submit(Task::builtin("whereami").cpus(2.0)).await.unwrap());
+    }
+    for r in &refs {
+        let v: serde_json::Value = c.get(r).await.unwrap();
+        assert_ne!(v["node"].as_str().unwrap(), small, "a 2-CPU task ran on the 1-CPU node");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infeasible_task_is_reported_not_hung() {
+    let cluster = common::cluster(2, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let r = c.submit(Task::builtin("noop").cpus(64.0)).await.unwrap();
+    let err = c.get_timeout(&r, Some(Duration::from_secs(20))).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("Infeasible"), "{text}");
+    assert!(text.contains("cpu: 64"), "{text}");
+    // A custom resource nobody has is infeasible too, and the cluster still works.
+    let r = c.submit(Task::builtin("noop").resources(ResourceSet::new().with("tpu", 1.0))).await.unwrap();
+    assert!(c.get_value(&r).await.unwrap_err().to_string().contains("Infeasible"));
+    let ok = c.submit(Task::builtin("identity").arg(7)).await.unwrap();
+    assert_eq!(c.get::<i64>(&ok).await.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_puts_three_tasks_on_three_nodes() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut refs = Vec::new();
+    for _ in 0..3 {
+        refs.push(c.submit(Task::builtin("whereami").strategy(Strategy::Spread)).await.unwrap());
+    }
+    let mut nodes = HashSet::new();
+    for r in &refs {
+        let v: serde_json::Value = c.get(r).await.unwrap();
+        nodes.insert(v["node"].as_str().unwrap().to_string());
+    }
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_runs_where_its_fifty_mib_argument_lives() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let b: NodeId = cluster.raylets[1].node_id.parse().unwrap();
+    let data = c
+        .submit(Task::builtin("bytes").arg(50u64 << 20).strategy(Strategy::NodeAffinity { node: b, soft: false }))
+        .await
+        .unwrap();
+    c.wait(std::slice::from_ref(&data), 1, None).await.unwrap();
+    for _ in 0..3 {
+        let node = whereami(&c, Task::builtin("whereami").arg(&data)).await;
+        assert_eq!(node, b.to_string());
+    }
+    // Hard and soft affinity.
+    let third: NodeId = cluster.raylets[2].node_id.parse().unwrap();
+    let node = whereami(&c, Task::builtin("whereami").strategy(Strategy::NodeAffinity { node: third, soft: true })).await;
+    assert_eq!(node, third.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_task_fan_out_fan_in_sums_right() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut parts = Vec::with_capacity(10_000);
+    for i in 0..10_000i64 {
+        parts.push(c.submit(Task::builtin("identity").arg(i)).await.unwrap());
+    }
+    let total = c.submit(Task::builtin("sum").args(parts.iter())).await.unwrap();
+    drop(parts);
+    assert_eq!(c.get::<i64>(&total).await.unwrap(), (0..10_000i64).sum::<i64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_stores_are_empty_once_references_are_dropped() {
+    let cluster = common::cluster(3, 2.0).await;
+    {
+        let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+        let mut refs = Vec::new();
+        for i in 0..3 {
+            let node: NodeId = cluster.raylets[i].node_id.parse().unwrap();
+            // Large results stay in the store of the node that made them.
+            refs.push(
+                c.submit(Task::builtin("bytes").arg(1u64 << 20).strategy(Strategy::NodeAffinity { node, soft: false }))
+                    .await
+                    .unwrap(),
+            );
+        }
+        // Consumers elsewhere pull secondary copies.
+        let other: NodeId = cluster.raylets[2].node_id.parse().unwrap();
+        let sizes = c
+            .submit(Task::builtin("len").arg(&refs[0]).strategy(Strategy::NodeAffinity { node: other, soft: false }))
+            .await
+            .unwrap();
+        assert_eq!(c.get::<u64>(&sizes).await.unwrap(), 1 << 20);
+        let put = c.put_value(Value::Bytes(bytes::Bytes::from(vec![1u8; 300_000]))).await.unwrap();
+        for r in &refs {
+            c.get_value(r).await.unwrap();
+        }
+        c.get_value(&put).await.unwrap();
+        let used: u64 = {
+            let mut u = 0;
+            for r in &cluster.raylets {
+                u += shoal::node_stats(&r.address).await.unwrap().object_store_used;
+            }
+            u
+        };
+        assert!(used >= 3 << 20, "objects should be stored, {used} bytes used");
+        drop(refs);
+        drop(put);
+        drop(sizes);
+        // Explicitly dropping the refs is enough: the client stays connected.
+        let raylets = cluster.raylets.clone();
+        let empty = common::eventually(Duration::from_secs(10), || {
+            let raylets = raylets.clone();
+            async move {
+                for r in &raylets {
+                    let s = shoal::node_stats(&r.address).await.unwrap();
+                    if s.object_count != 0 || s.object_store_used != 0 || s.owned_objects != 0 {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        assert!(empty, "every store and owner table must be empty");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_tasks_read_stdin_and_report_stderr_on_failure() {
+    let cluster = common::cluster(1, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let raw = c.submit(Task::exec(["python3", "-c", "print(42)"])).await.unwrap();
+    let doubled = c
+        .submit(Task::exec(["python3", "-c", "import json,sys; a=json.load(sys.stdin); print(a[0]*2)"]).arg(&raw))
+        .await
+        .unwrap();
+    assert_eq!(c.get::<i64>(&doubled).await.unwrap(), 84);
+    let text = c.submit(Task::exec(["sh", "-c", "echo hello"]).output_text(true)).await.unwrap();
+    assert_eq!(c.get::<String>(&text).await.unwrap(), "hello");
+    let bad = c
+        .submit(Task::exec(["sh", "-c", "echo something broke >&2; exit 3"]).name("breaker").max_retries(2))
+        .await
+        .unwrap();
+    let err = c.get_value(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("breaker"), "{err}");
+    assert!(err.contains("status 3"), "{err}");
+    assert!(err.contains("something broke"), "{err}");
+    assert!(err.contains("attempt 0"), "a failing command is not retried by default: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_the_task_function_node_and_attempt() {
+    let cluster = common::cluster(2, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let r = c.submit(Task::builtin("fail").arg("bad input").name("validate")).await.unwrap();
+    let err = c.get_value(&r).await.unwrap_err();
+    let shoal::Error::Task(e) = &err else { panic!("{err}") };
+    assert_eq!(e.task_name, "validate");
+    assert_eq!(e.function, "builtin:fail");
+    assert!(!e.node_id.is_empty());
+    assert!(e.message.contains("bad input"));
+    // A dependent of a failed task fails with the cause.
+    let dep = c.submit(Task::builtin("identity").arg(&r).name("after")).await.unwrap();
+    let err = c.get_value(&dep).await.unwrap_err().to_string();
+    assert!(err.contains("bad input"), "{err}");
+    // An unknown builtin is a clear error, and the cluster stays healthy.
+    let r = c.submit(Task::builtin("no_such_function")).await.unwrap();
+    assert!(c.get_value(&r).await.unwrap_err().to_string().contains("no builtin named"));
+    let ok = c.submit(Task::builtin("add").arg(2).arg(3)).await.unwrap();
+    assert_eq!(c.get::<i64>(&ok).await.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_wait_and_multiple_returns() {
+    let cluster = common::cluster(2, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let p = c.put(&serde_json::json!({"k": [1, 2, 3]})).await.unwrap();
+    let got: serde_json::Value = c.get(&p).await.unwrap();
+    assert_eq!(got["k"][2], 3);
+    let slow = c.submit(Task::builtin("sleep").arg(2.0)).await.unwrap();
+    let fast = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
+    let (ready, not_ready) = c.wait(&[slow.clone(), fast.clone(), p.clone()], 2, Some(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(ready.iter().map(|r| r.id()).collect::<Vec<_>>(), vec![fast.id(), p.id()], "ready refs in input order");
+    assert_eq!(not_ready[0].id(), slow.id());
+    let t = c.get_timeout(&slow, Some(Duration::from_millis(50))).await;
+    assert!(matches!(t, Err(shoal::Error::Timeout(..))), "{t:?}");
+    let parts = c
+        .submit_returns(Task::exec(["python3", "-c", "print('[1, \"two\", 3]')"]).num_returns(3))
+        .await
+        .unwrap();
+    assert_eq!(parts.len(), 3);
+    assert_eq!(c.get::<String>(&parts[1]).await.unwrap(), "two");
+    let second = c.submit(Task::builtin("identity").arg(&parts[2])).await.unwrap();
+    assert_eq!(c.get::<i64>(&second).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtins_submit_and_get_nested_tasks() {
+    // One CPU per node: the nested tasks can only run because the parent
+    // lends its CPU while it waits.
+    let cluster = common::cluster(1, 1.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let r = c.submit(Task::builtin("spawn_sum").arg(20)).await.unwrap();
+    assert_eq!(c.get::<i64>(&r).await.unwrap(), (0..20).sum::<i64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_its_task_retried() {
+    let cluster = common::cluster(1, 1.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    // The task kills its own worker on the first attempt.
+    let r = c.submit(Task::builtin("crash_once")).await.unwrap();
+    assert_eq!(c.get::<u32>(&r).await.unwrap(), 1, "the second attempt succeeds");
+    let r = c.submit(Task::builtin("crash_once").max_retries(0)).await.unwrap();
+    let err = c.get_value(&r).await.unwrap_err().to_string();
+    assert!(err.contains("WorkerDied"), "{err}");
+    let ok = c.submit(Task::builtin("identity").arg(5)).await.unwrap();
+    assert_eq!(c.get::<i64>(&ok).await.unwrap(), 5);
+}
