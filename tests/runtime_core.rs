@@ -62,7 +62,8 @@ async fn five_mib_result_crosses_nodes_through_the_object_manager() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cpu_task_never_lands_on_a_one_cpu_raylet() {
-    let cluster = common::cluster_with(vec![vec!["--num-cpus", "1"], vec!["--num-cpus", "2"], vec!["--num-cpus", "2"]]).await;
+    let cluster =
+        common::cluster_with(vec![vec!["--num-cpus", "1"], vec!["--num-cpus", "2"], vec!["--num-cpus", "2"]]).await;
     let small = cluster.raylets[0].node_id.clone();
     // Submit through the 1-CPU raylet itself: it must send the tasks away.
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
@@ -124,7 +125,8 @@ async fn task_runs_where_its_fifty_mib_argument_lives() {
     }
     // Hard and soft affinity.
     let third: NodeId = cluster.raylets[2].node_id.parse().unwrap();
-    let node = whereami(&c, Task::builtin("whereami").strategy(Strategy::NodeAffinity { node: third, soft: true })).await;
+    let node =
+        whereami(&c, Task::builtin("whereami").strategy(Strategy::NodeAffinity { node: third, soft: true })).await;
     assert_eq!(node, third.to_string());
 }
 
@@ -252,15 +254,14 @@ async fn put_get_wait_and_multiple_returns() {
     assert_eq!(got["k"][2], 3);
     let slow = c.submit(Task::builtin("sleep").arg(2.0)).await.unwrap();
     let fast = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
-    let (ready, not_ready) = c.wait(&[slow.clone(), fast.clone(), p.clone()], 2, Some(Duration::from_secs(10))).await.unwrap();
+    let (ready, not_ready) =
+        c.wait(&[slow.clone(), fast.clone(), p.clone()], 2, Some(Duration::from_secs(10))).await.unwrap();
     assert_eq!(ready.iter().map(|r| r.id()).collect::<Vec<_>>(), vec![fast.id(), p.id()], "ready refs in input order");
     assert_eq!(not_ready[0].id(), slow.id());
     let t = c.get_timeout(&slow, Some(Duration::from_millis(50))).await;
     assert!(matches!(t, Err(shoal::Error::Timeout(..))), "{t:?}");
-    let parts = c
-        .submit_returns(Task::exec(["python3", "-c", "print('[1, \"two\", 3]')"]).num_returns(3))
-        .await
-        .unwrap();
+    let parts =
+        c.submit_returns(Task::exec(["python3", "-c", "print('[1, \"two\", 3]')"]).num_returns(3)).await.unwrap();
     assert_eq!(parts.len(), 3);
     assert_eq!(c.get::<String>(&parts[1]).await.unwrap(), "two");
     let second = c.submit(Task::builtin("identity").arg(&parts[2])).await.unwrap();

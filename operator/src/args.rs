@@ -6,11 +6,7 @@ use clap::Args;
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct OperatorArgs {
     /// Namespace whose TaskClusters are reconciled; all namespaces when empty.
-    #[arg(
-        long = "watch-namespace",
-        env = "SHOAL_WATCH_NAMESPACE",
-        default_value = ""
-    )]
+    #[arg(long = "watch-namespace", env = "SHOAL_WATCH_NAMESPACE", default_value = "")]
     pub watch_namespace: String,
 
     /// Port of the operator's /metrics, /healthz and /readyz.

@@ -13,10 +13,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -56,26 +55,13 @@ const RAYLET_OVERHEAD_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The head Service: GCS, REST/metrics and the user's extra ports, routed to the head pod.
 pub fn head_service(cluster: &ValidCluster, owner: &OwnerReference) -> Service {
-    let mut ports = vec![
-        service_port("gcs", GCS_PORT),
-        service_port("http", HEAD_HTTP_PORT),
-    ];
-    ports.extend(
-        cluster
-            .head
-            .ports
-            .iter()
-            .map(|p| service_port(&p.name, p.port)),
-    );
+    let mut ports = vec![service_port("gcs", GCS_PORT), service_port("http", HEAD_HTTP_PORT)];
+    ports.extend(cluster.head.ports.iter().map(|p| service_port(&p.name, p.port)));
     Service {
         metadata: ObjectMeta {
             name: Some(labels::head_name(&cluster.name)),
             namespace: Some(cluster.namespace.clone()),
-            labels: Some(labels::object_labels(
-                &cluster.name,
-                labels::ROLE_HEAD,
-                None,
-            )),
+            labels: Some(labels::object_labels(&cluster.name, labels::ROLE_HEAD, None)),
             owner_references: Some(vec![owner.clone()]),
             ..ObjectMeta::default()
         },
@@ -93,13 +79,7 @@ pub fn head_service(cluster: &ValidCluster, owner: &OwnerReference) -> Service {
 pub fn head_pod(cluster: &ValidCluster, owner: &OwnerReference) -> Pod {
     let mut template = head_template(cluster);
     let hash = template_hash(&template);
-    finish(
-        &mut template,
-        labels::head_name(&cluster.name),
-        cluster,
-        owner,
-        hash,
-    );
+    finish(&mut template, labels::head_name(&cluster.name), cluster, owner, hash);
     template
 }
 
@@ -109,12 +89,7 @@ pub fn head_hash(cluster: &ValidCluster) -> String {
 }
 
 /// A raylet pod of `group` with the given name, with its template hash.
-pub fn raylet_pod(
-    cluster: &ValidCluster,
-    group: &ValidGroup,
-    name: &str,
-    owner: &OwnerReference,
-) -> Pod {
+pub fn raylet_pod(cluster: &ValidCluster, group: &ValidGroup, name: &str, owner: &OwnerReference) -> Pod {
     let mut template = raylet_template(cluster, group);
     let hash = template_hash(&template);
     finish(&mut template, name.to_string(), cluster, owner, hash);
@@ -128,18 +103,12 @@ pub fn raylet_hash(cluster: &ValidCluster, group: &ValidGroup) -> String {
 
 /// `SHOAL_GCS_ADDRESS` of the cluster's raylets.
 pub fn gcs_address(cluster: &ValidCluster) -> String {
-    format!(
-        "{}:{GCS_PORT}",
-        labels::head_service_host(&cluster.name, &cluster.namespace)
-    )
+    format!("{}:{GCS_PORT}", labels::head_service_host(&cluster.name, &cluster.namespace))
 }
 
 fn head_template(cluster: &ValidCluster) -> Pod {
-    let mut pod = base_pod(
-        &cluster.head.template,
-        labels::object_labels(&cluster.name, labels::ROLE_HEAD, None),
-        HEAD_HTTP_PORT,
-    );
+    let mut pod =
+        base_pod(&cluster.head.template, labels::object_labels(&cluster.name, labels::ROLE_HEAD, None), HEAD_HTTP_PORT);
     let mut args = strings(&[
         "head",
         "--host",
@@ -159,11 +128,7 @@ fn head_template(cluster: &ValidCluster) -> Pod {
                 name: "shoal-token".to_string(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(secret.name.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: secret.key.clone(),
-                        path: "token".to_string(),
-                        mode: None,
-                    }]),
+                    items: Some(vec![KeyToPath { key: secret.key.clone(), path: "token".to_string(), mode: None }]),
                     default_mode: Some(0o440),
                     optional: None,
                 }),
@@ -172,24 +137,13 @@ fn head_template(cluster: &ValidCluster) -> Pod {
         );
         mounts.push(mount("shoal-token", TOKEN_DIR, true));
     }
-    let mut ports = vec![
-        container_port("gcs", GCS_PORT),
-        container_port("http", HEAD_HTTP_PORT),
-    ];
-    ports.extend(
-        cluster
-            .head
-            .ports
-            .iter()
-            .map(|p| container_port(&p.name, p.port)),
-    );
+    let mut ports = vec![container_port("gcs", GCS_PORT), container_port("http", HEAD_HTTP_PORT)];
+    ports.extend(cluster.head.ports.iter().map(|p| container_port(&p.name, p.port)));
     let head = upsert_container(spec, "head");
     shoal_container(head, cluster, args, cluster.head.resources.clone());
     head.ports = Some(ports);
-    head.readiness_probe
-        .get_or_insert_with(|| probe("/readyz", HEAD_HTTP_PORT, 5));
-    head.liveness_probe
-        .get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
+    head.readiness_probe.get_or_insert_with(|| probe("/readyz", HEAD_HTTP_PORT, 5));
+    head.liveness_probe.get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
     extend(&mut head.volume_mounts, mounts);
     pod
 }
@@ -227,19 +181,10 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
     if !node.custom.is_empty() {
         args.extend(strings(&["--resources", &node.custom_flag()]));
     }
-    let node_labels: Vec<String> = group
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let node_labels: Vec<String> = group.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     args.extend(strings(&["--labels", &node_labels.join(",")]));
     if group.external_workers {
-        args.extend(strings(&[
-            "--worker-mode",
-            "external",
-            "--worker-socket",
-            RAYLET_SOCKET,
-        ]));
+        args.extend(strings(&["--worker-mode", "external", "--worker-socket", RAYLET_SOCKET]));
     }
 
     let gcs_env = env("SHOAL_GCS_ADDRESS", &gcs_address(cluster));
@@ -263,12 +208,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
     let mut wait = Container {
         name: "wait-for-gcs".to_string(),
         command: Some(vec![SHOAL_BIN.to_string()]),
-        args: Some(strings(&[
-            "wait-for",
-            "$(SHOAL_GCS_ADDRESS)",
-            "--timeout",
-            &GCS_WAIT_TIMEOUT_SECS.to_string(),
-        ])),
+        args: Some(strings(&["wait-for", "$(SHOAL_GCS_ADDRESS)", "--timeout", &GCS_WAIT_TIMEOUT_SECS.to_string()])),
         env: Some(vec![gcs_env.clone()]),
         ..Container::default()
     };
@@ -282,11 +222,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
         let mut install = Container {
             name: "install-shoal".to_string(),
             // The image holds a single static `cp` next to shoal for exactly this copy.
-            command: Some(strings(&[
-                "cp",
-                SHOAL_BIN,
-                &format!("{SHARED_BIN_DIR}/shoal"),
-            ])),
+            command: Some(strings(&["cp", SHOAL_BIN, &format!("{SHARED_BIN_DIR}/shoal")])),
             volume_mounts: Some(vec![mount("shoal-bin", SHARED_BIN_DIR, false)]),
             ..Container::default()
         };
@@ -307,10 +243,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
         }
         extend(
             &mut worker.volume_mounts,
-            vec![
-                mount("shoal-bin", SHARED_BIN_DIR, true),
-                mount("shoal-socket", SOCKET_DIR, false),
-            ],
+            vec![mount("shoal-bin", SHARED_BIN_DIR, true), mount("shoal-socket", SOCKET_DIR, false)],
         );
         // The raylet itself needs little CPU; its memory is the object store plus overhead.
         let memory = node.object_store_memory.unwrap_or(0) + RAYLET_OVERHEAD_BYTES;
@@ -319,10 +252,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
                 ("cpu".to_string(), Quantity("100m".to_string())),
                 ("memory".to_string(), Quantity(memory.to_string())),
             ])),
-            limits: Some(BTreeMap::from([(
-                "memory".to_string(),
-                Quantity(memory.to_string()),
-            )])),
+            limits: Some(BTreeMap::from([("memory".to_string(), Quantity(memory.to_string()))])),
             ..ResourceRequirements::default()
         })
     } else {
@@ -334,10 +264,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
 
     let raylet = upsert_container(spec, "raylet");
     shoal_container(raylet, cluster, args, raylet_resources);
-    raylet.ports = Some(vec![
-        container_port("raylet", RAYLET_PORT),
-        container_port("metrics", RAYLET_METRICS_PORT),
-    ]);
+    raylet.ports = Some(vec![container_port("raylet", RAYLET_PORT), container_port("metrics", RAYLET_METRICS_PORT)]);
     extend(
         &mut raylet.env,
         vec![
@@ -347,12 +274,8 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
             env("SHOAL_SPILL_DIR", SPILL_DIR),
         ],
     );
-    raylet
-        .readiness_probe
-        .get_or_insert_with(|| probe("/readyz", RAYLET_METRICS_PORT, 5));
-    raylet
-        .liveness_probe
-        .get_or_insert_with(|| probe("/healthz", RAYLET_METRICS_PORT, 10));
+    raylet.readiness_probe.get_or_insert_with(|| probe("/readyz", RAYLET_METRICS_PORT, 5));
+    raylet.liveness_probe.get_or_insert_with(|| probe("/healthz", RAYLET_METRICS_PORT, 10));
     extend(&mut raylet.volume_mounts, raylet_mounts);
     pod
 }
@@ -377,20 +300,12 @@ fn base_pod(
         annotations.entry(k.to_string()).or_insert(v);
     }
     let mut spec = template.spec.clone().unwrap_or_default();
-    spec.security_context
-        .get_or_insert_with(|| PodSecurityContext {
-            run_as_non_root: Some(true),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                localhost_profile: None,
-            }),
-            ..PodSecurityContext::default()
-        });
-    Pod {
-        metadata,
-        spec: Some(spec),
-        status: None,
-    }
+    spec.security_context.get_or_insert_with(|| PodSecurityContext {
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    });
+    Pod { metadata, spec: Some(spec), status: None }
 }
 
 /// Sets what every container running the shoal image has.
@@ -419,29 +334,17 @@ fn image_of(c: &mut Container, cluster: &ValidCluster) {
     }
     c.security_context.get_or_insert_with(|| SecurityContext {
         allow_privilege_escalation: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_string()]),
-            add: None,
-        }),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
         ..SecurityContext::default()
     });
 }
 
 /// Sets name, namespace, owner and hash on a built template.
-fn finish(
-    pod: &mut Pod,
-    name: String,
-    cluster: &ValidCluster,
-    owner: &OwnerReference,
-    hash: String,
-) {
+fn finish(pod: &mut Pod, name: String, cluster: &ValidCluster, owner: &OwnerReference, hash: String) {
     pod.metadata.name = Some(name);
     pod.metadata.namespace = Some(cluster.namespace.clone());
     pod.metadata.owner_references = Some(vec![owner.clone()]);
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(TEMPLATE_HASH.to_string(), hash);
+    pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(TEMPLATE_HASH.to_string(), hash);
 }
 
 /// FNV-1a (64-bit) of the pod's JSON: stable across Rust releases and operator restarts,
@@ -461,13 +364,7 @@ fn upsert_container<'a>(spec: &'a mut PodSpec, name: &str) -> &'a mut Container 
         Some(i) => i,
         None => {
             // The operator's containers go first so `kubectl logs` picks them by default.
-            spec.containers.insert(
-                0,
-                Container {
-                    name: name.to_string(),
-                    ..Container::default()
-                },
-            );
+            spec.containers.insert(0, Container { name: name.to_string(), ..Container::default() });
             0
         }
     };
@@ -510,11 +407,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value: Some(value.to_string()),
-        value_from: None,
-    }
+    EnvVar { name: name.to_string(), value: Some(value.to_string()), value_from: None }
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -522,10 +415,7 @@ fn field_env(name: &str, path: &str) -> EnvVar {
         name: name.to_string(),
         value: None,
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.to_string(),
-                api_version: None,
-            }),
+            field_ref: Some(ObjectFieldSelector { field_path: path.to_string(), api_version: None }),
             ..EnvVarSource::default()
         }),
     }
@@ -541,11 +431,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 }
 
 fn empty_dir(name: &str) -> Volume {
-    Volume {
-        name: name.to_string(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Volume::default()
-    }
+    Volume { name: name.to_string(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
@@ -598,10 +484,7 @@ mod tests {
     }
 
     fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
-        pod.spec
-            .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == name))
-            .expect("container")
+        pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == name)).expect("container")
     }
 
     #[test]
@@ -615,45 +498,18 @@ mod tests {
              --num-cpus 2 --num-gpus 0 --memory 4294967296 --object-store-memory 1073741824 \
              --labels shoal.dev/group=cpu,tier=general"
         );
-        let env: Vec<&str> = raylet
-            .env
-            .iter()
-            .flatten()
-            .map(|e| e.name.as_str())
-            .collect();
-        assert_eq!(
-            env,
-            [
-                "SHOAL_GCS_ADDRESS",
-                "POD_IP",
-                "SHOAL_NODE_NAME",
-                "SHOAL_SPILL_DIR"
-            ]
-        );
-        assert_eq!(
-            raylet.env.as_ref().expect("env")[0].value.as_deref(),
-            Some("demo-head.default.svc:6379")
-        );
+        let env: Vec<&str> = raylet.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert_eq!(env, ["SHOAL_GCS_ADDRESS", "POD_IP", "SHOAL_NODE_NAME", "SHOAL_SPILL_DIR"]);
+        assert_eq!(raylet.env.as_ref().expect("env")[0].value.as_deref(), Some("demo-head.default.svc:6379"));
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels["shoal.dev/cluster"], "demo");
         assert_eq!(labels["shoal.dev/group"], "cpu");
         assert_eq!(labels["shoal.dev/role"], "raylet");
         assert_eq!(pod.metadata.owner_references, Some(vec![owner()]));
-        let init = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.clone())
-            .unwrap_or_default();
+        let init = pod.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
+        assert_eq!(init[0].args.clone().unwrap_or_default().join(" "), "wait-for $(SHOAL_GCS_ADDRESS) --timeout 300");
         assert_eq!(
-            init[0].args.clone().unwrap_or_default().join(" "),
-            "wait-for $(SHOAL_GCS_ADDRESS) --timeout 300"
-        );
-        assert_eq!(
-            raylet
-                .readiness_probe
-                .as_ref()
-                .and_then(|p| p.http_get.as_ref())
-                .and_then(|h| h.path.as_deref()),
+            raylet.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.as_deref()),
             Some("/readyz")
         );
     }
@@ -662,15 +518,10 @@ mod tests {
     fn worker_container_gets_the_shared_binary_and_the_raylet_socket() {
         let (valid, _) = fixtures::valid_and_desired();
         let pod = raylet_pod(&valid, &valid.groups[1], "demo-gpu-abcde", &owner());
-        let raylet_args = container(&pod, "raylet")
-            .args
-            .clone()
-            .unwrap_or_default()
-            .join(" ");
+        let raylet_args = container(&pod, "raylet").args.clone().unwrap_or_default().join(" ");
         assert!(raylet_args.contains("--num-cpus 4 --num-gpus 1 --memory 17179869184 --object-store-memory 1073741824 --resources accel=1,example.com/fpga=2"), "{raylet_args}");
         assert!(
-            raylet_args
-                .ends_with("--worker-mode external --worker-socket /var/run/shoal/raylet.sock"),
+            raylet_args.ends_with("--worker-mode external --worker-socket /var/run/shoal/raylet.sock"),
             "{raylet_args}"
         );
         let worker = container(&pod, "worker");
@@ -690,20 +541,13 @@ mod tests {
             .collect();
         assert_eq!(init, ["wait-for-gcs", "install-shoal"]);
         // The user's tolerations survive.
-        assert!(pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_ref())
-            .is_some());
+        assert!(pod.spec.as_ref().and_then(|s| s.tolerations.as_ref()).is_some());
     }
 
     #[test]
     fn head_pod_and_service_expose_gcs_and_http() {
         let (mut valid, _) = fixtures::valid_and_desired();
-        valid.head.token_secret = Some(crate::crd::SecretKeyRef {
-            name: "tok".into(),
-            key: "token".into(),
-        });
+        valid.head.token_secret = Some(crate::crd::SecretKeyRef { name: "tok".into(), key: "token".into() });
         let pod = head_pod(&valid, &owner());
         let head = container(&pod, "head");
         assert_eq!(
@@ -712,34 +556,19 @@ mod tests {
         );
         assert_eq!(pod.metadata.name.as_deref(), Some("demo-head"));
         let svc = head_service(&valid, &owner());
-        let ports: Vec<i32> = svc
-            .spec
-            .and_then(|s| s.ports)
-            .unwrap_or_default()
-            .iter()
-            .map(|p| p.port)
-            .collect();
+        let ports: Vec<i32> = svc.spec.and_then(|s| s.ports).unwrap_or_default().iter().map(|p| p.port).collect();
         assert_eq!(ports, [6379, 8265]);
     }
 
     #[test]
     fn building_is_deterministic_and_the_hash_follows_the_spec() {
         let (valid, _) = fixtures::valid_and_desired();
-        assert_eq!(
-            raylet_hash(&valid, &valid.groups[0]),
-            raylet_hash(&valid, &valid.groups[0])
-        );
-        assert_ne!(
-            raylet_hash(&valid, &valid.groups[0]),
-            raylet_hash(&valid, &valid.groups[1])
-        );
+        assert_eq!(raylet_hash(&valid, &valid.groups[0]), raylet_hash(&valid, &valid.groups[0]));
+        assert_ne!(raylet_hash(&valid, &valid.groups[0]), raylet_hash(&valid, &valid.groups[1]));
         let mut changed = valid.clone();
         changed.image = "other:1".into();
         assert_ne!(head_hash(&valid), head_hash(&changed));
-        assert_ne!(
-            raylet_hash(&valid, &valid.groups[0]),
-            raylet_hash(&changed, &changed.groups[0])
-        );
+        assert_ne!(raylet_hash(&valid, &valid.groups[0]), raylet_hash(&changed, &changed.groups[0]));
         // The pod name is not part of the hash: every pod of a group shares it.
         let a = raylet_pod(&valid, &valid.groups[0], "a", &owner());
         let b = raylet_pod(&valid, &valid.groups[0], "b", &owner());

@@ -24,10 +24,9 @@ use crate::reconcile::{error_policy, reconcile, Context};
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: OperatorArgs) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(|source| Error::Kube {
-        action: "connecting to the API server".into(),
-        source,
-    })?;
+    let client = Client::try_default()
+        .await
+        .map_err(|source| Error::Kube { action: "connecting to the API server".into(), source })?;
     let metrics = Arc::new(Metrics::new()?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -36,11 +35,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), Error> {
         let _ = stop_tx.send(true);
     });
 
-    let server = tokio::spawn(metrics::serve(
-        metrics.clone(),
-        args.metrics_port,
-        wait_stop(stop_rx.clone()),
-    ));
+    let server = tokio::spawn(metrics::serve(metrics.clone(), args.metrics_port, wait_stop(stop_rx.clone())));
 
     let result = if args.leader_election {
         run_as_leader(&args, client, metrics.clone(), stop_rx.clone()).await
@@ -59,11 +54,10 @@ async fn run_as_leader(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
-    let mut builder =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_duration(args.lease_duration_seconds)
-            .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
-            .with_field_manager(labels::FIELD_MANAGER);
+    let mut builder = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_duration(args.lease_duration_seconds)
+        .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
+        .with_field_manager(labels::FIELD_MANAGER);
     if !args.lease_namespace.is_empty() {
         builder = builder.with_namespace(&args.lease_namespace);
     }
@@ -139,19 +133,13 @@ async fn run_controller(
     let (clusters, pods): (Api<TaskCluster>, Api<Pod>) = if args.watch_namespace.is_empty() {
         (Api::all(client.clone()), Api::all(client.clone()))
     } else {
-        (
-            Api::namespaced(client.clone(), &args.watch_namespace),
-            Api::namespaced(client.clone(), &args.watch_namespace),
-        )
+        (Api::namespaced(client.clone(), &args.watch_namespace), Api::namespaced(client.clone(), &args.watch_namespace))
     };
     // One pod cache, shared by the controller (as a trigger) and the reconciler (to read).
     let (pod_store, pod_writer) = reflector::store();
-    let pod_stream = reflector(
-        pod_writer,
-        watcher(pods, watcher::Config::default().labels(labels::CLUSTER)),
-    )
-    .default_backoff()
-    .touched_objects();
+    let pod_stream = reflector(pod_writer, watcher(pods, watcher::Config::default().labels(labels::CLUSTER)))
+        .default_backoff()
+        .touched_objects();
     let reporter = Reporter {
         controller: labels::FIELD_MANAGER.to_string(),
         instance: (!args.pod_name.is_empty()).then(|| args.pod_name.clone()),

@@ -164,10 +164,7 @@ impl ServiceType {
 #[serde(rename_all = "camelCase")]
 pub struct ExtraPort {
     /// Port name (an IANA service name: at most 15 characters).
-    #[schemars(
-        length(min = 1, max = 15),
-        regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 15), regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// Port number.
     #[schemars(range(min = 1, max = 65535))]
@@ -197,10 +194,7 @@ fn default_token_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct WorkerGroupSpec {
     /// Group name, unique in the cluster; pods are named `<cluster>-<group>-<suffix>`.
-    #[schemars(
-        length(min = 1, max = 16),
-        regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 16), regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// Number of raylet pods wanted.
     #[serde(default = "default_replicas")]

@@ -35,28 +35,17 @@ struct Pending {
 
 impl Expectations {
     /// Records a create of `name` (group `None` for the head) that the cache has not shown.
-    pub fn expect_create(
-        &self,
-        cluster: &(String, String),
-        name: &str,
-        group: Option<&str>,
-        hash: &str,
-    ) {
+    pub fn expect_create(&self, cluster: &(String, String), name: &str, group: Option<&str>, hash: &str) {
         let mut clusters = self.lock();
         let pending = clusters.entry(cluster.clone()).or_default();
-        pending.creates.insert(
-            name.to_string(),
-            (group.map(str::to_string), hash.to_string(), Instant::now()),
-        );
+        pending.creates.insert(name.to_string(), (group.map(str::to_string), hash.to_string(), Instant::now()));
     }
 
     /// Records a delete of the pod `name` with `uid`.
     pub fn expect_delete(&self, cluster: &(String, String), name: &str, uid: Option<&str>) {
         let mut clusters = self.lock();
         let pending = clusters.entry(cluster.clone()).or_default();
-        pending
-            .deletes
-            .insert(name.to_string(), (uid.map(str::to_string), Instant::now()));
+        pending.deletes.insert(name.to_string(), (uid.map(str::to_string), Instant::now()));
     }
 
     /// Forgets everything about a cluster (it was deleted).
@@ -76,9 +65,7 @@ impl Expectations {
         });
         pending.deletes.retain(|name, (uid, at)| {
             now.duration_since(*at) < EXPECTATION_TTL
-                && pods
-                    .iter()
-                    .any(|p| &p.name == name && p.uid == *uid && !p.terminating)
+                && pods.iter().any(|p| &p.name == name && p.uid == *uid && !p.terminating)
         });
         for pod in pods.iter_mut() {
             if pending.deletes.contains_key(&pod.name) {

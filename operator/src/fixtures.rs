@@ -9,8 +9,7 @@ use crate::validate::{validate, ValidCluster};
 /// return it (namespace, uid, generation set).
 pub(crate) fn cluster() -> TaskCluster {
     let mut tc: TaskCluster =
-        serde_yaml_ng::from_str(include_str!("../../manifests/examples/cluster.yaml"))
-            .expect("example parses");
+        serde_yaml_ng::from_str(include_str!("../../manifests/examples/cluster.yaml")).expect("example parses");
     tc.metadata.namespace = Some("default".to_string());
     tc.metadata.uid = Some("tc-uid".to_string());
     tc.metadata.generation = Some(1);
@@ -26,18 +25,10 @@ pub(crate) fn valid_and_desired() -> (ValidCluster, Desired) {
 
 /// Every desired pod, running, ready and up to date.
 pub(crate) fn running_pods(valid: &ValidCluster, desired: &Desired) -> Vec<PodView> {
-    let mut pods = vec![ready(PodView::expected(
-        &crate::labels::head_name(&valid.name),
-        None,
-        &desired.head_hash,
-    ))];
+    let mut pods = vec![ready(PodView::expected(&crate::labels::head_name(&valid.name), None, &desired.head_hash))];
     for g in &desired.groups {
         for i in 0..g.replicas {
-            pods.push(ready(PodView::expected(
-                &format!("{}-{}-{i}", valid.name, g.name),
-                Some(&g.name),
-                &g.hash,
-            )));
+            pods.push(ready(PodView::expected(&format!("{}-{}-{i}", valid.name, g.name), Some(&g.name), &g.hash)));
         }
     }
     pods
@@ -94,11 +85,7 @@ pub(crate) struct Call {
 }
 
 pub(crate) fn call(method: Method, path: &str) -> Call {
-    Call {
-        method,
-        path: path.to_string(),
-        reply: Reply::Echo,
-    }
+    Call { method, path: path.to_string(), reply: Reply::Echo }
 }
 
 /// A call that was made: method, path, query and JSON body.
@@ -112,8 +99,7 @@ pub(crate) struct Made {
 pub(crate) const PODS: &str = "/api/v1/namespaces/default/pods";
 pub(crate) const SERVICE: &str = "/api/v1/namespaces/default/services/demo-head";
 pub(crate) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-pub(crate) const STATUS: &str =
-    "/apis/shoal.dev/v1alpha1/namespaces/default/taskclusters/demo/status";
+pub(crate) const STATUS: &str = "/apis/shoal.dev/v1alpha1/namespaces/default/taskclusters/demo/status";
 
 pub(crate) fn now() -> Timestamp {
     Timestamp::from_second(1_700_000_000).expect("valid time")
@@ -146,13 +132,8 @@ pub(crate) fn harness() -> Harness {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (store, cache) = reflector::store();
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "shoal-operator".into(),
-            instance: Some("test".into()),
-        },
-    );
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: "shoal-operator".into(), instance: Some("test".into()) });
     let idle = Arc::new(FakeHead(Mutex::new(BTreeSet::new())));
     let ctx = Context::with_determinism(
         client,
@@ -164,28 +145,21 @@ pub(crate) fn harness() -> Harness {
         fastrand::Rng::with_seed(7),
         now,
     );
-    Harness {
-        ctx: Arc::new(ctx),
-        handle,
-        cache,
-        idle,
-    }
+    Harness { ctx: Arc::new(ctx), handle, cache, idle }
 }
 
 impl Harness {
     /// Puts pods in the cache as the watch would.
     pub(crate) fn cache_pods(&mut self, pods: &[Pod]) {
         for pod in pods {
-            self.cache
-                .apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+            self.cache.apply_watcher_event(&watcher::Event::Apply(pod.clone()));
         }
     }
 
     /// Removes pods from the cache.
     pub(crate) fn uncache_pods(&mut self, pods: &[Pod]) {
         for pod in pods {
-            self.cache
-                .apply_watcher_event(&watcher::Event::Delete(pod.clone()));
+            self.cache.apply_watcher_event(&watcher::Event::Delete(pod.clone()));
         }
     }
 
@@ -194,21 +168,15 @@ impl Harness {
         &mut self,
         tc: &crate::crd::TaskCluster,
         calls: Vec<Call>,
-    ) -> (
-        Result<kube::runtime::controller::Action, crate::Error>,
-        Vec<Made>,
-    ) {
+    ) -> (Result<kube::runtime::controller::Action, crate::Error>, Vec<Made>) {
         let handle = &mut self.handle;
         let verifier = async move {
             let mut made = Vec::new();
             for expected in calls {
-                let (request, send) =
-                    tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-                        .await
-                        .unwrap_or_else(|_| {
-                            panic!("no call came; expected {expected:?}; made so far {made:#?}")
-                        })
-                        .expect("client alive");
+                let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                    .await
+                    .unwrap_or_else(|_| panic!("no call came; expected {expected:?}; made so far {made:#?}"))
+                    .expect("client alive");
                 let path = request.uri().path().to_string();
                 let query = request.uri().query().unwrap_or("").to_string();
                 // A path ending in `*` matches any path with that prefix (random pod names).
@@ -222,11 +190,8 @@ impl Harness {
                     request.method()
                 );
                 let bytes = request.into_body().collect_bytes().await.expect("body");
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).expect("json body")
-                };
+                let body: Value =
+                    if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("json body") };
                 let response = match expected.reply {
                     Reply::Echo => {
                         let mut reply = body.clone();
@@ -262,10 +227,7 @@ impl Harness {
             crate::reconcile::reconcile(Arc::new(tc.clone()), self.ctx.clone()),
         );
         let (result, made) = tokio::join!(run, verifier);
-        (
-            result.expect("the reconcile made a call nobody expected (it waited for a reply)"),
-            made,
-        )
+        (result.expect("the reconcile made a call nobody expected (it waited for a reply)"), made)
     }
 }
 

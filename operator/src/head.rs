@@ -112,9 +112,7 @@ pub struct RestNodeSource {
 
 impl Default for RestNodeSource {
     fn default() -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+        Self { client: Client::builder(TokioExecutor::new()).build_http() }
     }
 }
 
@@ -130,26 +128,15 @@ impl NodeSource for RestNodeSource {
             if let Some(token) = token {
                 request = request.header("authorization", format!("Bearer {}", token.trim()));
             }
-            let request = request
-                .body(Empty::new())
-                .map_err(|source| HeadError::Url {
-                    url: url.clone(),
-                    source,
-                })?;
-            let failed = |message: String| HeadError::Request {
-                url: url.clone(),
-                message,
-            };
+            let request = request.body(Empty::new()).map_err(|source| HeadError::Url { url: url.clone(), source })?;
+            let failed = |message: String| HeadError::Request { url: url.clone(), message };
             let response = tokio::time::timeout(HEAD_TIMEOUT, self.client.request(request))
                 .await
                 .map_err(|_| failed("timed out".into()))?
                 .map_err(|e| failed(e.to_string()))?;
             let status = response.status();
             if !status.is_success() {
-                return Err(HeadError::Status {
-                    url: url.clone(),
-                    status: status.as_u16(),
-                });
+                return Err(HeadError::Status { url: url.clone(), status: status.as_u16() });
             }
             let body = http_body_util::Limited::new(response.into_body(), MAX_BODY_BYTES);
             let bytes = tokio::time::timeout(HEAD_TIMEOUT, body.collect())
@@ -158,10 +145,7 @@ impl NodeSource for RestNodeSource {
                 .map_err(|e| failed(e.to_string()))?
                 .to_bytes();
             let list: NodeList =
-                serde_json::from_slice(&bytes).map_err(|source| HeadError::Body {
-                    url: url.clone(),
-                    source,
-                })?;
+                serde_json::from_slice(&bytes).map_err(|source| HeadError::Body { url: url.clone(), source })?;
             Ok(list.idle_pods())
         })
     }
@@ -180,9 +164,6 @@ mod tests {
             {"node_id": "a4", "state": "ALIVE", "idle": true, "labels": {}}
         ]}))
         .expect("parses");
-        assert_eq!(
-            list.idle_pods(),
-            BTreeSet::from(["demo-cpu-aaaaa".to_string()])
-        );
+        assert_eq!(list.idle_pods(), BTreeSet::from(["demo-cpu-aaaaa".to_string()]));
     }
 }

@@ -40,15 +40,9 @@ pub fn head_service_host(cluster: &str, namespace: &str) -> String {
 pub fn object_labels(cluster: &str, role: &str, group: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "shoal".to_string()),
-        (
-            "app.kubernetes.io/instance".to_string(),
-            cluster.to_string(),
-        ),
+        ("app.kubernetes.io/instance".to_string(), cluster.to_string()),
         ("app.kubernetes.io/component".to_string(), role.to_string()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            FIELD_MANAGER.to_string(),
-        ),
+        ("app.kubernetes.io/managed-by".to_string(), FIELD_MANAGER.to_string()),
         (CLUSTER.to_string(), cluster.to_string()),
         (ROLE.to_string(), role.to_string()),
     ]);
@@ -60,8 +54,5 @@ pub fn object_labels(cluster: &str, role: &str, group: Option<&str>) -> BTreeMap
 
 /// The selector of the head pod (what the head Service routes to).
 pub fn head_selector(cluster: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (CLUSTER.to_string(), cluster.to_string()),
-        (ROLE.to_string(), ROLE_HEAD.to_string()),
-    ])
+    BTreeMap::from([(CLUSTER.to_string(), cluster.to_string()), (ROLE.to_string(), ROLE_HEAD.to_string())])
 }

@@ -11,9 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::error::Error;
 
@@ -37,52 +35,28 @@ impl Metrics {
     pub fn new() -> Result<Self, Error> {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new(
-                "shoal_operator_reconciles_total",
-                "TaskCluster reconciles, by result",
-            ),
+            Opts::new("shoal_operator_reconciles_total", "TaskCluster reconciles, by result"),
             &["result"],
         )?;
         let errors = IntCounterVec::new(
-            Opts::new(
-                "shoal_operator_reconcile_errors_total",
-                "Failed TaskCluster reconciles, by error kind",
-            ),
+            Opts::new("shoal_operator_reconcile_errors_total", "Failed TaskCluster reconciles, by error kind"),
             &["kind"],
         )?;
         let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "shoal_operator_reconcile_duration_seconds",
-                "Time one TaskCluster reconcile takes",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            HistogramOpts::new("shoal_operator_reconcile_duration_seconds", "Time one TaskCluster reconcile takes")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
         )?;
         let pod_actions = IntCounterVec::new(
-            Opts::new(
-                "shoal_operator_pod_actions_total",
-                "Pods created and deleted, by action and result",
-            ),
+            Opts::new("shoal_operator_pod_actions_total", "Pods created and deleted, by action and result"),
             &["action", "result"],
         )?;
-        let leader = IntGauge::new(
-            "shoal_operator_leader",
-            "1 while this operator replica holds the leader lease",
-        )?;
+        let leader = IntGauge::new("shoal_operator_leader", "1 while this operator replica holds the leader lease")?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(pod_actions.clone()))?;
         registry.register(Box::new(leader.clone()))?;
-        Ok(Self {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            pod_actions,
-            leader,
-        })
+        Ok(Self { registry, reconciles, errors, duration, pod_actions, leader })
     }
 
     /// Records one finished reconcile.
@@ -115,22 +89,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
             }),
         )
-        .route(
-            "/healthz",
-            get(|| async { (StatusCode::OK, "ok").into_response() }),
-        )
-        .route(
-            "/readyz",
-            get(|| async { (StatusCode::OK, "ok").into_response() }),
-        )
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok").into_response() }))
+        .route("/readyz", get(|| async { (StatusCode::OK, "ok").into_response() }))
 }
 
 /// Serves [`router`] on `0.0.0.0:port` until `shutdown` resolves.
@@ -140,9 +103,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let addr = SocketAddr::from(([0, 0, 0, 0], port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::MetricsServer { port, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::MetricsServer { port, source })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, router(metrics))
         .with_graceful_shutdown(shutdown)
@@ -160,17 +121,8 @@ mod tests {
         m.record::<()>(Instant::now(), &Ok(()));
         m.record::<()>(Instant::now(), &Err(Error::IncompleteObject("x".into())));
         let text = m.render();
-        assert!(
-            text.contains("shoal_operator_reconciles_total{result=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("shoal_operator_reconcile_errors_total{kind=\"incomplete_object\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("shoal_operator_reconcile_duration_seconds_count 2"),
-            "{text}"
-        );
+        assert!(text.contains("shoal_operator_reconciles_total{result=\"ok\"} 1"), "{text}");
+        assert!(text.contains("shoal_operator_reconcile_errors_total{kind=\"incomplete_object\"} 1"), "{text}");
+        assert!(text.contains("shoal_operator_reconcile_duration_seconds_count 2"), "{text}");
     }
 }

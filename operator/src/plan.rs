@@ -61,11 +61,7 @@ impl PodView {
             name: pod.metadata.name.clone()?,
             uid: pod.metadata.uid.clone(),
             group,
-            hash: pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(labels::TEMPLATE_HASH).cloned()),
+            hash: pod.metadata.annotations.as_ref().and_then(|a| a.get(labels::TEMPLATE_HASH).cloned()),
             ready,
             running: phase == "Running",
             terminating: pod.metadata.deletion_timestamp.is_some(),
@@ -170,10 +166,7 @@ pub enum PodAction {
 pub fn wants_idle_nodes(desired: &Desired, pods: &[PodView]) -> bool {
     !desired.suspend
         && desired.groups.iter().any(|g| {
-            pods.iter()
-                .filter(|p| p.live() && p.group.as_deref() == Some(g.name.as_str()))
-                .count()
-                > g.replicas
+            pods.iter().filter(|p| p.live() && p.group.as_deref() == Some(g.name.as_str())).count() > g.replicas
         })
 }
 
@@ -204,9 +197,7 @@ pub fn plan(desired: &Desired, pods: &[PodView], idle: &BTreeSet<String>) -> Vec
     let known: BTreeSet<&str> = desired.groups.iter().map(|g| g.name.as_str()).collect();
     for pod in pods.iter().filter(|p| !p.terminating) {
         match &pod.group {
-            Some(g) if !known.contains(g.as_str()) => {
-                actions.push(delete(pod, DeleteReason::GroupRemoved))
-            }
+            Some(g) if !known.contains(g.as_str()) => actions.push(delete(pod, DeleteReason::GroupRemoved)),
             Some(_) if pod.finished => actions.push(delete(pod, DeleteReason::Finished)),
             _ => {}
         }
@@ -220,10 +211,7 @@ pub fn plan(desired: &Desired, pods: &[PodView], idle: &BTreeSet<String>) -> Vec
     }
     let mut earlier_groups_settled = true;
     for group in &desired.groups {
-        let live = by_group
-            .get(group.name.as_str())
-            .cloned()
-            .unwrap_or_default();
+        let live = by_group.get(group.name.as_str()).cloned().unwrap_or_default();
         let outdated = |p: &&PodView| p.hash.as_deref() != Some(group.hash.as_str());
         let has_outdated = live.iter().any(outdated);
         let mut keep: Vec<&PodView> = live.clone();
@@ -238,9 +226,7 @@ pub fn plan(desired: &Desired, pods: &[PodView], idle: &BTreeSet<String>) -> Vec
         }
         if keep.len() < group.replicas {
             for _ in keep.len()..group.replicas {
-                actions.push(PodAction::CreateRaylet {
-                    group: group.name.clone(),
-                });
+                actions.push(PodAction::CreateRaylet { group: group.name.clone() });
             }
         } else if keep.len() > group.replicas {
             // Lower class = deleted first; within a class the youngest goes first.
@@ -267,11 +253,7 @@ pub fn plan(desired: &Desired, pods: &[PodView], idle: &BTreeSet<String>) -> Vec
 }
 
 fn delete(pod: &PodView, reason: DeleteReason) -> PodAction {
-    PodAction::Delete {
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        reason,
-    }
+    PodAction::Delete { name: pod.name.clone(), uid: pod.uid.clone(), reason }
 }
 
 #[cfg(test)]
@@ -323,24 +305,14 @@ mod tests {
 
     #[test]
     fn empty_cluster_creates_head_and_every_replica() {
-        let actions = plan(
-            &desired(&[("cpu", 2, "a"), ("gpu", 1, "b")]),
-            &[],
-            &BTreeSet::new(),
-        );
+        let actions = plan(&desired(&[("cpu", 2, "a"), ("gpu", 1, "b")]), &[], &BTreeSet::new());
         assert_eq!(
             actions,
             vec![
                 PodAction::CreateHead,
-                PodAction::CreateRaylet {
-                    group: "cpu".into()
-                },
-                PodAction::CreateRaylet {
-                    group: "cpu".into()
-                },
-                PodAction::CreateRaylet {
-                    group: "gpu".into()
-                },
+                PodAction::CreateRaylet { group: "cpu".into() },
+                PodAction::CreateRaylet { group: "cpu".into() },
+                PodAction::CreateRaylet { group: "gpu".into() },
             ]
         );
     }
@@ -363,10 +335,7 @@ mod tests {
         let idle = BTreeSet::from(["idle-old".to_string(), "idle-young".to_string()]);
         let d = desired(&[("cpu", 1, "a")]);
         assert!(wants_idle_nodes(&d, &pods));
-        assert_eq!(
-            deleted(&plan(&d, &pods, &idle)),
-            vec!["idle-young", "idle-old", "busy-young"]
-        );
+        assert_eq!(deleted(&plan(&d, &pods, &idle)), vec!["idle-young", "idle-old", "busy-young"]);
     }
 
     #[test]
@@ -378,19 +347,12 @@ mod tests {
         unready.ready = false;
         let pods = vec![head(), pod("idle", Some("cpu"), "a", 3), unready, pending];
         let idle = BTreeSet::from(["idle".to_string()]);
-        assert_eq!(
-            deleted(&plan(&desired(&[("cpu", 1, "a")]), &pods, &idle)),
-            vec!["pending", "unready"]
-        );
+        assert_eq!(deleted(&plan(&desired(&[("cpu", 1, "a")]), &pods, &idle)), vec!["pending", "unready"]);
     }
 
     #[test]
     fn template_change_rolls_out_one_group_at_a_time() {
-        let pods = vec![
-            head(),
-            pod("cpu-1", Some("cpu"), "old", 5),
-            pod("gpu-1", Some("gpu"), "old", 5),
-        ];
+        let pods = vec![head(), pod("cpu-1", Some("cpu"), "old", 5), pod("gpu-1", Some("gpu"), "old", 5)];
         let d = desired(&[("cpu", 1, "new"), ("gpu", 1, "new")]);
         let actions = plan(&d, &pods, &BTreeSet::new());
         assert_eq!(
@@ -401,17 +363,11 @@ mod tests {
                     uid: Some("uid-cpu-1".into()),
                     reason: DeleteReason::Outdated
                 },
-                PodAction::CreateRaylet {
-                    group: "cpu".into()
-                },
+                PodAction::CreateRaylet { group: "cpu".into() },
             ]
         );
         // Once cpu is updated and ready, gpu rolls.
-        let pods = vec![
-            head(),
-            pod("cpu-2", Some("cpu"), "new", 1),
-            pod("gpu-1", Some("gpu"), "old", 5),
-        ];
+        let pods = vec![head(), pod("cpu-2", Some("cpu"), "new", 1), pod("gpu-1", Some("gpu"), "old", 5)];
         assert_eq!(deleted(&plan(&d, &pods, &BTreeSet::new())), vec!["gpu-1"]);
     }
 
@@ -420,10 +376,7 @@ mod tests {
         let d = desired(&[]);
         let mut old = head();
         old.hash = Some("stale".into());
-        assert_eq!(
-            deleted(&plan(&d, &[old.clone()], &BTreeSet::new())),
-            vec!["demo-head"]
-        );
+        assert_eq!(deleted(&plan(&d, &[old.clone()], &BTreeSet::new())), vec!["demo-head"]);
         old.terminating = true;
         assert!(plan(&d, &[old], &BTreeSet::new()).is_empty());
         assert_eq!(plan(&d, &[], &BTreeSet::new()), vec![PodAction::CreateHead]);
@@ -436,10 +389,7 @@ mod tests {
         let mut gone = pod("cpu-2", Some("cpu"), "a", 1);
         gone.terminating = true;
         let pods = vec![head(), pod("cpu-1", Some("cpu"), "a", 1), gone];
-        assert_eq!(
-            deleted(&plan(&d, &pods, &BTreeSet::new())),
-            vec!["demo-head", "cpu-1"]
-        );
+        assert_eq!(deleted(&plan(&d, &pods, &BTreeSet::new())), vec!["demo-head", "cpu-1"]);
         assert!(!wants_idle_nodes(&d, &pods));
     }
 
@@ -450,8 +400,6 @@ mod tests {
         let pods = vec![head(), dead, pod("old-1", Some("old"), "a", 1)];
         let actions = plan(&desired(&[("cpu", 1, "a")]), &pods, &BTreeSet::new());
         assert_eq!(deleted(&actions), vec!["cpu-1", "old-1"]);
-        assert!(actions.contains(&PodAction::CreateRaylet {
-            group: "cpu".into()
-        }));
+        assert!(actions.contains(&PodAction::CreateRaylet { group: "cpu".into() }));
     }
 }

@@ -17,13 +17,9 @@ pub struct BadQuantity {
 
 /// Parses a quantity into its value (`"500m"` → 0.5, `"1Ki"` → 1024.0).
 pub fn parse(quantity: &str) -> Result<f64, BadQuantity> {
-    let bad = || BadQuantity {
-        quantity: quantity.to_string(),
-    };
+    let bad = || BadQuantity { quantity: quantity.to_string() };
     let text = quantity.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     if number.is_empty() || number.starts_with('-') {
         return Err(bad());
@@ -64,9 +60,7 @@ pub fn parse(quantity: &str) -> Result<f64, BadQuantity> {
 pub fn parse_bytes(quantity: &str) -> Result<u64, BadQuantity> {
     let value = parse(quantity)?;
     if value > u64::MAX as f64 {
-        return Err(BadQuantity {
-            quantity: quantity.to_string(),
-        });
+        return Err(BadQuantity { quantity: quantity.to_string() });
     }
     Ok(value.ceil() as u64)
 }

@@ -76,16 +76,7 @@ impl Context {
         metrics: Arc<Metrics>,
         head_port: u16,
     ) -> Self {
-        Self::with_determinism(
-            client,
-            pods,
-            recorder,
-            nodes,
-            metrics,
-            head_port,
-            fastrand::Rng::new(),
-            Timestamp::now,
-        )
+        Self::with_determinism(client, pods, recorder, nodes, metrics, head_port, fastrand::Rng::new(), Timestamp::now)
     }
 
     /// A context with a given random source for pod names and a given clock (for tests).
@@ -116,9 +107,8 @@ impl Context {
     fn pod_name(&self, cluster: &str, group: &str, taken: &[PodView]) -> String {
         let mut rng = self.names.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let suffix: String = (0..5)
-                .map(|_| char::from(SUFFIX_ALPHABET[rng.usize(..SUFFIX_ALPHABET.len())]))
-                .collect();
+            let suffix: String =
+                (0..5).map(|_| char::from(SUFFIX_ALPHABET[rng.usize(..SUFFIX_ALPHABET.len())])).collect();
             let name = format!("{cluster}-{group}-{suffix}");
             if !taken.iter().any(|p| p.name == name) {
                 return name;
@@ -160,25 +150,18 @@ pub fn desired(cluster: &ValidCluster) -> Desired {
 
 async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Error> {
     let name = tc.name_any();
-    let (Some(namespace), Some(uid), Some(owner)) =
-        (tc.namespace(), tc.uid(), tc.controller_owner_ref(&()))
-    else {
+    let (Some(namespace), Some(uid), Some(owner)) = (tc.namespace(), tc.uid(), tc.controller_owner_ref(&())) else {
         return Err(Error::IncompleteObject(name));
     };
-    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        block_owner_deletion: Some(true),
-        ..owner
-    };
+    let owner =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { block_owner_deletion: Some(true), ..owner };
     let key = (namespace.clone(), name.clone());
     if tc.metadata.deletion_timestamp.is_some() {
         // Pods and the Service go with the cluster through their owner references.
         ctx.expectations.forget(&key);
         return Ok(Action::await_change());
     }
-    let events = Events {
-        recorder: &ctx.recorder,
-        regarding: tc.object_ref(&()),
-    };
+    let events = Events { recorder: &ctx.recorder, regarding: tc.object_ref(&()) };
     let cached: Vec<PodView> = ctx
         .pods
         .state()
@@ -206,9 +189,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
             };
             let new = status::compute(tc.status.as_ref(), &obs);
             if tc.status.as_ref() != Some(&new) {
-                events
-                    .warn("InvalidSpec", "Validate", problems.join("; "), None)
-                    .await;
+                events.warn("InvalidSpec", "Validate", problems.join("; "), None).await;
                 patch_status(ctx, tc, &namespace, &new).await?;
             }
             return Ok(Action::await_change());
@@ -222,43 +203,22 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     // The Service stays while suspended, so the cluster's address never changes.
     let service = build::head_service(&valid, &owner);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Err(e) = services
-        .patch(&labels::head_name(&name), &apply, &Patch::Apply(&service))
-        .await
-    {
+    if let Err(e) = services.patch(&labels::head_name(&name), &apply, &Patch::Apply(&service)).await {
         let message = format!("applying Service {}: {e}", labels::head_name(&name));
-        events
-            .warn("FailedApply", "Apply", message.clone(), None)
-            .await;
-        failure = Some(Failure {
-            reason: "FailedApply",
-            message,
-        });
+        events.warn("FailedApply", "Apply", message.clone(), None).await;
+        failure = Some(Failure { reason: "FailedApply", message });
     }
 
     if failure.is_none() {
-        let idle = if plan::wants_idle_nodes(&desired, &pods) {
-            idle_pods(ctx, &valid).await
-        } else {
-            BTreeSet::new()
-        };
+        let idle = if plan::wants_idle_nodes(&desired, &pods) { idle_pods(ctx, &valid).await } else { BTreeSet::new() };
         for action in plan::plan(&desired, &pods, &idle) {
             match action {
                 PodAction::CreateHead => {
                     let pod = build::head_pod(&valid, &owner);
                     let pod_name = labels::head_name(&name);
                     let result = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await;
-                    if let Err(f) = created(
-                        ctx,
-                        &events,
-                        &key,
-                        &mut pods,
-                        result,
-                        &pod_name,
-                        None,
-                        &desired.head_hash,
-                    )
-                    .await
+                    if let Err(f) =
+                        created(ctx, &events, &key, &mut pods, result, &pod_name, None, &desired.head_hash).await
                     {
                         failure = Some(f);
                         break;
@@ -272,32 +232,14 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
                     let pod = build::raylet_pod(&valid, g, &pod_name, &owner);
                     let hash = build::raylet_hash(&valid, g);
                     let result = pods_api.patch(&pod_name, &apply, &Patch::Apply(&pod)).await;
-                    if let Err(f) = created(
-                        ctx,
-                        &events,
-                        &key,
-                        &mut pods,
-                        result,
-                        &pod_name,
-                        Some(&group),
-                        &hash,
-                    )
-                    .await
+                    if let Err(f) = created(ctx, &events, &key, &mut pods, result, &pod_name, Some(&group), &hash).await
                     {
                         failure = Some(f);
                         break;
                     }
                 }
-                PodAction::Delete {
-                    name: pod_name,
-                    uid,
-                    reason,
-                } => {
-                    if let Err(f) = delete(
-                        ctx, &events, &key, &pods_api, &mut pods, &pod_name, uid, reason,
-                    )
-                    .await
-                    {
+                PodAction::Delete { name: pod_name, uid, reason } => {
+                    if let Err(f) = delete(ctx, &events, &key, &pods_api, &mut pods, &pod_name, uid, reason).await {
                         failure = Some(f);
                         break;
                     }
@@ -318,10 +260,7 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         patch_status(ctx, tc, &namespace, &new).await?;
     }
     match failure {
-        Some(f) => Err(Error::Replica {
-            cluster: format!("{namespace}/{name}"),
-            message: f.message,
-        }),
+        Some(f) => Err(Error::Replica { cluster: format!("{namespace}/{name}"), message: f.message }),
         None => Ok(Action::requeue(RESYNC_INTERVAL)),
     }
 }
@@ -344,35 +283,17 @@ async fn created(
     };
     match result {
         Ok(_) => {
-            ctx.metrics
-                .pod_actions
-                .with_label_values(&["create", "ok"])
-                .inc();
+            ctx.metrics.pod_actions.with_label_values(&["create", "ok"]).inc();
             ctx.expectations.expect_create(key, pod_name, group, hash);
             pods.push(PodView::expected(pod_name, group, hash));
-            events
-                .normal(
-                    "Created",
-                    "Create",
-                    format!("created {what} {pod_name}"),
-                    Some(pod_name),
-                )
-                .await;
+            events.normal("Created", "Create", format!("created {what} {pod_name}"), Some(pod_name)).await;
             Ok(())
         }
         Err(e) => {
-            ctx.metrics
-                .pod_actions
-                .with_label_values(&["create", "error"])
-                .inc();
+            ctx.metrics.pod_actions.with_label_values(&["create", "error"]).inc();
             let message = format!("creating {what} {pod_name}: {e}");
-            events
-                .warn("FailedCreate", "Create", message.clone(), Some(pod_name))
-                .await;
-            Err(Failure {
-                reason: "FailedCreate",
-                message,
-            })
+            events.warn("FailedCreate", "Create", message.clone(), Some(pod_name)).await;
+            Err(Failure { reason: "FailedCreate", message })
         }
     }
 }
@@ -390,47 +311,25 @@ async fn delete(
 ) -> Result<(), Failure> {
     let params = DeleteParams {
         // Never delete a newer pod that reuses the name (the head's is fixed).
-        preconditions: uid.clone().map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
+        preconditions: uid.clone().map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
         ..DeleteParams::default()
     };
     match api.delete(pod_name, &params).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(e) => {
-            ctx.metrics
-                .pod_actions
-                .with_label_values(&["delete", "error"])
-                .inc();
+            ctx.metrics.pod_actions.with_label_values(&["delete", "error"]).inc();
             let message = format!("deleting pod {pod_name}: {e}");
-            events
-                .warn("FailedDelete", "Delete", message.clone(), Some(pod_name))
-                .await;
-            return Err(Failure {
-                reason: "FailedDelete",
-                message,
-            });
+            events.warn("FailedDelete", "Delete", message.clone(), Some(pod_name)).await;
+            return Err(Failure { reason: "FailedDelete", message });
         }
     }
-    ctx.metrics
-        .pod_actions
-        .with_label_values(&["delete", "ok"])
-        .inc();
-    ctx.expectations
-        .expect_delete(key, pod_name, uid.as_deref());
+    ctx.metrics.pod_actions.with_label_values(&["delete", "ok"]).inc();
+    ctx.expectations.expect_delete(key, pod_name, uid.as_deref());
     for pod in pods.iter_mut().filter(|p| p.name == pod_name) {
         pod.terminating = true;
     }
-    events
-        .normal(
-            "Deleted",
-            "Delete",
-            format!("deleted pod {pod_name}: {}", reason.as_str()),
-            Some(pod_name),
-        )
-        .await;
+    events.normal("Deleted", "Delete", format!("deleted pod {pod_name}: {}", reason.as_str()), Some(pod_name)).await;
     Ok(())
 }
 
@@ -452,11 +351,7 @@ async fn idle_pods(ctx: &Context, cluster: &ValidCluster) -> BTreeSet<String> {
             }
         }
     }
-    let base = format!(
-        "http://{}:{}",
-        labels::head_service_host(&cluster.name, &cluster.namespace),
-        ctx.head_port
-    );
+    let base = format!("http://{}:{}", labels::head_service_host(&cluster.name, &cluster.namespace), ctx.head_port);
     match ctx.nodes.idle_pods(&base, token.as_deref()).await {
         Ok(idle) => idle,
         Err(e) => {
@@ -478,17 +373,13 @@ async fn patch_status(
         "kind": TaskCluster::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &tc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::Kube {
-        action: format!("writing the status of {namespace}/{}", tc.name_any()),
-        source,
-    })
+    api.patch_status(&tc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Kube {
+            action: format!("writing the status of {namespace}/{}", tc.name_any()),
+            source,
+        })
 }
 
 /// Publishes Events about one cluster; a failure to publish is logged, never fatal.
@@ -499,25 +390,16 @@ struct Events<'a> {
 
 impl Events<'_> {
     async fn normal(&self, reason: &str, action: &str, note: String, pod: Option<&str>) {
-        self.publish(EventType::Normal, reason, action, note, pod)
-            .await
+        self.publish(EventType::Normal, reason, action, note, pod).await
     }
 
     async fn warn(&self, reason: &str, action: &str, note: String, pod: Option<&str>) {
-        self.publish(EventType::Warning, reason, action, note, pod)
-            .await
+        self.publish(EventType::Warning, reason, action, note, pod).await
     }
 
     /// The pod, when there is one, is the Event's related object: it shows in `kubectl
     /// describe`, and it keeps Events about different pods from folding into one series.
-    async fn publish(
-        &self,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-        pod: Option<&str>,
-    ) {
+    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String, pod: Option<&str>) {
         let secondary = pod.map(|name| ObjectReference {
             api_version: Some("v1".to_string()),
             kind: Some("Pod".to_string()),
@@ -525,13 +407,8 @@ impl Events<'_> {
             namespace: self.regarding.namespace.clone(),
             ..ObjectReference::default()
         });
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: action.to_string(),
-            secondary,
-        };
+        let event =
+            Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary };
         if let Err(e) = self.recorder.publish(&event, &self.regarding).await {
             tracing::warn!(reason, error = %e, "publishing an Event failed");
         }

@@ -55,24 +55,11 @@ pub struct Observation<'a> {
 pub fn compute(old: Option<&TaskClusterStatus>, obs: &Observation<'_>) -> TaskClusterStatus {
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or(&[]);
     let cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        condition(
-            old_conditions,
-            type_,
-            ok,
-            reason,
-            message,
-            obs.generation,
-            obs.now,
-        )
+        condition(old_conditions, type_, ok, reason, message, obs.generation, obs.now)
     };
     let failure = match obs.failure {
         Some(f) => cond(REPLICA_FAILURE, true, f.reason, f.message.clone()),
-        None => cond(
-            REPLICA_FAILURE,
-            false,
-            "NoFailure",
-            "the last reconcile made every change it planned".into(),
-        ),
+        None => cond(REPLICA_FAILURE, false, "NoFailure", "the last reconcile made every change it planned".into()),
     };
 
     let (cluster, desired) = match obs.cluster {
@@ -85,12 +72,7 @@ pub fn compute(old: Option<&TaskClusterStatus>, obs: &Observation<'_>) -> TaskCl
                     cond(WORKERS_READY, false, "InvalidSpec", message.clone()),
                     cond(PROVISIONED, false, "InvalidSpec", message),
                     failure,
-                    cond(
-                        SUSPENDED,
-                        false,
-                        "InvalidSpec",
-                        "the spec is invalid".into(),
-                    ),
+                    cond(SUSPENDED, false, "InvalidSpec", "the spec is invalid".into()),
                 ],
                 observed_generation: obs.generation,
                 ..TaskClusterStatus::default()
@@ -110,16 +92,9 @@ pub fn compute(old: Option<&TaskClusterStatus>, obs: &Observation<'_>) -> TaskCl
     let mut cpus = 0.0;
     let mut cpus_known = false;
     for (group, valid) in desired.groups.iter().zip(&cluster.groups) {
-        let pods: Vec<&PodView> = obs
-            .pods
-            .iter()
-            .filter(live)
-            .filter(|p| p.group.as_deref() == Some(group.name.as_str()))
-            .collect();
-        let updated = pods
-            .iter()
-            .filter(|p| p.hash.as_deref() == Some(group.hash.as_str()))
-            .count();
+        let pods: Vec<&PodView> =
+            obs.pods.iter().filter(live).filter(|p| p.group.as_deref() == Some(group.name.as_str())).collect();
+        let updated = pods.iter().filter(|p| p.hash.as_deref() == Some(group.hash.as_str())).count();
         let ready = pods.iter().filter(|p| p.ready).count();
         let status = WorkerGroupStatus {
             name: group.name.clone(),
@@ -144,90 +119,35 @@ pub fn compute(old: Option<&TaskClusterStatus>, obs: &Observation<'_>) -> TaskCl
         // Terminating pods still exist (and may still run tasks) until the cache drops them.
         let gone = obs.pods.is_empty();
         vec![
-            cond(
-                HEAD_READY,
-                false,
-                "Suspended",
-                "the cluster is suspended".into(),
-            ),
-            cond(
-                WORKERS_READY,
-                false,
-                "Suspended",
-                "the cluster is suspended".into(),
-            ),
-            cond(
-                PROVISIONED,
-                false,
-                "Suspended",
-                "the cluster is suspended".into(),
-            ),
+            cond(HEAD_READY, false, "Suspended", "the cluster is suspended".into()),
+            cond(WORKERS_READY, false, "Suspended", "the cluster is suspended".into()),
+            cond(PROVISIONED, false, "Suspended", "the cluster is suspended".into()),
             failure,
             if gone {
                 cond(SUSPENDED, true, "Suspended", "every pod is removed".into())
             } else {
-                cond(
-                    SUSPENDED,
-                    false,
-                    "Suspending",
-                    "pods are being removed".into(),
-                )
+                cond(SUSPENDED, false, "Suspending", "pods are being removed".into())
             },
         ]
     } else {
         vec![
             match head {
-                Some(h) if h.ready => cond(
-                    HEAD_READY,
-                    true,
-                    "PodReady",
-                    format!("head pod {} is ready", h.name),
-                ),
-                Some(h) => cond(
-                    HEAD_READY,
-                    false,
-                    "PodNotReady",
-                    format!("head pod {} is not ready", h.name),
-                ),
-                None => cond(
-                    HEAD_READY,
-                    false,
-                    "PodMissing",
-                    "the head pod is being created".into(),
-                ),
+                Some(h) if h.ready => cond(HEAD_READY, true, "PodReady", format!("head pod {} is ready", h.name)),
+                Some(h) => cond(HEAD_READY, false, "PodNotReady", format!("head pod {} is not ready", h.name)),
+                None => cond(HEAD_READY, false, "PodMissing", "the head pod is being created".into()),
             },
             if workers_ready {
-                cond(
-                    WORKERS_READY,
-                    true,
-                    "AllReady",
-                    "every desired raylet pod is ready".into(),
-                )
+                cond(WORKERS_READY, true, "AllReady", "every desired raylet pod is ready".into())
             } else {
                 cond(WORKERS_READY, false, "Waiting", waiting.join(", "))
             },
             if provisioned {
-                cond(
-                    PROVISIONED,
-                    true,
-                    "UpToDate",
-                    "every desired pod exists at the current template".into(),
-                )
+                cond(PROVISIONED, true, "UpToDate", "every desired pod exists at the current template".into())
             } else {
-                cond(
-                    PROVISIONED,
-                    false,
-                    "Reconciling",
-                    "pods are being created, replaced or removed".into(),
-                )
+                cond(PROVISIONED, false, "Reconciling", "pods are being created, replaced or removed".into())
             },
             failure,
-            cond(
-                SUSPENDED,
-                false,
-                "NotSuspended",
-                "the cluster is not suspended".into(),
-            ),
+            cond(SUSPENDED, false, "NotSuspended", "the cluster is not suspended".into()),
         ]
     };
 
@@ -251,10 +171,7 @@ pub fn compute(old: Option<&TaskClusterStatus>, obs: &Observation<'_>) -> TaskCl
         worker_groups: groups,
         endpoints: BTreeMap::from([
             ("gcs".to_string(), format!("{host}:{}", build::GCS_PORT)),
-            (
-                "rest".to_string(),
-                format!("http://{host}:{}", build::HEAD_HTTP_PORT),
-            ),
+            ("rest".to_string(), format!("http://{host}:{}", build::HEAD_HTTP_PORT)),
         ]),
         head_service: Some(host),
     }
@@ -296,10 +213,7 @@ mod tests {
     }
 
     fn get<'a>(s: &'a TaskClusterStatus, type_: &str) -> &'a Condition {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .expect("condition present")
+        s.conditions.iter().find(|c| c.type_ == type_).expect("condition present")
     }
 
     #[test]
@@ -309,13 +223,7 @@ mod tests {
         let obs = |now, pods: &[PodView]| {
             compute(
                 None,
-                &Observation {
-                    generation: Some(3),
-                    cluster: Ok((&valid, &desired)),
-                    pods,
-                    failure: None,
-                    now,
-                },
+                &Observation { generation: Some(3), cluster: Ok((&valid, &desired)), pods, failure: None, now },
             )
         };
         let first = obs(at(100), &pods);
@@ -334,10 +242,7 @@ mod tests {
         );
         assert_eq!(again, first, "nothing changed, so nothing is rewritten");
 
-        let failure = Failure {
-            reason: "FailedCreate",
-            message: "quota".into(),
-        };
+        let failure = Failure { reason: "FailedCreate", message: "quota".into() };
         let failed = compute(
             Some(&first),
             &Observation {
@@ -349,10 +254,7 @@ mod tests {
             },
         );
         assert_eq!(get(&failed, REPLICA_FAILURE).status, "True");
-        assert_eq!(
-            get(&failed, REPLICA_FAILURE).last_transition_time,
-            Time(at(300))
-        );
+        assert_eq!(get(&failed, REPLICA_FAILURE).last_transition_time, Time(at(300)));
         assert_eq!(get(&failed, HEAD_READY).last_transition_time, Time(at(100)));
     }
 
@@ -361,13 +263,7 @@ mod tests {
         let problems = vec!["spec.image must not be empty".to_string()];
         let s = compute(
             None,
-            &Observation {
-                generation: Some(1),
-                cluster: Err(&problems),
-                pods: &[],
-                failure: None,
-                now: at(1),
-            },
+            &Observation { generation: Some(1), cluster: Err(&problems), pods: &[], failure: None, now: at(1) },
         );
         assert_eq!(s.phase, Some(Phase::Failed));
         assert!(get(&s, PROVISIONED).message.contains("spec.image"));

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{PodTemplateSpec, ResourceRequirements};
 use kube::ResourceExt;
 
 use crate::crd::{
-    ExtraPort, ImagePullPolicy, PodTemplate, SecretKeyRef, ServiceType, SpillVolume, TaskCluster,
-    MAX_CLUSTER_NAME_LEN, MAX_GROUP_NAME_LEN, MAX_REPLICAS, MAX_WORKER_GROUPS,
+    ExtraPort, ImagePullPolicy, PodTemplate, SecretKeyRef, ServiceType, SpillVolume, TaskCluster, MAX_CLUSTER_NAME_LEN,
+    MAX_GROUP_NAME_LEN, MAX_REPLICAS, MAX_WORKER_GROUPS,
 };
 use crate::quantity::{self, Amount};
 
@@ -22,13 +22,7 @@ pub const WORKER_CONTAINER: &str = "worker";
 
 /// Kubernetes resource names that map to shoal's built-in resources or are not node
 /// resources at all; every other resource name becomes a custom resource.
-const NOT_CUSTOM: &[&str] = &[
-    "cpu",
-    "memory",
-    "ephemeral-storage",
-    "storage",
-    GPU_RESOURCE,
-];
+const NOT_CUSTOM: &[&str] = &["cpu", "memory", "ephemeral-storage", "storage", GPU_RESOURCE];
 
 /// The Kubernetes resource name of GPUs.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -114,11 +108,7 @@ impl NodeResources {
 
     /// `--resources` value: `name=amount` pairs joined by commas, sorted by name.
     pub fn custom_flag(&self) -> String {
-        self.custom
-            .iter()
-            .map(|(name, amount)| format!("{name}={}", Amount(*amount)))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.custom.iter().map(|(name, amount)| format!("{name}={}", Amount(*amount))).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -126,12 +116,7 @@ impl NodeResources {
 pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
     let mut problems = Vec::new();
     let name = cluster.name_any();
-    check_name(
-        &mut problems,
-        "TaskCluster name",
-        &name,
-        MAX_CLUSTER_NAME_LEN,
-    );
+    check_name(&mut problems, "TaskCluster name", &name, MAX_CLUSTER_NAME_LEN);
     let namespace = cluster.namespace().unwrap_or_default();
     if namespace.is_empty() {
         problems.push("the TaskCluster has no namespace".to_string());
@@ -141,32 +126,20 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
         problems.push("spec.image must not be empty".to_string());
     }
 
-    let head_template = parse_template(
-        &mut problems,
-        "spec.head.template",
-        spec.head.template.as_ref(),
-    );
+    let head_template = parse_template(&mut problems, "spec.head.template", spec.head.template.as_ref());
     let mut port_names = BTreeSet::new();
     for port in &spec.head.ports {
         check_name(&mut problems, "spec.head.ports[].name", &port.name, 15);
         if !(1..=65535).contains(&port.port) {
-            problems.push(format!(
-                "spec.head.ports {}: port {} is not in 1..65535",
-                port.name, port.port
-            ));
+            problems.push(format!("spec.head.ports {}: port {} is not in 1..65535", port.name, port.port));
         }
         if ["gcs", "http"].contains(&port.name.as_str()) || !port_names.insert(port.name.clone()) {
-            problems.push(format!(
-                "spec.head.ports: port name {:?} is used twice or reserved",
-                port.name
-            ));
+            problems.push(format!("spec.head.ports: port name {:?} is used twice or reserved", port.name));
         }
     }
 
     if spec.worker_groups.len() > MAX_WORKER_GROUPS {
-        problems.push(format!(
-            "spec.workerGroups: at most {MAX_WORKER_GROUPS} groups"
-        ));
+        problems.push(format!("spec.workerGroups: at most {MAX_WORKER_GROUPS} groups"));
     }
     let object_store_memory = match &spec.object_store.memory {
         Some(q) => match quantity::parse_bytes(&q.0) {
@@ -183,21 +156,13 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
     let mut groups = Vec::new();
     for group in &spec.worker_groups {
         let at = format!("spec.workerGroups[{}]", group.name);
-        check_name(
-            &mut problems,
-            &format!("{at}.name"),
-            &group.name,
-            MAX_GROUP_NAME_LEN,
-        );
+        check_name(&mut problems, &format!("{at}.name"), &group.name, MAX_GROUP_NAME_LEN);
         if !seen.insert(group.name.clone()) {
             problems.push(format!("{at}: worker group names must be unique"));
         }
         let max = group.max_replicas.unwrap_or(MAX_REPLICAS);
-        for (field, value) in [
-            ("replicas", group.replicas),
-            ("minReplicas", group.min_replicas),
-            ("maxReplicas", max),
-        ] {
+        for (field, value) in [("replicas", group.replicas), ("minReplicas", group.min_replicas), ("maxReplicas", max)]
+        {
             if !(0..=MAX_REPLICAS).contains(&value) {
                 problems.push(format!("{at}.{field}: {value} is not in 0..{MAX_REPLICAS}"));
             }
@@ -208,30 +173,16 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
         if group.replicas > max {
             problems.push(format!("{at}: replicas must be at most maxReplicas"));
         }
-        let template = parse_template(
-            &mut problems,
-            &format!("{at}.template"),
-            group.template.as_ref(),
-        );
-        let worker = template
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == WORKER_CONTAINER));
+        let template = parse_template(&mut problems, &format!("{at}.template"), group.template.as_ref());
+        let worker = template.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == WORKER_CONTAINER));
         if let Some(worker) = worker {
             if worker.image.as_deref().unwrap_or("").is_empty() {
-                problems.push(format!(
-                    "{at}.template: the worker container needs an image"
-                ));
+                problems.push(format!("{at}.template: the worker container needs an image"));
             }
         }
         let external_workers = worker.is_some();
-        let node = node_resources(
-            &mut problems,
-            &at,
-            group.resources.as_ref(),
-            &group.custom_resources,
-            object_store_memory,
-        );
+        let node =
+            node_resources(&mut problems, &at, group.resources.as_ref(), &group.custom_resources, object_store_memory);
         let mut labels = group.labels.clone();
         labels.insert(crate::labels::GROUP.to_string(), group.name.clone());
         groups.push(ValidGroup {
@@ -270,9 +221,7 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
 fn check_name(problems: &mut Vec<String>, what: &str, name: &str, max: usize) {
     let mut chars = name.chars();
     let starts_with_letter = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-    let body_ok = name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let body_ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !starts_with_letter || !body_ok || name.ends_with('-') {
         problems.push(format!(
             "{what} {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter)"
@@ -283,11 +232,7 @@ fn check_name(problems: &mut Vec<String>, what: &str, name: &str, max: usize) {
     }
 }
 
-fn parse_template(
-    problems: &mut Vec<String>,
-    at: &str,
-    raw: Option<&PodTemplate>,
-) -> PodTemplateSpec {
+fn parse_template(problems: &mut Vec<String>, at: &str, raw: Option<&PodTemplate>) -> PodTemplateSpec {
     match raw {
         None => PodTemplateSpec::default(),
         Some(raw) => match serde_json::from_value(raw.0.clone()) {
@@ -311,10 +256,7 @@ fn node_resources(
 ) -> NodeResources {
     let mut amounts = BTreeMap::new();
     if let Some(r) = resources {
-        for source in [r.requests.as_ref(), r.limits.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        for source in [r.requests.as_ref(), r.limits.as_ref()].into_iter().flatten() {
             for (name, q) in source {
                 amounts.insert(name.clone(), q.0.clone());
             }
@@ -337,25 +279,17 @@ fn node_resources(
     }
     for (name, amount) in custom {
         if name.is_empty() || name.contains([',', '=', ' ']) {
-            problems.push(format!(
-                "{at}.customResources: {name:?} is not a valid resource name"
-            ));
+            problems.push(format!("{at}.customResources: {name:?} is not a valid resource name"));
         } else if !amount.is_finite() || *amount < 0.0 {
-            problems.push(format!(
-                "{at}.customResources.{name}: {amount} must be a non-negative number"
-            ));
+            problems.push(format!("{at}.customResources.{name}: {amount} must be a non-negative number"));
         } else if NOT_CUSTOM.contains(&name.as_str()) || node.custom.contains_key(name) {
-            problems.push(format!(
-                "{at}.customResources.{name}: already set through resources"
-            ));
+            problems.push(format!("{at}.customResources.{name}: already set through resources"));
         } else {
             node.custom.insert(name.clone(), *amount);
         }
     }
-    node.object_store_memory = object_store_memory.or_else(|| {
-        node.memory
-            .map(|m| (m as f64 * DEFAULT_OBJECT_STORE_SHARE) as u64)
-    });
+    node.object_store_memory =
+        object_store_memory.or_else(|| node.memory.map(|m| (m as f64 * DEFAULT_OBJECT_STORE_SHARE) as u64));
     node
 }
 
@@ -389,15 +323,9 @@ mod tests {
         let problems = validate(&tc).expect_err("invalid");
         let text = problems.join("\n");
         assert!(text.contains("spec.image"), "{text}");
-        assert!(
-            text.contains("minReplicas must be at most replicas"),
-            "{text}"
-        );
+        assert!(text.contains("minReplicas must be at most replicas"), "{text}");
         assert!(text.contains("unique"), "{text}");
-        assert!(
-            text.contains("replicas must be at most maxReplicas"),
-            "{text}"
-        );
+        assert!(text.contains("replicas must be at most maxReplicas"), "{text}");
     }
 
     #[test]
@@ -405,12 +333,9 @@ mod tests {
         let mut tc = fixtures::cluster();
         tc.metadata.name = Some("9-bad".to_string());
         tc.spec.worker_groups[0].name = "this-name-is-far-too-long".to_string();
-        tc.spec.worker_groups[0].template = Some(PodTemplate(
-            serde_json::json!({"spec": {"containers": "not a list"}}),
-        ));
-        tc.spec.object_store.memory = Some(
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into()),
-        );
+        tc.spec.worker_groups[0].template =
+            Some(PodTemplate(serde_json::json!({"spec": {"containers": "not a list"}})));
+        tc.spec.object_store.memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into()));
         let text = validate(&tc).expect_err("invalid").join("\n");
         assert!(text.contains("TaskCluster name \"9-bad\""), "{text}");
         assert!(text.contains("longer than 16"), "{text}");

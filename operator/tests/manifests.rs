@@ -47,10 +47,7 @@ fn check_file(relative: &str, expected: &str) {
 }
 
 fn install_yaml() -> String {
-    let release = helm::Release {
-        name: RELEASE.into(),
-        namespace: NAMESPACE.into(),
-    };
+    let release = helm::Release { name: RELEASE.into(), namespace: NAMESPACE.into() };
     let rendered = helm::render_chart(&chart(), &release, "{}").expect("chart renders");
     let crd = crd_yaml();
     let crd_doc = crd.split_once("---\n").map(|(_, d)| d).unwrap_or(&crd);
@@ -75,23 +72,18 @@ fn install_yaml_is_the_chart_rendered_with_default_values() {
 
 fn typed<T: serde::de::DeserializeOwned>(origin: &str, value: serde_yaml_ng::Value) -> T {
     let kind = value["kind"].as_str().unwrap_or_default().to_string();
-    serde_yaml_ng::from_value(value)
-        .unwrap_or_else(|e| panic!("{origin}: {kind} does not parse: {e}"))
+    serde_yaml_ng::from_value(value).unwrap_or_else(|e| panic!("{origin}: {kind} does not parse: {e}"))
 }
 
 /// Parses every document of `text` into the type its kind names.
 fn parse_documents(origin: &str, text: &str) -> Vec<String> {
     let mut kinds = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        let value =
-            serde_yaml_ng::Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        let value = serde_yaml_ng::Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: {e}"));
         if value.is_null() {
             continue;
         }
-        let kind = value["kind"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{origin}: a document has no kind"))
-            .to_string();
+        let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{origin}: a document has no kind")).to_string();
         let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
         match kind.as_str() {
             "Namespace" => drop(typed::<Namespace>(origin, value)),
@@ -107,9 +99,7 @@ fn parse_documents(origin: &str, text: &str) -> Vec<String> {
             "NetworkPolicy" => drop(typed::<NetworkPolicy>(origin, value)),
             "TaskCluster" => {
                 let mut tc: TaskCluster = typed(origin, value);
-                tc.metadata
-                    .namespace
-                    .get_or_insert_with(|| "default".into());
+                tc.metadata.namespace.get_or_insert_with(|| "default".into());
                 if let Err(problems) = shoal_operator::validate::validate(&tc) {
                     panic!("{origin}: TaskCluster is invalid: {problems:?}");
                 }
@@ -134,15 +124,10 @@ fn every_committed_document_parses_into_its_type() {
         "manifests/install.yaml",
         "manifests/examples/cluster.yaml",
     ] {
-        let text =
-            std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert!(
-            !parse_documents(file, &text).is_empty(),
-            "{file} has no document"
-        );
+        let text = std::fs::read_to_string(repo().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(!parse_documents(file, &text).is_empty(), "{file} has no document");
     }
-    let install =
-        std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("install.yaml");
+    let install = std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("install.yaml");
     let kinds = parse_documents("install.yaml", &install);
     for kind in [
         "Namespace",
@@ -155,46 +140,25 @@ fn every_committed_document_parses_into_its_type() {
         "Service",
         "Deployment",
     ] {
-        assert!(
-            kinds.iter().any(|k| k == kind),
-            "install.yaml lacks a {kind}"
-        );
+        assert!(kinds.iter().any(|k| k == kind), "install.yaml lacks a {kind}");
     }
     // The dashboard placeholder (or the real dashboard) is valid JSON.
-    let dashboard =
-        std::fs::read_to_string(chart().join("dashboards/shoal.json")).expect("dashboard");
+    let dashboard = std::fs::read_to_string(chart().join("dashboards/shoal.json")).expect("dashboard");
     serde_json::from_str::<serde_json::Value>(&dashboard).expect("dashboard is JSON");
 }
 
 #[test]
 fn chart_with_every_option_renders_valid_objects() {
-    let release = helm::Release {
-        name: "shoal".into(),
-        namespace: "ops".into(),
-    };
+    let release = helm::Release { name: "shoal".into(), namespace: "ops".into() };
     let all = "serviceMonitor: {enabled: true}\npodMonitor: {enabled: true}\ndashboard: {enabled: true}\n\
                networkPolicy: {enabled: true}\nexampleCluster: {enabled: true}\nwatchNamespace: team-a\n\
                leaderElection: {enabled: false}\n";
     let rendered = helm::render_chart(&chart(), &release, all).expect("renders");
     let kinds = parse_documents("chart (all options)", &rendered);
-    for kind in [
-        "ServiceMonitor",
-        "PodMonitor",
-        "ConfigMap",
-        "NetworkPolicy",
-        "TaskCluster",
-        "Role",
-        "RoleBinding",
-    ] {
-        assert!(
-            kinds.iter().any(|k| k == kind),
-            "missing {kind} in {kinds:?}"
-        );
+    for kind in ["ServiceMonitor", "PodMonitor", "ConfigMap", "NetworkPolicy", "TaskCluster", "Role", "RoleBinding"] {
+        assert!(kinds.iter().any(|k| k == kind), "missing {kind} in {kinds:?}");
     }
-    assert!(
-        !kinds.iter().any(|k| k == "ClusterRole"),
-        "a namespaced install needs no ClusterRole"
-    );
+    assert!(!kinds.iter().any(|k| k == "ClusterRole"), "a namespaced install needs no ClusterRole");
     // Leader election off: only the watch-namespace Role, no Lease Role.
     assert_eq!(kinds.iter().filter(|k| *k == "Role").count(), 1);
     assert!(rendered.contains("namespace: team-a"));
@@ -202,8 +166,7 @@ fn chart_with_every_option_renders_valid_objects() {
 
 #[test]
 fn rbac_grants_only_what_the_operator_uses() {
-    let install =
-        std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("install.yaml");
+    let install = std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("install.yaml");
     let role: ClusterRole = serde_yaml_ng::Deserializer::from_str(&install)
         .filter_map(|d| serde_yaml_ng::Value::deserialize(d).ok())
         .find(|v| v["kind"] == "ClusterRole")
@@ -233,24 +196,17 @@ fn rbac_grants_only_what_the_operator_uses() {
 /// The schema the API server validates TaskClusters with (CEL rules included).
 fn crd_schema() -> serde_json::Value {
     let crd = TaskCluster::crd();
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .expect("schema");
+    let schema = crd.spec.versions[0].schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema");
     serde_json::to_value(schema).expect("json")
 }
 
 fn cel_accepts(tc: &serde_json::Value) -> Result<(), String> {
-    kube::core::cel::Validator::new()
-        .validate(&crd_schema(), tc, None)
-        .map_err(|e| format!("{e:?}"))
+    kube::core::cel::Validator::new().validate(&crd_schema(), tc, None).map_err(|e| format!("{e:?}"))
 }
 
 #[test]
 fn example_cluster_passes_the_cel_rules_and_the_rust_validation() {
-    let text =
-        std::fs::read_to_string(repo().join("manifests/examples/cluster.yaml")).expect("example");
+    let text = std::fs::read_to_string(repo().join("manifests/examples/cluster.yaml")).expect("example");
     let value: serde_json::Value = serde_yaml_ng::from_str(&text).expect("yaml");
     cel_accepts(&value).expect("CEL rules accept the example");
     parse_documents("example", &text);
@@ -261,30 +217,14 @@ type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
 
 #[test]
 fn cel_rules_and_rust_validation_reject_the_same_specs() {
-    let text =
-        std::fs::read_to_string(repo().join("manifests/examples/cluster.yaml")).expect("example");
+    let text = std::fs::read_to_string(repo().join("manifests/examples/cluster.yaml")).expect("example");
     let base: serde_json::Value = serde_yaml_ng::from_str(&text).expect("yaml");
     let cases: Vec<(&str, Mutation)> = vec![
-        (
-            "minReplicas > replicas",
-            Box::new(|v| v["spec"]["workerGroups"][0]["minReplicas"] = 5.into()),
-        ),
-        (
-            "replicas > maxReplicas",
-            Box::new(|v| v["spec"]["workerGroups"][0]["maxReplicas"] = 1.into()),
-        ),
-        (
-            "duplicate group names",
-            Box::new(|v| v["spec"]["workerGroups"][1]["name"] = "cpu".into()),
-        ),
-        (
-            "cluster name too long",
-            Box::new(|v| v["metadata"]["name"] = "a".repeat(41).into()),
-        ),
-        (
-            "cluster name not a DNS-1035 label",
-            Box::new(|v| v["metadata"]["name"] = "1demo".into()),
-        ),
+        ("minReplicas > replicas", Box::new(|v| v["spec"]["workerGroups"][0]["minReplicas"] = 5.into())),
+        ("replicas > maxReplicas", Box::new(|v| v["spec"]["workerGroups"][0]["maxReplicas"] = 1.into())),
+        ("duplicate group names", Box::new(|v| v["spec"]["workerGroups"][1]["name"] = "cpu".into())),
+        ("cluster name too long", Box::new(|v| v["metadata"]["name"] = "a".repeat(41).into())),
+        ("cluster name not a DNS-1035 label", Box::new(|v| v["metadata"]["name"] = "1demo".into())),
     ];
     for (what, mutate) in cases {
         let mut v = base.clone();
@@ -292,9 +232,6 @@ fn cel_rules_and_rust_validation_reject_the_same_specs() {
         assert!(cel_accepts(&v).is_err(), "CEL should reject: {what}");
         let mut tc: TaskCluster = serde_json::from_value(v).expect("still parses");
         tc.metadata.namespace = Some("default".into());
-        assert!(
-            shoal_operator::validate::validate(&tc).is_err(),
-            "Rust validation should reject: {what}"
-        );
+        assert!(shoal_operator::validate::validate(&tc).is_err(), "Rust validation should reject: {what}");
     }
 }

@@ -145,10 +145,16 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     // Cross-node pull of 100 MiB: made on the last node, read on the second.
     let mut pull = json!(null);
     if nodes >= 2 {
-        let producer: NodeId = cluster.raylets[nodes - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
-        let consumer: NodeId = cluster.raylets[nodes.min(2) - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
+        let producer: NodeId =
+            cluster.raylets[nodes - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
+        let consumer: NodeId =
+            cluster.raylets[nodes.min(2) - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
         let data = c
-            .submit(Task::builtin("bytes").arg(100u64 << 20).strategy(Strategy::NodeAffinity { node: producer, soft: false }))
+            .submit(
+                Task::builtin("bytes")
+                    .arg(100u64 << 20)
+                    .strategy(Strategy::NodeAffinity { node: producer, soft: false }),
+            )
             .await?;
         c.wait(std::slice::from_ref(&data), 1, None).await?;
         let before = crate::client::node_stats(&cluster.raylets[nodes.min(2) - 1].address).await?.pulled_bytes;

@@ -299,7 +299,9 @@ pub fn strategy_to_pb(s: &Strategy) -> Option<pb::SchedulingStrategy> {
     let kind = match s {
         Strategy::Default => return None,
         Strategy::Spread => Kind::Spread(true),
-        Strategy::NodeAffinity { node, soft } => Kind::NodeAffinity(pb::NodeAffinity { node_id: node.to_bytes(), soft: *soft }),
+        Strategy::NodeAffinity { node, soft } => {
+            Kind::NodeAffinity(pb::NodeAffinity { node_id: node.to_bytes(), soft: *soft })
+        }
         Strategy::Labels(l) => Kind::Labels(pb::LabelSelector { match_labels: l.iter().cloned().collect() }),
     };
     Some(pb::SchedulingStrategy { kind: Some(kind) })
@@ -439,7 +441,14 @@ impl Client {
         for a in task.args {
             args.push(match a {
                 TaskArg::Ref(r) => {
-                    let arg = pb::Arg { kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg { object_id: r.id().to_bytes(), owner_address: r.owner().to_string(), locations: vec![], size: 0 })) };
+                    let arg = pb::Arg {
+                        kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
+                            object_id: r.id().to_bytes(),
+                            owner_address: r.owner().to_string(),
+                            locations: vec![],
+                            size: 0,
+                        })),
+                    };
                     temporaries.push(r);
                     arg
                 }
@@ -447,7 +456,14 @@ impl Client {
                     let enc = v.encode();
                     if enc.data.len() > INLINE_LIMIT {
                         let r = self.put_encoded(enc).await?;
-                        let arg = pb::Arg { kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg { object_id: r.id().to_bytes(), owner_address: r.owner().to_string(), locations: vec![], size: 0 })) };
+                        let arg = pb::Arg {
+                            kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
+                                object_id: r.id().to_bytes(),
+                                owner_address: r.owner().to_string(),
+                                locations: vec![],
+                                size: 0,
+                            })),
+                        };
                         temporaries.push(r);
                         arg
                     } else {
@@ -503,7 +519,9 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, r: &ObjectRef) -> Result<T> {
         match self.get_value(r).await? {
             Value::Json(v) => serde_json::from_value(v).map_err(|e| Error::Codec(e.to_string())),
-            Value::Bytes(b) => serde_json::from_slice(&b).map_err(|e| Error::Codec(format!("raw bytes are not JSON: {e}"))),
+            Value::Bytes(b) => {
+                serde_json::from_slice(&b).map_err(|e| Error::Codec(format!("raw bytes are not JSON: {e}")))
+            }
         }
     }
 
@@ -551,7 +569,10 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<(Vec<ObjectRef>, Vec<ObjectRef>)> {
         if num_returns > refs.len() {
-            return Err(Error::Invalid(format!("num_returns {num_returns} exceeds the {} references given", refs.len())));
+            return Err(Error::Invalid(format!(
+                "num_returns {num_returns} exceeds the {} references given",
+                refs.len()
+            )));
         }
         let mut raylet = self.inner.raylet.clone();
         let req = pb::WaitObjectsRequest {

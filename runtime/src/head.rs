@@ -42,7 +42,8 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     gcs.spawn_background();
     let svc = crate::gcs::service(gcs.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::net::server().add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await {
+        if let Err(e) = crate::net::server().add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await
+        {
             tracing::error!(error = %e, "GCS server stopped");
         }
     });
@@ -51,7 +52,10 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
         if with_http { crate::http::serve_health(&cfg.host, cfg.http_port, &ip).await? } else { String::new() };
     tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
     if let Some(path) = &cfg.ready_file {
-        crate::local_cluster::write_ready_file(path, &serde_json::json!({ "grpc": gcs_address, "http": http_address }))?;
+        crate::local_cluster::write_ready_file(
+            path,
+            &serde_json::json!({ "grpc": gcs_address, "http": http_address }),
+        )?;
     }
     Ok(Head { gcs_address, http_address, gcs })
 }

@@ -192,8 +192,7 @@ pub enum StrategyDecl {
     Labels(BTreeMap<String, String>),
 }
 
-const STRATEGY_FORMS: &str =
-    "`default`, `spread`, {node: NODE_ID, soft: BOOL} or {labels: {KEY: VALUE}}";
+const STRATEGY_FORMS: &str = "`default`, `spread`, {node: NODE_ID, soft: BOOL} or {labels: {KEY: VALUE}}";
 
 impl<'de> Deserialize<'de> for StrategyDecl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -211,9 +210,7 @@ impl<'de> Deserialize<'de> for StrategyDecl {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrategyDecl, A::Error> {
-                let bad = |what: &str| {
-                    de::Error::custom(format!("`strategy` {what}; expected {STRATEGY_FORMS}"))
-                };
+                let bad = |what: &str| de::Error::custom(format!("`strategy` {what}; expected {STRATEGY_FORMS}"));
                 // Values are read as strings so that YAML keeps a node id
                 // such as 0123456789012345 as written, not as a number.
                 let (mut node, mut soft, mut labels) = (None, None, None);
@@ -226,10 +223,7 @@ impl<'de> Deserialize<'de> for StrategyDecl {
                     }
                 }
                 match (node, labels) {
-                    (Some(node), None) => Ok(StrategyDecl::Node {
-                        node,
-                        soft: soft.unwrap_or(false),
-                    }),
+                    (Some(node), None) => Ok(StrategyDecl::Node { node, soft: soft.unwrap_or(false) }),
                     (None, Some(labels)) if soft.is_none() => Ok(StrategyDecl::Labels(labels)),
                     (None, Some(_)) => Err(bad("gives `soft` without `node`")),
                     (Some(_), Some(_)) => Err(bad("gives both `node` and `labels`")),
@@ -279,22 +273,15 @@ fn parse_message(
         (Some(l), Some(c)) => format!(" (first error at line {l} column {c})"),
         _ => String::new(),
     };
-    format!(
-        "job spec is not valid {format}{at}:\n  - {}",
-        problems.join("\n  - ")
-    )
+    format!("job spec is not valid {format}{at}:\n  - {}", problems.join("\n  - "))
 }
 
 impl JobSpecError {
     /// Every problem as one line, for API error bodies.
     pub fn problems(&self) -> Vec<String> {
         match self {
-            JobSpecError::Parse {
-                message, problems, ..
-            } if problems.is_empty() => vec![message.clone()],
-            JobSpecError::Parse { problems, .. } | JobSpecError::Invalid(problems) => {
-                problems.clone()
-            }
+            JobSpecError::Parse { message, problems, .. } if problems.is_empty() => vec![message.clone()],
+            JobSpecError::Parse { problems, .. } | JobSpecError::Invalid(problems) => problems.clone(),
         }
     }
 }
@@ -377,21 +364,11 @@ pub fn parse(text: &str) -> Result<JobSpec, JobSpecError> {
             Ok(spec) => return Ok(spec),
             Err(e) => {
                 let at = e.location();
-                (
-                    e.to_string(),
-                    at.as_ref().map(|l| l.line()),
-                    at.as_ref().map(|l| l.column()),
-                )
+                (e.to_string(), at.as_ref().map(|l| l.line()), at.as_ref().map(|l| l.column()))
             }
         }
     };
-    Err(JobSpecError::Parse {
-        format,
-        message,
-        line,
-        column,
-        problems: task_shape_problems(text, is_json),
-    })
+    Err(JobSpecError::Parse { format, message, line, column, problems: task_shape_problems(text, is_json) })
 }
 
 /// Re-reads a spec that failed to parse as a generic document and tries each
@@ -429,14 +406,9 @@ fn task_shape_problems(text: &str, is_json: bool) -> Vec<String> {
             return Vec::new();
         };
         for (i, t) in tasks.iter().enumerate() {
-            let parsed = serde_yaml_ng::to_string(t)
-                .and_then(|one| serde_yaml_ng::from_str::<TaskDecl>(&one));
+            let parsed = serde_yaml_ng::to_string(t).and_then(|one| serde_yaml_ng::from_str::<TaskDecl>(&one));
             if let Err(e) = parsed {
-                report(
-                    i,
-                    t.get("id").and_then(serde_yaml_ng::Value::as_str),
-                    &without_location(&e.to_string()),
-                );
+                report(i, t.get("id").and_then(serde_yaml_ng::Value::as_str), &without_location(&e.to_string()));
             }
         }
     }
@@ -448,18 +420,13 @@ fn task_shape_problems(text: &str, is_json: bool) -> Vec<String> {
 ///
 /// Every problem is reported, not only the first. Runs in time linear in the
 /// number of tasks and arguments.
-pub fn plan(
-    spec: &JobSpec,
-    is_known_builtin: &dyn Fn(&str) -> bool,
-) -> Result<JobPlan, JobSpecError> {
+pub fn plan(spec: &JobSpec, is_known_builtin: &dyn Fn(&str) -> bool) -> Result<JobPlan, JobSpecError> {
     let name = match spec.name.trim() {
         "" => DEFAULT_JOB_NAME.to_string(),
         n => n.to_string(),
     };
     if spec.tasks.is_empty() {
-        return Err(JobSpecError::Invalid(vec![format!(
-            "job `{name}`: has no tasks"
-        )]));
+        return Err(JobSpecError::Invalid(vec![format!("job `{name}`: has no tasks")]));
     }
 
     let mut problems = Vec::new();
@@ -470,10 +437,7 @@ pub fn plan(
     let mut checked: Vec<Option<Checked>> = Vec::with_capacity(spec.tasks.len());
     let mut deps: Vec<Vec<usize>> = Vec::with_capacity(spec.tasks.len());
     for (i, decl) in spec.tasks.iter().enumerate() {
-        let mut p = TaskProblems {
-            who: task_label(decl, i),
-            list: &mut problems,
-        };
+        let mut p = TaskProblems { who: task_label(decl, i), list: &mut problems };
         let (c, d) = check_task(decl, i, spec, &index, is_known_builtin, &mut p);
         checked.push(c);
         deps.push(d);
@@ -501,8 +465,7 @@ pub fn plan(
     }
     let mut tasks = Vec::with_capacity(order.len());
     for &i in &order {
-        let (Some(Some(c)), Some(decl)) = (checked.get_mut(i).map(Option::take), spec.tasks.get(i))
-        else {
+        let (Some(Some(c)), Some(decl)) = (checked.get_mut(i).map(Option::take), spec.tasks.get(i)) else {
             continue;
         };
         let args = c
@@ -510,10 +473,9 @@ pub fn plan(
             .into_iter()
             .map(|a| match a {
                 CheckedArg::Literal(v) => PlanArg::Literal(v),
-                CheckedArg::Ref { decl, index } => PlanArg::Ref {
-                    task: position.get(decl).copied().unwrap_or_default(),
-                    index,
-                },
+                CheckedArg::Ref { decl, index } => {
+                    PlanArg::Ref { task: position.get(decl).copied().unwrap_or_default(), index }
+                }
             })
             .collect();
         tasks.push(PlannedTask {
@@ -570,9 +532,7 @@ fn task_label(decl: &TaskDecl, i: usize) -> String {
 fn valid_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_TASK_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Maps each valid id to its first declaration, reporting bad and duplicate ids.
@@ -590,10 +550,7 @@ fn index_ids<'a>(tasks: &'a [TaskDecl], problems: &mut Vec<String>) -> HashMap<&
             ));
         }
         if let Some(first) = index.get(t.id.as_str()) {
-            problems.push(format!(
-                "task `{}`: duplicate id (task #{i} repeats task #{first})",
-                t.id
-            ));
+            problems.push(format!("task `{}`: duplicate id (task #{i} repeats task #{first})", t.id));
         } else {
             index.insert(&t.id, i);
         }
@@ -618,15 +575,11 @@ fn check_task(
 
     let num_returns = decl.num_returns.unwrap_or(1);
     if num_returns == 0 || num_returns > MAX_NUM_RETURNS {
-        p.push(format_args!(
-            "`num_returns` is {num_returns}; it must be between 1 and {MAX_NUM_RETURNS}"
-        ));
+        p.push(format_args!("`num_returns` is {num_returns}; it must be between 1 and {MAX_NUM_RETURNS}"));
     }
     let max_retries = decl.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
     if max_retries < -1 {
-        p.push(format_args!(
-            "`max_retries` is {max_retries}; use -1 for unlimited, or 0 or more"
-        ));
+        p.push(format_args!("`max_retries` is {max_retries}; use -1 for unlimited, or 0 or more"));
     }
     let resources = check_resources(decl.resources.as_ref(), p);
     let strategy = decl.strategy.as_ref().and_then(|s| check_strategy(s, p));
@@ -638,16 +591,9 @@ fn check_task(
             Ok(ArgForm::Literal(v)) => args.push(CheckedArg::Literal(v.clone())),
             Ok(ArgForm::Ref { id, index: ret }) => match index.get(id) {
                 None => p.push(format_args!("argument {n} refers to unknown task `{id}`")),
-                Some(&target) if target == me => {
-                    p.push(format_args!("argument {n} refers to the task itself"))
-                }
+                Some(&target) if target == me => p.push(format_args!("argument {n} refers to the task itself")),
                 Some(&target) => {
-                    let target_returns = spec
-                        .tasks
-                        .get(target)
-                        .and_then(|t| t.num_returns)
-                        .unwrap_or(1)
-                        .max(1);
+                    let target_returns = spec.tasks.get(target).and_then(|t| t.num_returns).unwrap_or(1).max(1);
                     if ret >= target_returns {
                         p.push(format_args!(
                             "argument {n} refers to return {ret} of task `{id}`, which has num_returns {target_returns} \
@@ -655,10 +601,7 @@ fn check_task(
                         ));
                     }
                     deps.push(target);
-                    args.push(CheckedArg::Ref {
-                        decl: target,
-                        index: ret,
-                    });
+                    args.push(CheckedArg::Ref { decl: target, index: ret });
                 }
             },
             Err(why) => p.push(format_args!("argument {n} {why}")),
@@ -699,15 +642,11 @@ fn check_function(
             None
         }
         (Some(f), None) => {
-            for (field, given) in [
-                ("output", decl.output.is_some()),
-                ("env", decl.env.is_some()),
-                ("cwd", decl.cwd.is_some()),
-            ] {
+            for (field, given) in
+                [("output", decl.output.is_some()), ("env", decl.env.is_some()), ("cwd", decl.cwd.is_some())]
+            {
                 if given {
-                    p.push(format_args!(
-                        "`{field}` applies to `exec` tasks only, not to `{f}`"
-                    ));
+                    p.push(format_args!("`{field}` applies to `exec` tasks only, not to `{f}`"));
                 }
             }
             let Some(name) = f.strip_prefix("builtin:") else {
@@ -723,9 +662,7 @@ fn check_function(
                 p.push(format_args!("unknown builtin `{name}`"));
                 None
             } else {
-                Some(pb::FunctionDescriptor {
-                    kind: Some(Kind::Builtin(name.to_string())),
-                })
+                Some(pb::FunctionDescriptor { kind: Some(Kind::Builtin(name.to_string())) })
             }
         }
         (None, Some(exec)) => {
@@ -742,23 +679,17 @@ fn check_function(
                 None | Some("json") => false,
                 Some("text") => true,
                 Some(other) => {
-                    p.push(format_args!(
-                        "`output` is `{other}`; it must be `json` or `text`"
-                    ));
+                    p.push(format_args!("`output` is `{other}`; it must be `json` or `text`"));
                     false
                 }
             };
             let env = decl.env.clone().unwrap_or_default();
             for (k, v) in &env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    p.push(format_args!(
-                        "`env` name `{k}` is invalid (empty, or contains `=` or NUL)"
-                    ));
+                    p.push(format_args!("`env` name `{k}` is invalid (empty, or contains `=` or NUL)"));
                 }
                 if v.contains('\0') {
-                    p.push(format_args!(
-                        "`env` value of `{k}` contains a NUL character"
-                    ));
+                    p.push(format_args!("`env` value of `{k}` contains a NUL character"));
                 }
             }
             let cwd = decl.cwd.clone().unwrap_or_default();
@@ -779,10 +710,7 @@ fn check_function(
 
 /// Reads `resources` with the runtime's quantity rules, reporting every bad
 /// entry. Missing means one CPU; a given map means exactly what it lists.
-fn check_resources(
-    map: Option<&serde_json::Map<String, Json>>,
-    p: &mut TaskProblems<'_>,
-) -> Option<ResourceSet> {
+fn check_resources(map: Option<&serde_json::Map<String, Json>>, p: &mut TaskProblems<'_>) -> Option<ResourceSet> {
     let Some(map) = map else {
         return Some(ResourceSet::new().with(resources::CPU, 1.0));
     };
@@ -799,9 +727,7 @@ fn check_resources(
             }
         };
         if let Some(first) = seen.get(&name) {
-            p.push(format_args!(
-                "resource `{name}` is given twice (as `{first}` and `{raw}`)"
-            ));
+            p.push(format_args!("resource `{name}` is given twice (as `{first}` and `{raw}`)"));
             ok = false;
             continue;
         }
@@ -824,17 +750,12 @@ fn check_strategy(s: &StrategyDecl, p: &mut TaskProblems<'_>) -> Option<pb::Sche
             "default" => return None,
             "spread" => Kind::Spread(true),
             _ => {
-                p.push(format_args!(
-                    "unknown strategy `{k}`; expected {STRATEGY_FORMS}"
-                ));
+                p.push(format_args!("unknown strategy `{k}`; expected {STRATEGY_FORMS}"));
                 return None;
             }
         },
         StrategyDecl::Node { node, soft } => match node.parse::<NodeId>() {
-            Ok(id) => Kind::NodeAffinity(pb::NodeAffinity {
-                node_id: id.to_bytes(),
-                soft: *soft,
-            }),
+            Ok(id) => Kind::NodeAffinity(pb::NodeAffinity { node_id: id.to_bytes(), soft: *soft }),
             Err(e) => {
                 p.push(format_args!("strategy: {e}"));
                 return None;
@@ -879,12 +800,7 @@ fn classify_arg(arg: &Json) -> Result<ArgForm<'_>, String> {
         None => 0,
         Some(i) => match i.as_u64().and_then(|i| u32::try_from(i).ok()) {
             Some(i) => i,
-            None => {
-                return Err(format!(
-                    "has `index` {}, not a non-negative integer",
-                    describe(i)
-                ))
-            }
+            None => return Err(format!("has `index` {}, not a non-negative integer", describe(i))),
         },
     };
     Ok(ArgForm::Ref { id, index })
@@ -904,12 +820,8 @@ fn topological_order(deps: &[Vec<usize>]) -> Vec<usize> {
             }
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> = pending
-        .iter()
-        .enumerate()
-        .filter(|(_, &c)| c == 0)
-        .map(|(i, _)| Reverse(i))
-        .collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        pending.iter().enumerate().filter(|(_, &c)| c == 0).map(|(i, _)| Reverse(i)).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -952,20 +864,12 @@ fn report_cycles(spec: &JobSpec, deps: &[Vec<usize>], order: &[usize], problems:
                     let from = path.iter().position(|&x| x == cur).unwrap_or(0);
                     let mut cycle: Vec<usize> = path.get(from..).unwrap_or_default().to_vec();
                     // Start at the first declared task so messages are stable.
-                    if let Some(min_at) = cycle
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, &t)| t)
-                        .map(|(k, _)| k)
-                    {
+                    if let Some(min_at) = cycle.iter().enumerate().min_by_key(|(_, &t)| t).map(|(k, _)| k) {
                         cycle.rotate_left(min_at);
                     }
                     let first = cycle.first().copied().unwrap_or(cur);
-                    let chain: Vec<String> = cycle
-                        .iter()
-                        .chain(std::iter::once(&first))
-                        .map(|&t| format!("`{}`", id(t)))
-                        .collect();
+                    let chain: Vec<String> =
+                        cycle.iter().chain(std::iter::once(&first)).map(|&t| format!("`{}`", id(t))).collect();
                     problems.push(format!(
                         "task `{}`: dependency cycle {} (each task refers to the next)",
                         id(first),
@@ -978,9 +882,7 @@ fn report_cycles(spec: &JobSpec, deps: &[Vec<usize>], order: &[usize], problems:
                         *s = ON_PATH;
                     }
                     path.push(cur);
-                    let next = deps
-                        .get(cur)
-                        .and_then(|ds| ds.iter().find(|&&d| state.get(d) != Some(&DONE)));
+                    let next = deps.get(cur).and_then(|ds| ds.iter().find(|&&d| state.get(d) != Some(&DONE)));
                     match next {
                         Some(&d) => cur = d,
                         None => break,
@@ -1040,8 +942,7 @@ mod tests {
     fn assert_problem(text: &str, task: &str, needle: &str) {
         let ps = problems(text);
         assert!(
-            ps.iter()
-                .any(|p| p.contains(&format!("task `{task}`")) && p.contains(needle)),
+            ps.iter().any(|p| p.contains(&format!("task `{task}`")) && p.contains(needle)),
             "no problem naming task `{task}` with {needle:?} in {ps:#?}"
         );
     }
@@ -1072,25 +973,13 @@ tasks:
         let ids: Vec<&str> = plan.tasks.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["top", "left", "right", "join"]);
         let join = &plan.tasks[3];
-        assert_eq!(
-            join.args,
-            [
-                PlanArg::Ref { task: 1, index: 0 },
-                PlanArg::Ref { task: 2, index: 0 }
-            ]
-        );
+        assert_eq!(join.args, [PlanArg::Ref { task: 1, index: 0 }, PlanArg::Ref { task: 2, index: 0 }]);
         assert!(join.is_sink);
         assert!(plan.tasks[..3].iter().all(|t| !t.is_sink));
-        assert_eq!(
-            plan.tasks[1].args[1],
-            PlanArg::Literal(serde_json::json!(2))
-        );
+        assert_eq!(plan.tasks[1].args[1], PlanArg::Literal(serde_json::json!(2)));
         let top = &plan.tasks[0];
         assert_eq!(top.resources.get(resources::CPU), 0.5);
-        assert_eq!(
-            top.resources.get(resources::MEMORY),
-            256.0 * 1024.0 * 1024.0
-        );
+        assert_eq!(top.resources.get(resources::MEMORY), 256.0 * 1024.0 * 1024.0);
         match &top.function.kind {
             Some(pb::function_descriptor::Kind::Exec(e)) => {
                 assert_eq!(e.argv, ["python3", "-c", "print(42)"]);
@@ -1106,20 +995,12 @@ tasks:
         assert_eq!(plan.name, DEFAULT_JOB_NAME);
         let t = &plan.tasks[0];
         assert_eq!(t.resources, ResourceSet::new().with(resources::CPU, 1.0));
-        assert_eq!(
-            (t.num_returns, t.max_retries, t.retry_exceptions),
-            (1, 3, false)
-        );
+        assert_eq!((t.num_returns, t.max_retries, t.retry_exceptions), (1, 3, false));
         assert_eq!(t.strategy, None);
-        assert_eq!(
-            t.function.kind,
-            Some(pb::function_descriptor::Kind::Builtin("noop".into()))
-        );
-        let no_cpu =
-            plan_yaml("tasks: [{id: a, function: 'builtin:noop', resources: {gpu: 1}}]").unwrap();
+        assert_eq!(t.function.kind, Some(pb::function_descriptor::Kind::Builtin("noop".into())));
+        let no_cpu = plan_yaml("tasks: [{id: a, function: 'builtin:noop', resources: {gpu: 1}}]").unwrap();
         assert_eq!(no_cpu.tasks[0].resources.units(resources::CPU), 0);
-        let unlimited =
-            plan_yaml("tasks: [{id: a, function: 'builtin:noop', max_retries: -1}]").unwrap();
+        let unlimited = plan_yaml("tasks: [{id: a, function: 'builtin:noop', max_retries: -1}]").unwrap();
         assert_eq!(unlimited.tasks[0].max_retries, -1);
     }
 
@@ -1139,18 +1020,11 @@ tasks:
 
     #[test]
     fn value_wrapper_keeps_a_ref_shaped_object_literal() {
-        let plan = plan_yaml(
-            "tasks:\n  - id: a\n    function: builtin:identity\n    args: [{value: {ref: x}}, [{ref: y}]]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            plan.tasks[0].args[0],
-            PlanArg::Literal(serde_json::json!({"ref": "x"}))
-        );
-        assert_eq!(
-            plan.tasks[0].args[1],
-            PlanArg::Literal(serde_json::json!([{"ref": "y"}]))
-        );
+        let plan =
+            plan_yaml("tasks:\n  - id: a\n    function: builtin:identity\n    args: [{value: {ref: x}}, [{ref: y}]]\n")
+                .unwrap();
+        assert_eq!(plan.tasks[0].args[0], PlanArg::Literal(serde_json::json!({"ref": "x"})));
+        assert_eq!(plan.tasks[0].args[1], PlanArg::Literal(serde_json::json!([{"ref": "y"}])));
         assert!(plan.tasks[0].is_sink);
     }
 
@@ -1176,14 +1050,9 @@ tasks:
         let mut sink = tasks[0].clone();
         sink.id = "total".into();
         sink.function = Some("builtin:sum".into());
-        sink.args = (0..n)
-            .map(|i| serde_json::json!({"ref": format!("leaf-{i}")}))
-            .collect();
+        sink.args = (0..n).map(|i| serde_json::json!({"ref": format!("leaf-{i}")})).collect();
         tasks.insert(0, sink);
-        let spec = JobSpec {
-            name: "fan-in".into(),
-            tasks,
-        };
+        let spec = JobSpec { name: "fan-in".into(), tasks };
         let started = std::time::Instant::now();
         let plan = plan(&spec, &known).unwrap();
         let took = started.elapsed();
@@ -1191,10 +1060,7 @@ tasks:
         assert_eq!(plan.tasks[n].id, "total");
         assert!(plan.tasks[n].is_sink);
         assert_eq!(plan.tasks.iter().filter(|t| t.is_sink).count(), 1);
-        assert!(
-            took < std::time::Duration::from_millis(100),
-            "planning took {took:?}"
-        );
+        assert!(took < std::time::Duration::from_millis(100), "planning took {took:?}");
     }
 
     #[test]
@@ -1205,19 +1071,10 @@ tasks:
 
     #[test]
     fn empty_or_invalid_ids_are_rejected() {
-        assert!(problems("tasks: [{id: '', function: 'builtin:noop'}]")[0]
-            .contains("task #0: `id` is empty"));
-        assert_problem(
-            "tasks: [{id: 'has space', function: 'builtin:noop'}]",
-            "has space",
-            "letters, digits",
-        );
+        assert!(problems("tasks: [{id: '', function: 'builtin:noop'}]")[0].contains("task #0: `id` is empty"));
+        assert_problem("tasks: [{id: 'has space', function: 'builtin:noop'}]", "has space", "letters, digits");
         let long = "x".repeat(64);
-        assert_problem(
-            &format!("tasks: [{{id: {long}, function: 'builtin:noop'}}]"),
-            &long,
-            "at most 63",
-        );
+        assert_problem(&format!("tasks: [{{id: {long}, function: 'builtin:noop'}}]"), &long, "at most 63");
     }
 
     #[test]
@@ -1232,30 +1089,14 @@ tasks:
     #[test]
     fn function_and_exec_must_be_given_exactly_once() {
         assert_problem("tasks: [{id: a}]", "a", "either");
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', exec: [true]}]",
-            "a",
-            "not both",
-        );
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', exec: [true]}]", "a", "not both");
     }
 
     #[test]
     fn functions_must_be_known_builtins() {
-        assert_problem(
-            "tasks: [{id: a, function: noop}]",
-            "a",
-            "not of the form `builtin:NAME`",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:'}]",
-            "a",
-            "names no builtin",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:nope'}]",
-            "a",
-            "unknown builtin `nope`",
-        );
+        assert_problem("tasks: [{id: a, function: noop}]", "a", "not of the form `builtin:NAME`");
+        assert_problem("tasks: [{id: a, function: 'builtin:'}]", "a", "names no builtin");
+        assert_problem("tasks: [{id: a, function: 'builtin:nope'}]", "a", "unknown builtin `nope`");
     }
 
     #[test]
@@ -1263,11 +1104,7 @@ tasks:
         assert_problem("tasks: [{id: a, exec: []}]", "a", "empty list");
         let e = parse("tasks: [{id: a, exec: 'python3 -c 1'}]").unwrap_err();
         let ps = e.problems();
-        assert!(
-            ps.iter()
-                .any(|p| p.contains("task `a`") && p.contains("not split on spaces")),
-            "{ps:?}"
-        );
+        assert!(ps.iter().any(|p| p.contains("task `a`") && p.contains("not split on spaces")), "{ps:?}");
         let with_number = plan_yaml("tasks: [{id: a, exec: [echo, 1, 1.10, 0x10, true]}]").unwrap();
         match &with_number.tasks[0].function.kind {
             Some(pb::function_descriptor::Kind::Exec(e)) => {
@@ -1280,15 +1117,8 @@ tasks:
     #[test]
     fn references_must_name_other_existing_tasks() {
         let spec = "tasks:\n  - {id: raw, function: 'builtin:noop'}\n  - {id: doubled, function: 'builtin:mul', args: [{ref: rawx}, 2]}\n";
-        assert_eq!(
-            problems(spec),
-            ["task `doubled`: argument 0 refers to unknown task `rawx`"]
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:identity', args: [{ref: a}]}]",
-            "a",
-            "itself",
-        );
+        assert_eq!(problems(spec), ["task `doubled`: argument 0 refers to unknown task `rawx`"]);
+        assert_problem("tasks: [{id: a, function: 'builtin:identity', args: [{ref: a}]}]", "a", "itself");
         assert_problem(
             "tasks: [{id: a, function: 'builtin:noop'}, {id: b, function: 'builtin:identity', args: [{ref: a, index: 1}]}]",
             "b",
@@ -1304,11 +1134,7 @@ tasks:
             "b",
             "{value: ...}",
         );
-        assert_problem(
-            "tasks: [{id: b, function: 'builtin:identity', args: [{ref: 7}]}]",
-            "b",
-            "not a task id",
-        );
+        assert_problem("tasks: [{id: b, function: 'builtin:identity', args: [{ref: 7}]}]", "b", "not a task id");
     }
 
     #[test]
@@ -1334,50 +1160,18 @@ tasks:
 
     #[test]
     fn bad_resources_are_rejected() {
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', resources: {cpu: -1}}]",
-            "a",
-            "negative",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', resources: {memory: lots}}]",
-            "a",
-            "not a quantity",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', resources: {cpu: [1]}}]",
-            "a",
-            "not a quantity",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', resources: {'bad name': 1}}]",
-            "a",
-            "invalid",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', resources: {cpu: 1, CPU: 2}}]",
-            "a",
-            "twice",
-        );
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', resources: {cpu: -1}}]", "a", "negative");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', resources: {memory: lots}}]", "a", "not a quantity");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', resources: {cpu: [1]}}]", "a", "not a quantity");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', resources: {'bad name': 1}}]", "a", "invalid");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', resources: {cpu: 1, CPU: 2}}]", "a", "twice");
     }
 
     #[test]
     fn num_returns_and_max_retries_are_bounded() {
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', num_returns: 0}]",
-            "a",
-            "between 1 and 1024",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', num_returns: 1025}]",
-            "a",
-            "between 1 and 1024",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', max_retries: -2}]",
-            "a",
-            "-1 for unlimited",
-        );
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', num_returns: 0}]", "a", "between 1 and 1024");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', num_returns: 1025}]", "a", "between 1 and 1024");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', max_retries: -2}]", "a", "-1 for unlimited");
     }
 
     #[test]
@@ -1393,17 +1187,11 @@ tasks:
         ))
         .unwrap();
         use pb::scheduling_strategy::Kind;
-        assert_eq!(
-            plan.tasks[0].strategy.as_ref().unwrap().kind,
-            Some(Kind::Spread(true))
-        );
+        assert_eq!(plan.tasks[0].strategy.as_ref().unwrap().kind, Some(Kind::Spread(true)));
         assert_eq!(plan.tasks[1].strategy, None);
         assert_eq!(
             plan.tasks[2].strategy.as_ref().unwrap().kind,
-            Some(Kind::NodeAffinity(pb::NodeAffinity {
-                node_id: node.to_bytes(),
-                soft: true
-            }))
+            Some(Kind::NodeAffinity(pb::NodeAffinity { node_id: node.to_bytes(), soft: true }))
         );
         match &plan.tasks[3].strategy.as_ref().unwrap().kind {
             Some(Kind::Labels(l)) => {
@@ -1411,74 +1199,29 @@ tasks:
             }
             other => panic!("not labels: {other:?}"),
         }
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', strategy: sprad}]",
-            "a",
-            "unknown strategy `sprad`",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', strategy: {node: xyz}}]",
-            "a",
-            "invalid node id",
-        );
-        let digits = plan_yaml(
-            "tasks: [{id: a, function: 'builtin:noop', strategy: {node: 1234567890123456}}]",
-        )
-        .unwrap();
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', strategy: sprad}]", "a", "unknown strategy `sprad`");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', strategy: {node: xyz}}]", "a", "invalid node id");
+        let digits =
+            plan_yaml("tasks: [{id: a, function: 'builtin:noop', strategy: {node: 1234567890123456}}]").unwrap();
         let want: NodeId = "1234567890123456".parse().unwrap();
         assert_eq!(
             digits.tasks[0].strategy.as_ref().unwrap().kind,
-            Some(Kind::NodeAffinity(pb::NodeAffinity {
-                node_id: want.to_bytes(),
-                soft: false
-            }))
+            Some(Kind::NodeAffinity(pb::NodeAffinity { node_id: want.to_bytes(), soft: false }))
         );
-        let both =
-            parse("tasks: [{id: a, function: 'builtin:noop', strategy: {node: x, labels: {}}}]")
-                .unwrap_err();
-        assert!(
-            both.to_string().contains("gives both `node` and `labels`"),
-            "{both}"
-        );
-        let e =
-            parse("tasks: [{id: a, function: 'builtin:noop', strategy: {nod: x}}]").unwrap_err();
-        assert!(
-            e.problems()
-                .iter()
-                .any(|p| p.contains("task `a`") && p.contains("unknown key `nod`")),
-            "{e}"
-        );
+        let both = parse("tasks: [{id: a, function: 'builtin:noop', strategy: {node: x, labels: {}}}]").unwrap_err();
+        assert!(both.to_string().contains("gives both `node` and `labels`"), "{both}");
+        let e = parse("tasks: [{id: a, function: 'builtin:noop', strategy: {nod: x}}]").unwrap_err();
+        assert!(e.problems().iter().any(|p| p.contains("task `a`") && p.contains("unknown key `nod`")), "{e}");
     }
 
     #[test]
     fn exec_only_fields_are_checked() {
-        assert_problem(
-            "tasks: [{id: a, exec: [cat], output: yaml}]",
-            "a",
-            "`json` or `text`",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', output: text}]",
-            "a",
-            "`output` applies to `exec`",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', env: {A: b}}]",
-            "a",
-            "`env` applies",
-        );
-        assert_problem(
-            "tasks: [{id: a, function: 'builtin:noop', cwd: /tmp}]",
-            "a",
-            "`cwd` applies",
-        );
-        assert_problem(
-            "tasks: [{id: a, exec: [cat], env: {'A=B': c}}]",
-            "a",
-            "`env` name",
-        );
-        let plan = plan_yaml("tasks: [{id: a, exec: [cat], output: text, env: {A: b}, cwd: /tmp}]")
-            .unwrap();
+        assert_problem("tasks: [{id: a, exec: [cat], output: yaml}]", "a", "`json` or `text`");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', output: text}]", "a", "`output` applies to `exec`");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', env: {A: b}}]", "a", "`env` applies");
+        assert_problem("tasks: [{id: a, function: 'builtin:noop', cwd: /tmp}]", "a", "`cwd` applies");
+        assert_problem("tasks: [{id: a, exec: [cat], env: {'A=B': c}}]", "a", "`env` name");
+        let plan = plan_yaml("tasks: [{id: a, exec: [cat], output: text, env: {A: b}, cwd: /tmp}]").unwrap();
         match &plan.tasks[0].function.kind {
             Some(pb::function_descriptor::Kind::Exec(e)) => {
                 assert!(e.output_text);
@@ -1491,40 +1234,21 @@ tasks:
 
     #[test]
     fn unknown_fields_are_rejected_naming_the_task_and_position() {
-        let e = parse("name: j\ntasks:\n  - id: a\n    function: builtin:noop\n    retries: 3\n")
-            .unwrap_err();
+        let e = parse("name: j\ntasks:\n  - id: a\n    function: builtin:noop\n    retries: 3\n").unwrap_err();
         match &e {
-            JobSpecError::Parse {
-                line,
-                column,
-                problems,
-                ..
-            } => {
+            JobSpecError::Parse { line, column, problems, .. } => {
                 assert_eq!(*line, Some(5));
                 assert!(column.is_some());
                 assert_eq!(problems.len(), 1);
-                assert!(
-                    problems[0].starts_with("task `a`: unknown field `retries`"),
-                    "{problems:?}"
-                );
+                assert!(problems[0].starts_with("task `a`: unknown field `retries`"), "{problems:?}");
             }
             other => panic!("not a parse error: {other:?}"),
         }
         let top = parse("name: j\ntask: []\n").unwrap_err();
         assert!(top.to_string().contains("unknown field `task`"), "{top}");
         let json = parse("{\"tasks\": [{\"id\": \"a\", \"func\": 1}]}").unwrap_err();
-        assert!(
-            json.to_string().contains("task `a`: unknown field `func`"),
-            "{json}"
-        );
-        assert!(matches!(
-            parse("{\"tasks\": [}"),
-            Err(JobSpecError::Parse {
-                format: "JSON",
-                line: Some(1),
-                ..
-            })
-        ));
+        assert!(json.to_string().contains("task `a`: unknown field `func`"), "{json}");
+        assert!(matches!(parse("{\"tasks\": [}"), Err(JobSpecError::Parse { format: "JSON", line: Some(1), .. })));
         assert!(parse("  \n").is_err());
     }
 
@@ -1539,8 +1263,6 @@ tasks:
         );
         assert_eq!(ps.len(), 5, "{ps:#?}");
         let err = JobSpecError::Invalid(ps);
-        assert!(err
-            .to_string()
-            .starts_with("invalid job spec (5 problems):\n  - task `a`: unknown builtin"));
+        assert!(err.to_string().starts_with("invalid job spec (5 problems):\n  - task `a`: unknown builtin"));
     }
 }

@@ -114,7 +114,10 @@ async fn wait_ready(path: &Path, child: &mut Child, log: &Path, deadline: Instan
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Invalid(format!("process exited with {status} before it was ready:\n{}", log_tail(log))));
+            return Err(Error::Invalid(format!(
+                "process exited with {status} before it was ready:\n{}",
+                log_tail(log)
+            )));
         }
         if Instant::now() > deadline {
             return Err(Error::Invalid(format!("process not ready in time:\n{}", log_tail(log))));

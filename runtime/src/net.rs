@@ -34,7 +34,8 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, Error> {
     } else {
         format!("http://{addr}")
     };
-    let ep = Endpoint::from_shared(uri).map_err(|e| Error::Connect { addr: addr.to_string(), reason: e.to_string() })?;
+    let ep =
+        Endpoint::from_shared(uri).map_err(|e| Error::Connect { addr: addr.to_string(), reason: e.to_string() })?;
     Ok(ep
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
@@ -47,10 +48,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, Error> {
 
 /// Connects now, failing fast when nothing listens.
 pub async fn connect(addr: &str) -> Result<Channel, Error> {
-    endpoint(addr)?
-        .connect()
-        .await
-        .map_err(|e| Error::Connect { addr: addr.to_string(), reason: error_chain(&e) })
+    endpoint(addr)?.connect().await.map_err(|e| Error::Connect { addr: addr.to_string(), reason: error_chain(&e) })
 }
 
 /// A channel that connects on first use (and reconnects after failures).
@@ -98,8 +96,5 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

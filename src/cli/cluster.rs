@@ -113,7 +113,7 @@ pub struct RayletArgs {
     #[arg(long, default_value_t = 1, env = "SHOAL_PRESTART_WORKERS")]
     pub prestart_workers: usize,
     /// Tasks queued on a busy worker when every resource is taken.
-    #[arg(long, default_value_t = 4, env = "SHOAL_PIPELINE_DEPTH")]
+    #[arg(long, default_value_t = 1, env = "SHOAL_PIPELINE_DEPTH")]
     pub pipeline_depth: usize,
     /// Milliseconds a task may stay infeasible before it fails.
     #[arg(long, default_value_t = 1000, env = "SHOAL_INFEASIBLE_TIMEOUT_MS")]

@@ -9,16 +9,11 @@ use serde_json::json;
 
 use crate::build;
 use crate::crd::{TaskCluster, TaskClusterStatus};
-use crate::fixtures::{
-    self, call, harness, live, Call, Harness, Made, Reply, EVENTS, PODS, SERVICE, STATUS,
-};
+use crate::fixtures::{self, call, harness, live, Call, Harness, Made, Reply, EVENTS, PODS, SERVICE, STATUS};
 use crate::validate::validate;
 
 fn owner(tc: &TaskCluster) -> OwnerReference {
-    OwnerReference {
-        block_owner_deletion: Some(true),
-        ..tc.controller_owner_ref(&()).expect("owner")
-    }
+    OwnerReference { block_owner_deletion: Some(true), ..tc.controller_owner_ref(&()).expect("owner") }
 }
 
 /// Every pod the cluster wants, running and ready, named `demo-<group>-<i>`.
@@ -52,22 +47,14 @@ fn event(reason_and_note: &Made) -> (String, String, String) {
 
 fn status_of(made: &Made) -> TaskClusterStatus {
     assert_eq!(made.path, STATUS);
-    assert!(
-        made.query.contains("fieldManager=shoal-operator") && made.query.contains("force=true"),
-        "{}",
-        made.query
-    );
+    assert!(made.query.contains("fieldManager=shoal-operator") && made.query.contains("force=true"), "{}", made.query);
     assert_eq!(made.body["apiVersion"], "shoal.dev/v1alpha1");
     assert_eq!(made.body["kind"], "TaskCluster");
     serde_json::from_value(made.body["status"].clone()).expect("status parses")
 }
 
 fn condition(status: &TaskClusterStatus, type_: &str) -> (String, String) {
-    let c = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .expect("condition");
+    let c = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
     (c.status.clone(), c.reason.clone())
 }
 
@@ -85,14 +72,7 @@ async fn run(h: &mut Harness, tc: &mut TaskCluster, calls: Vec<Call>) -> (bool, 
 }
 
 fn apply_calls(pods: &[&str]) -> Vec<Call> {
-    pods.iter()
-        .flat_map(|p| {
-            [
-                call(Method::PATCH, &pod_path(p)),
-                call(Method::POST, EVENTS),
-            ]
-        })
-        .collect()
+    pods.iter().flat_map(|p| [call(Method::PATCH, &pod_path(p)), call(Method::POST, EVENTS)]).collect()
 }
 
 fn with(mut calls: Vec<Call>, first: Vec<Call>, last: Vec<Call>) -> Vec<Call> {
@@ -126,47 +106,19 @@ async fn create_from_scratch_applies_service_head_raylets_then_status() {
     let (ok, made) = run(&mut h, &mut tc, calls).await;
     assert!(ok);
     let service = &made[0];
-    assert!(
-        service.query.contains("fieldManager=shoal-operator")
-            && service.query.contains("force=true")
-    );
-    assert_eq!(
-        service.body,
-        serde_json::to_value(build::head_service(&valid, &owner(&tc))).expect("json")
-    );
-    assert_eq!(
-        made[1].body,
-        serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json")
-    );
-    assert_eq!(
-        event(&made[2]),
-        (
-            "Normal".into(),
-            "Created".into(),
-            "created head pod demo-head".into()
-        )
-    );
+    assert!(service.query.contains("fieldManager=shoal-operator") && service.query.contains("force=true"));
+    assert_eq!(service.body, serde_json::to_value(build::head_service(&valid, &owner(&tc))).expect("json"));
+    assert_eq!(made[1].body, serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json"));
+    assert_eq!(event(&made[2]), ("Normal".into(), "Created".into(), "created head pod demo-head".into()));
     let names = created_names(&made);
     assert_eq!(names.len(), 4);
     assert_eq!(
         made[3].body,
-        serde_json::to_value(build::raylet_pod(
-            &valid,
-            &valid.groups[0],
-            &names[1],
-            &owner(&tc)
-        ))
-        .expect("json")
+        serde_json::to_value(build::raylet_pod(&valid, &valid.groups[0], &names[1], &owner(&tc))).expect("json")
     );
     assert_eq!(
         made[7].body,
-        serde_json::to_value(build::raylet_pod(
-            &valid,
-            &valid.groups[1],
-            &names[3],
-            &owner(&tc)
-        ))
-        .expect("json")
+        serde_json::to_value(build::raylet_pod(&valid, &valid.groups[1], &names[3], &owner(&tc))).expect("json")
     );
     assert_eq!(made[7].body["metadata"]["labels"]["shoal.dev/group"], "gpu");
     let status = tc.status.clone().expect("status written");
@@ -175,14 +127,8 @@ async fn create_from_scratch_applies_service_head_raylets_then_status() {
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.cpus.as_deref(), Some("8"));
     assert_eq!(status.endpoints["gcs"], "demo-head.default.svc:6379");
-    assert_eq!(
-        condition(&status, "HeadReady"),
-        ("False".into(), "PodNotReady".into())
-    );
-    assert_eq!(
-        condition(&status, "ReplicaFailure"),
-        ("False".into(), "NoFailure".into())
-    );
+    assert_eq!(condition(&status, "HeadReady"), ("False".into(), "PodNotReady".into()));
+    assert_eq!(condition(&status, "ReplicaFailure"), ("False".into(), "NoFailure".into()));
 
     // The cache has not caught up: expectations stop a second round of creates, and the
     // unchanged status is not rewritten.
@@ -197,19 +143,11 @@ async fn scale_up_creates_the_missing_raylet_and_reports_the_new_generation() {
     let pods = settled_pods(&tc);
     h.cache_pods(&pods);
     // Settle the status first: nothing but the Service apply and one status write.
-    let (ok, made) = run(
-        &mut h,
-        &mut tc,
-        vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)],
-    )
-    .await;
+    let (ok, made) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)]).await;
     assert!(ok);
     let settled = status_of(&made[1]);
     assert_eq!(settled.phase, Some(crate::crd::Phase::Running));
-    assert_eq!(
-        condition(&settled, "WorkersReady"),
-        ("True".into(), "AllReady".into())
-    );
+    assert_eq!(condition(&settled, "WorkersReady"), ("True".into(), "AllReady".into()));
     // Nothing changed: no status write at all.
     let (ok, _) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE)]).await;
     assert!(ok);
@@ -232,32 +170,15 @@ async fn scale_up_creates_the_missing_raylet_and_reports_the_new_generation() {
     let name = &created_names(&made)[0];
     assert_eq!(
         made[1].body,
-        serde_json::to_value(build::raylet_pod(
-            &valid,
-            &valid.groups[0],
-            name,
-            &owner(&tc)
-        ))
-        .expect("json")
+        serde_json::to_value(build::raylet_pod(&valid, &valid.groups[0], name, &owner(&tc))).expect("json")
     );
     let status = status_of(&made[3]);
     assert_eq!(status.observed_generation, Some(2));
     assert_eq!((status.desired_workers, status.ready_workers), (4, 3));
     assert_eq!(status.phase, Some(crate::crd::Phase::Updating));
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "HeadReady")
-        .expect("cond");
-    let before = settled
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "HeadReady")
-        .expect("cond");
-    assert_eq!(
-        ready.last_transition_time, before.last_transition_time,
-        "unchanged condition keeps its time"
-    );
+    let ready = status.conditions.iter().find(|c| c.type_ == "HeadReady").expect("cond");
+    let before = settled.conditions.iter().find(|c| c.type_ == "HeadReady").expect("cond");
+    assert_eq!(ready.last_transition_time, before.last_transition_time, "unchanged condition keeps its time");
     assert_eq!(ready.observed_generation, Some(2));
 }
 
@@ -284,17 +205,10 @@ async fn scale_down_removes_idle_pods_first() {
     )
     .await;
     assert!(ok);
-    assert_eq!(
-        made[1].body["preconditions"],
-        json!({"uid": "uid-demo-cpu-1"})
-    );
+    assert_eq!(made[1].body["preconditions"], json!({"uid": "uid-demo-cpu-1"}));
     assert_eq!(
         event(&made[2]),
-        (
-            "Normal".into(),
-            "Deleted".into(),
-            "deleted pod demo-cpu-1: the group has more pods than replicas".into()
-        )
+        ("Normal".into(), "Deleted".into(), "deleted pod demo-cpu-1: the group has more pods than replicas".into())
     );
     let status = tc.status.clone().expect("status");
     assert_eq!(status.worker_groups[0].current, 2);
@@ -328,17 +242,9 @@ async fn template_change_replaces_the_head_and_rolls_groups_one_at_a_time() {
     )
     .await;
     assert!(ok);
-    assert!(event(&made[2])
-        .2
-        .contains("its pod template is out of date"));
-    assert_eq!(
-        made[7].body["spec"]["containers"][0]["image"],
-        "ghcr.io/shoal-dev/shoal:0.2.0"
-    );
-    assert_eq!(
-        tc.status.as_ref().and_then(|s| s.phase),
-        Some(crate::crd::Phase::Pending)
-    );
+    assert!(event(&made[2]).2.contains("its pod template is out of date"));
+    assert_eq!(made[7].body["spec"]["containers"][0]["image"], "ghcr.io/shoal-dev/shoal:0.2.0");
+    assert_eq!(tc.status.as_ref().and_then(|s| s.phase), Some(crate::crd::Phase::Pending));
 
     // The deletions show up in the cache (the gpu group still waits for cpu to be ready):
     // the head is recreated at the new template.
@@ -346,13 +252,7 @@ async fn template_change_replaces_the_head_and_rolls_groups_one_at_a_time() {
     let valid = validate(&tc).expect("valid");
     let new_cpu: Vec<Pod> = created_names(&made)
         .iter()
-        .map(|n| {
-            live(
-                build::raylet_pod(&valid, &valid.groups[0], n, &owner(&tc)),
-                false,
-                1,
-            )
-        })
+        .map(|n| live(build::raylet_pod(&valid, &valid.groups[0], n, &owner(&tc)), false, 1))
         .collect();
     h.cache_pods(&new_cpu);
     let (ok, made) = run(
@@ -367,10 +267,7 @@ async fn template_change_replaces_the_head_and_rolls_groups_one_at_a_time() {
     )
     .await;
     assert!(ok);
-    assert_eq!(
-        made[1].body,
-        serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json")
-    );
+    assert_eq!(made[1].body, serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json"));
 
     // cpu is updated and ready: now gpu rolls.
     let new_cpu: Vec<Pod> = new_cpu.into_iter().map(|p| live(p, true, 1)).collect();
@@ -401,24 +298,14 @@ async fn deleted_head_pod_is_recreated() {
     let (ok, made) = run(
         &mut h,
         &mut tc,
-        with(
-            apply_calls(&["demo-head"]),
-            vec![call(Method::PATCH, SERVICE)],
-            vec![call(Method::PATCH, STATUS)],
-        ),
+        with(apply_calls(&["demo-head"]), vec![call(Method::PATCH, SERVICE)], vec![call(Method::PATCH, STATUS)]),
     )
     .await;
     assert!(ok);
     let valid = validate(&tc).expect("valid");
-    assert_eq!(
-        made[1].body,
-        serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json")
-    );
+    assert_eq!(made[1].body, serde_json::to_value(build::head_pod(&valid, &owner(&tc))).expect("json"));
     let status = tc.status.clone().expect("status");
-    assert_eq!(
-        condition(&status, "HeadReady"),
-        ("False".into(), "PodNotReady".into())
-    );
+    assert_eq!(condition(&status, "HeadReady"), ("False".into(), "PodNotReady".into()));
     assert_eq!(status.phase, Some(crate::crd::Phase::Pending));
 }
 
@@ -439,24 +326,13 @@ async fn suspend_removes_every_pod_and_resume_recreates_them() {
     assert!(ok);
     let status = tc.status.clone().expect("status");
     assert_eq!(status.phase, Some(crate::crd::Phase::Suspended));
-    assert_eq!(
-        condition(&status, "Suspended"),
-        ("False".into(), "Suspending".into())
-    );
+    assert_eq!(condition(&status, "Suspended"), ("False".into(), "Suspending".into()));
 
     // The pods are gone from the cache: Suspended becomes true, nothing else is called.
     h.uncache_pods(&pods);
-    let (ok, _) = run(
-        &mut h,
-        &mut tc,
-        vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)],
-    )
-    .await;
+    let (ok, _) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)]).await;
     assert!(ok);
-    assert_eq!(
-        condition(tc.status.as_ref().expect("status"), "Suspended"),
-        ("True".into(), "Suspended".into())
-    );
+    assert_eq!(condition(tc.status.as_ref().expect("status"), "Suspended"), ("True".into(), "Suspended".into()));
 
     // Resume.
     tc.spec.suspend = false;
@@ -479,10 +355,7 @@ async fn suspend_removes_every_pod_and_resume_recreates_them() {
     .await;
     assert!(ok);
     assert_eq!(created_names(&made).len(), 4);
-    assert_eq!(
-        condition(tc.status.as_ref().expect("status"), "Suspended"),
-        ("False".into(), "NotSuspended".into())
-    );
+    assert_eq!(condition(tc.status.as_ref().expect("status"), "Suspended"), ("False".into(), "NotSuspended".into()));
 }
 
 #[tokio::test]
@@ -491,12 +364,7 @@ async fn api_error_sets_replica_failure_and_an_event_then_recovers() {
     let mut tc = fixtures::cluster();
     let pods = settled_pods(&tc);
     h.cache_pods(&pods);
-    let (ok, _) = run(
-        &mut h,
-        &mut tc,
-        vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)],
-    )
-    .await;
+    let (ok, _) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)]).await;
     assert!(ok);
     tc.spec.worker_groups[0].replicas = 3;
     let forbidden = Call {
@@ -507,29 +375,15 @@ async fn api_error_sets_replica_failure_and_an_event_then_recovers() {
     let (ok, made) = run(
         &mut h,
         &mut tc,
-        vec![
-            call(Method::PATCH, SERVICE),
-            forbidden,
-            call(Method::POST, EVENTS),
-            call(Method::PATCH, STATUS),
-        ],
+        vec![call(Method::PATCH, SERVICE), forbidden, call(Method::POST, EVENTS), call(Method::PATCH, STATUS)],
     )
     .await;
-    assert!(
-        !ok,
-        "a failed create fails the reconcile so the controller retries"
-    );
+    assert!(!ok, "a failed create fails the reconcile so the controller retries");
     let (type_, reason, note) = event(&made[2]);
-    assert_eq!(
-        (type_.as_str(), reason.as_str()),
-        ("Warning", "FailedCreate")
-    );
+    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "FailedCreate"));
     assert!(note.contains("exceeded quota"), "{note}");
     let status = tc.status.clone().expect("status");
-    assert_eq!(
-        condition(&status, "ReplicaFailure"),
-        ("True".into(), "FailedCreate".into())
-    );
+    assert_eq!(condition(&status, "ReplicaFailure"), ("True".into(), "FailedCreate".into()));
 
     // The retry succeeds and clears the condition (a fresh name: the failed one was not
     // recorded as expected).
@@ -545,10 +399,7 @@ async fn api_error_sets_replica_failure_and_an_event_then_recovers() {
     )
     .await;
     assert!(ok);
-    assert_eq!(
-        condition(tc.status.as_ref().expect("status"), "ReplicaFailure"),
-        ("False".into(), "NoFailure".into())
-    );
+    assert_eq!(condition(tc.status.as_ref().expect("status"), "ReplicaFailure"), ("False".into(), "NoFailure".into()));
 }
 
 #[tokio::test]
@@ -556,20 +407,12 @@ async fn invalid_spec_is_reported_once_without_touching_pods() {
     let mut h = harness();
     let mut tc = fixtures::cluster();
     tc.spec.worker_groups[0].min_replicas = 9;
-    let (ok, made) = run(
-        &mut h,
-        &mut tc,
-        vec![call(Method::POST, EVENTS), call(Method::PATCH, STATUS)],
-    )
-    .await;
+    let (ok, made) = run(&mut h, &mut tc, vec![call(Method::POST, EVENTS), call(Method::PATCH, STATUS)]).await;
     assert!(ok);
     assert_eq!(event(&made[0]).1, "InvalidSpec");
     let status = tc.status.clone().expect("status");
     assert_eq!(status.phase, Some(crate::crd::Phase::Failed));
-    assert!(status
-        .conditions
-        .iter()
-        .any(|c| c.message.contains("minReplicas")));
+    assert!(status.conditions.iter().any(|c| c.message.contains("minReplicas")));
     // Reported once: the same invalid spec makes no further calls.
     let (ok, _) = run(&mut h, &mut tc, vec![]).await;
     assert!(ok);

@@ -27,11 +27,7 @@ pub struct Release {
 enum Node {
     Text(String),
     Expr(String),
-    If {
-        cond: String,
-        then: Vec<Node>,
-        otherwise: Vec<Node>,
-    },
+    If { cond: String, then: Vec<Node>, otherwise: Vec<Node> },
 }
 
 /// Renders every template of the chart at `chart` with its values.yaml merged with
@@ -41,16 +37,8 @@ pub fn render_chart(chart: &Path, release: &Release, overrides: &str) -> Result<
     let mut values: Value = read_yaml(&chart.join("values.yaml"))?;
     let overrides: Value = serde_yaml_ng::from_str(overrides).map_err(|e| e.to_string())?;
     merge(&mut values, overrides);
-    let chart_name = chart_meta["name"]
-        .as_str()
-        .ok_or("Chart.yaml has no name")?
-        .to_string();
-    let ctx = Ctx {
-        values,
-        chart: chart_meta,
-        release,
-        root: chart,
-    };
+    let chart_name = chart_meta["name"].as_str().ok_or("Chart.yaml has no name")?.to_string();
+    let ctx = Ctx { values, chart: chart_meta, release, root: chart };
 
     let mut files: Vec<_> = std::fs::read_dir(chart.join("templates"))
         .map_err(|e| e.to_string())?
@@ -65,17 +53,9 @@ pub fn render_chart(chart: &Path, release: &Release, overrides: &str) -> Result<
         let nodes = parse(&text)?;
         let mut out = String::new();
         ctx.eval_nodes(&nodes, &mut out)?;
-        let file_name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let file_name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         for doc in out.split("\n---\n") {
-            let body: String = doc
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join("\n");
+            let body: String = doc.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n");
             let has_content = body.lines().any(|l| !l.trim_start().starts_with('#'));
             if has_content {
                 let kind = serde_yaml_ng::from_str::<Value>(&body)
@@ -83,10 +63,7 @@ pub fn render_chart(chart: &Path, release: &Release, overrides: &str) -> Result<
                     .as_str()
                     .unwrap_or("")
                     .to_string();
-                docs.push((
-                    install_order(&kind),
-                    format!("# Source: {chart_name}/templates/{file_name}\n{body}\n"),
-                ));
+                docs.push((install_order(&kind), format!("# Source: {chart_name}/templates/{file_name}\n{body}\n")));
             }
         }
     }
@@ -183,9 +160,7 @@ fn parse(text: &str) -> Result<Vec<Node>, String> {
     }
 }
 
-fn nest(
-    tokens: &mut impl Iterator<Item = (bool, String)>,
-) -> Result<(Vec<Node>, Option<String>), String> {
+fn nest(tokens: &mut impl Iterator<Item = (bool, String)>) -> Result<(Vec<Node>, Option<String>), String> {
     let mut nodes = Vec::new();
     while let Some((is_action, content)) = tokens.next() {
         if !is_action {
@@ -200,11 +175,7 @@ fn nest(
                 },
                 _ => return Err(format!("if {cond} without end")),
             };
-            nodes.push(Node::If {
-                cond: cond.trim().to_string(),
-                then,
-                otherwise,
-            });
+            nodes.push(Node::If { cond: cond.trim().to_string(), then, otherwise });
         } else if content == "end" || content == "else" {
             return Ok((nodes, Some(content)));
         } else if content.starts_with("/*") {
@@ -229,11 +200,7 @@ impl Ctx<'_> {
             match node {
                 Node::Text(t) => out.push_str(t),
                 Node::Expr(e) => out.push_str(&to_text(&self.pipeline(e)?)),
-                Node::If {
-                    cond,
-                    then,
-                    otherwise,
-                } => {
+                Node::If { cond, then, otherwise } => {
                     let (negate, expr) = match cond.strip_prefix("not ") {
                         Some(e) => (true, e),
                         None => (false, cond.as_str()),
@@ -265,14 +232,10 @@ impl Ctx<'_> {
             value = match words.as_slice() {
                 ["quote"] => Value::String(format!("{:?}", to_text(&value))),
                 ["toYaml"] => Value::String(to_yaml(&value)?),
-                ["nindent", n] => Value::String(format!(
-                    "\n{}",
-                    indent(&to_text(&value), n.parse().map_err(|_| "bad nindent")?)
-                )),
-                ["indent", n] => Value::String(indent(
-                    &to_text(&value),
-                    n.parse().map_err(|_| "bad indent")?,
-                )),
+                ["nindent", n] => {
+                    Value::String(format!("\n{}", indent(&to_text(&value), n.parse().map_err(|_| "bad nindent")?)))
+                }
+                ["indent", n] => Value::String(indent(&to_text(&value), n.parse().map_err(|_| "bad indent")?)),
                 ["default", fallback] => {
                     if truthy(&value) {
                         value
@@ -289,8 +252,7 @@ impl Ctx<'_> {
     fn term(&self, term: &str) -> Result<Value, String> {
         if let Some(path) = term.strip_prefix(".Files.Get ") {
             let path = path.trim().trim_matches('"');
-            let text = std::fs::read_to_string(self.root.join(path))
-                .map_err(|e| format!("{path}: {e}"))?;
+            let text = std::fs::read_to_string(self.root.join(path)).map_err(|e| format!("{path}: {e}"))?;
             return Ok(Value::String(text));
         }
         if term.starts_with('"') && term.ends_with('"') && term.len() >= 2 {
@@ -299,9 +261,7 @@ impl Ctx<'_> {
         let lookup = |root: &Value, path: &str| {
             path.split('.')
                 .filter(|s| !s.is_empty())
-                .fold(root.clone(), |v, key| {
-                    v.get(key).cloned().unwrap_or(Value::Null)
-                })
+                .fold(root.clone(), |v, key| v.get(key).cloned().unwrap_or(Value::Null))
         };
         match term {
             ".Release.Name" => Ok(Value::String(self.release.name.clone())),
@@ -333,10 +293,7 @@ fn to_text(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        other => serde_yaml_ng::to_string(other)
-            .unwrap_or_default()
-            .trim_end()
-            .to_string(),
+        other => serde_yaml_ng::to_string(other).unwrap_or_default().trim_end().to_string(),
     }
 }
 
@@ -345,45 +302,23 @@ fn to_yaml(v: &Value) -> Result<String, String> {
     let json: serde_json::Value = serde_json::to_value(v).map_err(|e| e.to_string())?;
     let sorted: BTreeMap<String, serde_json::Value> = match &json {
         serde_json::Value::Object(m) => m.clone().into_iter().collect(),
-        _ => {
-            return Ok(serde_yaml_ng::to_string(&json)
-                .map_err(|e| e.to_string())?
-                .trim_end()
-                .to_string())
-        }
+        _ => return Ok(serde_yaml_ng::to_string(&json).map_err(|e| e.to_string())?.trim_end().to_string()),
     };
-    Ok(serde_yaml_ng::to_string(&sorted)
-        .map_err(|e| e.to_string())?
-        .trim_end()
-        .to_string())
+    Ok(serde_yaml_ng::to_string(&sorted).map_err(|e| e.to_string())?.trim_end().to_string())
 }
 
 fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
-    text.lines()
-        .map(|l| format!("{pad}{l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
 fn renderer_handles_the_supported_idioms() {
-    let release = Release {
-        name: "r".into(),
-        namespace: "ns".into(),
-    };
+    let release = Release { name: "r".into(), namespace: "ns".into() };
     let dir = std::env::temp_dir().join(format!("shoal-helm-test-{}", std::process::id()));
     let _ = std::fs::create_dir_all(dir.join("templates"));
-    std::fs::write(
-        dir.join("Chart.yaml"),
-        "name: c\nversion: 1.0.0\nappVersion: \"2.0\"\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.join("values.yaml"),
-        "a: {x: 1, b: true}\nempty: \"\"\nres: {z: 1, a: 2}\n",
-    )
-    .expect("write");
+    std::fs::write(dir.join("Chart.yaml"), "name: c\nversion: 1.0.0\nappVersion: \"2.0\"\n").expect("write");
+    std::fs::write(dir.join("values.yaml"), "a: {x: 1, b: true}\nempty: \"\"\nres: {z: 1, a: 2}\n").expect("write");
     std::fs::write(
         dir.join("templates/t.yaml"),
         "kind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-{{ .Values.empty | default .Chart.AppVersion }}\n  \

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod task_events;
+
 use crate::ids::NodeId;
 use crate::net::now_ms;
 
@@ -28,11 +30,17 @@ pub struct GcsConfig {
     pub health_timeout: Duration,
     /// How often view deltas are broadcast.
     pub broadcast_interval: Duration,
+    /// Most tasks remembered by the state API.
+    pub task_history: usize,
 }
 
 impl Default for GcsConfig {
     fn default() -> Self {
-        GcsConfig { health_timeout: Duration::from_secs(3), broadcast_interval: Duration::from_millis(50) }
+        GcsConfig {
+            health_timeout: Duration::from_secs(3),
+            broadcast_interval: Duration::from_millis(50),
+            task_history: task_events::DEFAULT_CAPACITY,
+        }
     }
 }
 
@@ -69,13 +77,19 @@ struct State {
 pub struct Gcs {
     state: Arc<Mutex<State>>,
     config: GcsConfig,
+    /// Task events for the state API.
+    pub task_events: Arc<Mutex<task_events::TaskEventStore>>,
 }
 
 impl Gcs {
     /// A GCS with an empty cluster. Call [`Gcs::spawn_background`] once to
     /// start broadcasting and health checks.
     pub fn new(config: GcsConfig) -> Self {
-        Gcs { state: Arc::new(Mutex::new(State { next_job: 1, ..Default::default() })), config }
+        Gcs {
+            state: Arc::new(Mutex::new(State { next_job: 1, ..Default::default() })),
+            task_events: Arc::new(Mutex::new(task_events::TaskEventStore::new(config.task_history))),
+            config,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -104,7 +118,9 @@ impl Gcs {
         let expired: Vec<NodeId> = st
             .nodes
             .iter()
-            .filter(|(_, e)| e.info.state == pb::NodeState::NodeAlive as i32 && now.duration_since(e.last_seen) > timeout)
+            .filter(|(_, e)| {
+                e.info.state == pb::NodeState::NodeAlive as i32 && now.duration_since(e.last_seen) > timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -226,7 +242,11 @@ impl pb::gcs_server::Gcs for Gcs {
                         st.pending.loads.insert(id);
                     }
                 }
-                _ => return Err(Status::failed_precondition(format!("node {id} is not registered or was declared dead"))),
+                _ => {
+                    return Err(Status::failed_precondition(format!(
+                        "node {id} is not registered or was declared dead"
+                    )))
+                }
             }
             st.subscribers.push((id, tx));
         }
@@ -325,10 +345,24 @@ impl pb::gcs_server::Gcs for Gcs {
         Ok(Response::new(pb::KvDelReply { deleted }))
     }
 
+    async fn report_task_events(
+        &self,
+        req: Request<pb::ReportTaskEventsRequest>,
+    ) -> Result<Response<pb::ReportTaskEventsReply>, Status> {
+        let batch = req.into_inner();
+        self.task_events.lock().unwrap_or_else(|p| p.into_inner()).record(batch);
+        Ok(Response::new(pb::ReportTaskEventsReply {}))
+    }
+
     async fn kv_list(&self, req: Request<pb::KvListRequest>) -> Result<Response<pb::KvListReply>, Status> {
         let prefix = &req.get_ref().prefix;
         let st = self.lock();
-        let keys = st.kv.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(prefix.as_str())).map(|(k, _)| k.clone()).collect();
+        let keys = st
+            .kv
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect();
         Ok(Response::new(pb::KvListReply { keys }))
     }
 }

@@ -98,7 +98,15 @@ impl ClusterView {
     }
 
     /// Sets the local node's entry from the raylet's exact state.
-    pub fn set_local(&mut self, id: NodeId, address: &str, total: &ResourceSet, available: &ResourceSet, queued: u32, labels: &HashMap<String, String>) {
+    pub fn set_local(
+        &mut self,
+        id: NodeId,
+        address: &str,
+        total: &ResourceSet,
+        available: &ResourceSet,
+        queued: u32,
+        labels: &HashMap<String, String>,
+    ) {
         let n = self.nodes.entry(id).or_insert_with(|| NodeView {
             id,
             address: address.to_string(),
@@ -117,6 +125,15 @@ impl ClusterView {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.available.subtract(req);
             n.queued += 1;
+        }
+    }
+
+    /// Records that a task sent to `id` finished, until its next report says more.
+    pub fn release(&mut self, id: NodeId, req: &ResourceSet) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            let total = n.total.clone();
+            n.available.add_capped(req, &total);
+            n.queued = n.queued.saturating_sub(1);
         }
     }
 

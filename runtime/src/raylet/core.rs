@@ -31,6 +31,7 @@ use crate::error::TaskError;
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::net::now_ms;
 use crate::raylet::cluster_view::ClusterView;
+use crate::raylet::events::TaskEvents;
 use crate::raylet::object_store::ObjectStore;
 use crate::raylet::peers::PeerMsg;
 use crate::raylet::scheduler::{self, Placement, Strategy};
@@ -111,7 +112,10 @@ pub(crate) enum Lookup {
     Pending,
     /// Ready inline, or failed (an error value).
     Inline(pb::ObjectValue),
-    Stored { size: u64, locations: Vec<pb::Location> },
+    Stored {
+        size: u64,
+        locations: Vec<pb::Location>,
+    },
     Unknown,
 }
 
@@ -190,6 +194,7 @@ pub(crate) struct Core {
     starting: usize,
     start_failures: u32,
     pub stats: CoreStats,
+    pub events: TaskEvents,
 }
 
 fn oid(b: &[u8]) -> Option<ObjectId> {
@@ -259,6 +264,7 @@ impl Core {
             starting: 0,
             start_failures: 0,
             stats: CoreStats::default(),
+            events: TaskEvents::default(),
         }
     }
 
@@ -434,6 +440,15 @@ impl Core {
                     }
                 }
             }
+            let function = describe_function(&spec.function);
+            self.events.emit(
+                task_id,
+                pb::TaskState::TaskPendingArgs,
+                0,
+                None,
+                Some((&spec.name, &function, self.node_id)),
+                None,
+            );
             self.tasks.insert(
                 task_id,
                 OwnedTask {
@@ -547,6 +562,7 @@ impl Core {
                 if let Some(t) = self.tasks.get_mut(&task_id) {
                     t.state = TaskState::Scheduled;
                     t.node = Some(node);
+                    self.events.emit(task_id, pb::TaskState::TaskScheduled, t.spec.attempt, Some(node), None, None);
                 }
                 if node == self.node_id {
                     self.enqueue_local(spec);
@@ -568,6 +584,7 @@ impl Core {
                 let since = *self.infeasible.entry(task_id).or_insert(now);
                 if since == now {
                     tracing::warn!(task = %task_id, %reason, "task is infeasible for now");
+                    self.events.emit(task_id, pb::TaskState::TaskPendingNode, spec.attempt, None, None, None);
                 }
                 if now.duration_since(since) >= self.config.infeasible_timeout {
                     self.infeasible.remove(&task_id);
@@ -611,6 +628,7 @@ impl Core {
             }
         }
         err.attempt = t.spec.attempt;
+        self.events.emit(task_id, pb::TaskState::TaskFailed, t.spec.attempt, t.node, None, Some(&err));
         let value = error_value(&err);
         let n = t.spec.num_returns;
         self.infeasible.remove(&task_id);
@@ -723,7 +741,12 @@ impl Core {
         }
         t.state = TaskState::Finished;
         t.node = node;
+        self.events.emit(task_id, pb::TaskState::TaskFinished, r.attempt, node, None, None);
         let n = t.spec.num_returns;
+        if let Some(node) = node.filter(|n| *n != self.node_id) {
+            let res = ResourceSet::from(t.spec.resources.as_ref());
+            self.view.release(node, &res);
+        }
         for (i, ret) in r.returns.into_iter().enumerate() {
             let Some(id) = oid(&ret.object_id) else { continue };
             if id.task_id() != task_id || i as u32 >= n {
@@ -765,6 +788,7 @@ impl Core {
             t.avoid = node;
             t.state = TaskState::PendingNode;
             self.stats.retries += 1;
+            self.events.emit(task_id, pb::TaskState::TaskPendingNode, t.spec.attempt, None, None, Some(&err));
             tracing::info!(task = %task_id, attempt = t.spec.attempt, reason = %err.message, "retrying task");
             self.schedule(task_id);
         } else {
@@ -1048,7 +1072,9 @@ impl Core {
                     .workers
                     .iter()
                     .filter(|(_, s)| !s.blocked && s.tx.is_some())
-                    .filter_map(|(id, s)| s.lease.as_ref().filter(|l| l.class == class).map(|l| (*id, l.in_flight.len())))
+                    .filter_map(|(id, s)| {
+                        s.lease.as_ref().filter(|l| l.class == class).map(|l| (*id, l.in_flight.len()))
+                    })
                     .filter(|(_, n)| *n < depth)
                     .min_by_key(|(_, n)| *n);
                 match candidate {
@@ -1095,6 +1121,7 @@ impl Core {
             }
         }
         let spec = t.spec;
+        self.events.emit(t.task_id, pb::TaskState::TaskRunning, spec.attempt, Some(self.node_id), None, None);
         let msg = pb::ToWorker {
             kind: Some(pb::to_worker::Kind::Execute(pb::ExecuteTask {
                 task_id: spec.task_id.clone(),
@@ -1265,7 +1292,11 @@ impl Core {
         } else if done.returns.len() != run.num_returns as usize {
             let e = context(TaskError::new(
                 "TaskFailed",
-                format!("the function returned {} values but the task declares {}", done.returns.len(), run.num_returns),
+                format!(
+                    "the function returned {} values but the task declares {}",
+                    done.returns.len(),
+                    run.num_returns
+                ),
             ));
             result.error = Some((&e).into());
         } else {
@@ -1273,14 +1304,22 @@ impl Core {
             for (i, v) in done.returns.into_iter().enumerate() {
                 let id = task_id.return_id(i as u32);
                 if v.data.len() <= INLINE_LIMIT {
-                    result.returns.push(pb::ReturnObject { object_id: id.to_bytes(), inline_value: Some(v), stored_size: 0 });
+                    result.returns.push(pb::ReturnObject {
+                        object_id: id.to_bytes(),
+                        inline_value: Some(v),
+                        stored_size: 0,
+                    });
                     continue;
                 }
                 let size = v.data.len() as u64;
                 match self.store.put(id, v, true) {
                     Ok(()) => {
                         stored.push(id);
-                        result.returns.push(pb::ReturnObject { object_id: id.to_bytes(), inline_value: None, stored_size: size });
+                        result.returns.push(pb::ReturnObject {
+                            object_id: id.to_bytes(),
+                            inline_value: None,
+                            stored_size: size,
+                        });
                     }
                     Err(e) => {
                         for s in &stored {

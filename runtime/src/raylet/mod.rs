@@ -12,8 +12,9 @@
 
 pub(crate) mod cluster_view;
 pub(crate) mod core;
-pub mod object_store;
+pub(crate) mod events;
 pub(crate) mod object_manager;
+pub mod object_store;
 pub(crate) mod peers;
 pub mod scheduler;
 pub(crate) mod service;
@@ -100,7 +101,7 @@ impl RayletConfig {
             external_workers: false,
             max_workers: cpus,
             prestart_workers: 1,
-            pipeline_depth: 4,
+            pipeline_depth: 1,
             infeasible_timeout: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(100),
             transfer_chunk_bytes: 2 << 20,
@@ -204,7 +205,9 @@ impl Raylet {
             .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
         tokio::spawn(async move {
-            if let Err(e) = crate::net::server().add_service(server).serve_with_incoming(crate::net::incoming(listener)).await {
+            if let Err(e) =
+                crate::net::server().add_service(server).serve_with_incoming(crate::net::incoming(listener)).await
+            {
                 tracing::error!(error = %e, "raylet gRPC server stopped");
             }
         });
@@ -214,6 +217,7 @@ impl Raylet {
 
         register(&inner).await?;
         tokio::spawn(heartbeat_loop(inner.clone()));
+        tokio::spawn(events::run_reporter(Arc::downgrade(&inner)));
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -313,7 +317,8 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                 let load = inner.core().load();
                 let changed = last.as_ref() != Some(&load);
                 if changed || since.elapsed() >= Duration::from_secs(1) {
-                    let hb = pb::HeartbeatRequest { node_id: inner.node_id.to_bytes(), load: changed.then(|| load.clone()) };
+                    let hb =
+                        pb::HeartbeatRequest { node_id: inner.node_id.to_bytes(), load: changed.then(|| load.clone()) };
                     if tx.send(hb).await.is_err() {
                         return;
                     }

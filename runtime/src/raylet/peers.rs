@@ -87,7 +87,12 @@ impl Peers {
     }
 }
 
-async fn run_outbox(addr: String, mut client: RayletClient<Channel>, mut rx: mpsc::UnboundedReceiver<PeerMsg>, me: Weak<Inner>) {
+async fn run_outbox(
+    addr: String,
+    mut client: RayletClient<Channel>,
+    mut rx: mpsc::UnboundedReceiver<PeerMsg>,
+    me: Weak<Inner>,
+) {
     let mut execute = Vec::new();
     let mut results = Vec::new();
     let mut frees = Vec::new();

@@ -229,7 +229,10 @@ mod tests {
         let two = ResourceSet::new().with("cpu", 2.0);
         let mut c = 0;
         for _ in 0..10 {
-            assert_eq!(place(&v, NodeId([1; 8]), &req(&two, &Strategy::Default, &[]), &mut c), Placement::Node(NodeId([2; 8])));
+            assert_eq!(
+                place(&v, NodeId([1; 8]), &req(&two, &Strategy::Default, &[]), &mut c),
+                Placement::Node(NodeId([2; 8]))
+            );
         }
         let big = ResourceSet::new().with("cpu", 64.0);
         match place(&v, NodeId([1; 8]), &req(&big, &Strategy::Default, &[]), &mut c) {
@@ -243,9 +246,15 @@ mod tests {
         let v = view(&[node(1, 4.0, 4.0, &[]), node(2, 4.0, 4.0, &[])]);
         let one = ResourceSet::new().with("cpu", 1.0);
         let mut c = 0;
-        assert_eq!(place(&v, NodeId([2; 8]), &req(&one, &Strategy::Default, &[]), &mut c), Placement::Node(NodeId([2; 8])));
+        assert_eq!(
+            place(&v, NodeId([2; 8]), &req(&one, &Strategy::Default, &[]), &mut c),
+            Placement::Node(NodeId([2; 8]))
+        );
         let v = view(&[node(1, 4.0, 4.0, &[]), node(2, 4.0, 2.0, &[])]);
-        assert_eq!(place(&v, NodeId([2; 8]), &req(&one, &Strategy::Default, &[]), &mut c), Placement::Node(NodeId([1; 8])));
+        assert_eq!(
+            place(&v, NodeId([2; 8]), &req(&one, &Strategy::Default, &[]), &mut c),
+            Placement::Node(NodeId([1; 8]))
+        );
     }
 
     #[test]
@@ -263,7 +272,10 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), 3);
         let loc = [(NodeId([3; 8]), 50 << 20), (NodeId([2; 8]), 10)];
-        assert_eq!(place(&v, NodeId([1; 8]), &req(&one, &Strategy::Default, &loc), &mut c), Placement::Node(NodeId([3; 8])));
+        assert_eq!(
+            place(&v, NodeId([1; 8]), &req(&one, &Strategy::Default, &loc), &mut c),
+            Placement::Node(NodeId([3; 8]))
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl RayletService {
             return Ok(());
         }
         let rx = self.inner.core().session_seq(session);
-        let Some(mut rx) = rx else { return Err(Status::failed_precondition(format!("session {session} is not open"))) };
+        let Some(mut rx) = rx else {
+            return Err(Status::failed_precondition(format!("session {session} is not open")));
+        };
         rx.wait_for(|s| *s >= after).await.map_err(|_| Status::failed_precondition("session closed"))?;
         Ok(())
     }
@@ -68,7 +70,10 @@ impl RayletService {
                     Lookup::Inline(v) => results[i] = Some(pb::get_result::Kind::Value(v)),
                     Lookup::Stored { size, locations } => stored.push((i, size, locations)),
                     Lookup::Unknown => {
-                        results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "unknown to its owner (freed, or never created)")))
+                        results[i] = Some(pb::get_result::Kind::Value(lost(
+                            ids[i],
+                            "unknown to its owner (freed, or never created)",
+                        )))
                     }
                 }
             }
@@ -140,12 +145,16 @@ impl RayletService {
                 results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "its owner's address is invalid")));
                 continue;
             };
-            let timeout_ms = until.map(|d| d.saturating_duration_since(Instant::now()).as_millis().max(1) as u64).unwrap_or(0);
+            let timeout_ms =
+                until.map(|d| d.saturating_duration_since(Instant::now()).as_millis().max(1) as u64).unwrap_or(0);
             let req = pb::GetObjectStatusRequest { object_ids: vec![ids[i].to_bytes()], wait_for: 1, timeout_ms };
             let status = match client.get_object_status(req).await {
                 Ok(r) => r.into_inner().statuses.into_iter().next(),
                 Err(s) => {
-                    let e = TaskError::new("OwnerDied", format!("owner {owner} of object {} is unreachable: {}", ids[i], s.message()));
+                    let e = TaskError::new(
+                        "OwnerDied",
+                        format!("owner {owner} of object {} is unreachable: {}", ids[i], s.message()),
+                    );
                     results[i] = Some(pb::get_result::Kind::Value(error_value(&e)));
                     continue;
                 }
@@ -153,7 +162,8 @@ impl RayletService {
             let Some(st) = status else { continue };
             results[i] = Some(match pb::ObjectStatusKind::try_from(st.kind) {
                 Ok(pb::ObjectStatusKind::ObjectPending) => pb::get_result::Kind::TimedOut(true),
-                Ok(pb::ObjectStatusKind::ObjectReady) | Ok(pb::ObjectStatusKind::ObjectFailed) => match st.inline_value {
+                Ok(pb::ObjectStatusKind::ObjectReady) | Ok(pb::ObjectStatusKind::ObjectFailed) => match st.inline_value
+                {
                     Some(v) => pb::get_result::Kind::Value(v),
                     None => pb::get_result::Kind::Value(self.fetch(ids[i], st.size, &st.locations, false).await),
                 },
@@ -172,7 +182,8 @@ impl pb::raylet_server::Raylet for RayletService {
         req: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before opening"))?;
+        let first =
+            inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before opening"))?;
         let Some(pb::session_request::Kind::Open(open)) = first.kind else {
             return Err(Status::invalid_argument("a session must start with an open message"));
         };
@@ -184,7 +195,10 @@ impl pb::raylet_server::Raylet for RayletService {
         let (job_id, new_job) = if open.job_id == 0 {
             let mut gcs = self.inner.gcs.clone();
             let r = gcs
-                .register_job(pb::RegisterJobRequest { name: open.name.clone(), driver_address: self.inner.address.clone() })
+                .register_job(pb::RegisterJobRequest {
+                    name: open.name.clone(),
+                    driver_address: self.inner.address.clone(),
+                })
                 .await
                 .map_err(|s| Status::unavailable(format!("GCS: {}", s.message())))?;
             (r.into_inner().job_id, true)
@@ -220,7 +234,9 @@ impl pb::raylet_server::Raylet for RayletService {
                                     core.update_refs(session, &r.add, &r.remove);
                                     Vec::new()
                                 }
-                                Some(pb::session_request::Kind::Open(_)) => vec!["the session is already open".to_string()],
+                                Some(pb::session_request::Kind::Open(_)) => {
+                                    vec!["the session is already open".to_string()]
+                                }
                                 None => Vec::new(),
                             };
                             core.mark_applied(session, m.seq);
@@ -269,7 +285,10 @@ impl pb::raylet_server::Raylet for RayletService {
         Ok(Response::new(pb::GetObjectsReply { results: results? }))
     }
 
-    async fn wait_objects(&self, req: Request<pb::WaitObjectsRequest>) -> Result<Response<pb::WaitObjectsReply>, Status> {
+    async fn wait_objects(
+        &self,
+        req: Request<pb::WaitObjectsRequest>,
+    ) -> Result<Response<pb::WaitObjectsReply>, Status> {
         let r = req.into_inner();
         self.wait_seq(r.session_id, r.after_seq).await?;
         let ids: Vec<ObjectId> = r.refs.iter().map(|x| object_id(&x.object_id)).collect::<Result<_, _>>()?;
@@ -302,7 +321,11 @@ impl pb::raylet_server::Raylet for RayletService {
                 if let Some(mut c) = self.inner.peers.client(owner) {
                     let q = pb::GetObjectStatusRequest { object_ids: vec![id.to_bytes()], wait_for: 0, timeout_ms: 0 };
                     ready[i] = match c.get_object_status(q).await {
-                        Ok(s) => s.into_inner().statuses.first().is_some_and(|s| s.kind != pb::ObjectStatusKind::ObjectPending as i32),
+                        Ok(s) => s
+                            .into_inner()
+                            .statuses
+                            .first()
+                            .is_some_and(|s| s.kind != pb::ObjectStatusKind::ObjectPending as i32),
                         Err(_) => true,
                     };
                 }
@@ -310,7 +333,8 @@ impl pb::raylet_server::Raylet for RayletService {
             if ready.iter().filter(|r| **r).count() >= want {
                 break;
             }
-            let has_foreign = r.refs.iter().any(|x| !x.owner_address.is_empty() && x.owner_address != self.inner.address);
+            let has_foreign =
+                r.refs.iter().any(|x| !x.owner_address.is_empty() && x.owner_address != self.inner.address);
             let tick = async {
                 if has_foreign {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -330,7 +354,10 @@ impl pb::raylet_server::Raylet for RayletService {
         Ok(Response::new(pb::WaitObjectsReply { ready }))
     }
 
-    async fn execute_tasks(&self, req: Request<pb::ExecuteTasksRequest>) -> Result<Response<pb::ExecuteTasksReply>, Status> {
+    async fn execute_tasks(
+        &self,
+        req: Request<pb::ExecuteTasksRequest>,
+    ) -> Result<Response<pb::ExecuteTasksReply>, Status> {
         let r = req.into_inner();
         let mut spilled = Vec::new();
         let mut core = self.inner.core();
@@ -343,7 +370,10 @@ impl pb::raylet_server::Raylet for RayletService {
         Ok(Response::new(pb::ExecuteTasksReply { spilled }))
     }
 
-    async fn report_results(&self, req: Request<pb::ReportResultsRequest>) -> Result<Response<pb::ReportResultsReply>, Status> {
+    async fn report_results(
+        &self,
+        req: Request<pb::ReportResultsRequest>,
+    ) -> Result<Response<pb::ReportResultsReply>, Status> {
         let mut core = self.inner.core();
         for r in req.into_inner().results {
             core.apply_result(r);
@@ -365,15 +395,31 @@ impl pb::raylet_server::Raylet for RayletService {
                 let mut core = self.inner.core();
                 ids.iter()
                     .map(|id| match core.lookup(*id, if first { Some(&tx) } else { None }) {
-                        Lookup::Pending => pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectPending as i32, ..Default::default() },
+                        Lookup::Pending => {
+                            pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectPending as i32, ..Default::default() }
+                        }
                         Lookup::Inline(v) => {
-                            let kind = if crate::value::is_error(&v) { pb::ObjectStatusKind::ObjectFailed } else { pb::ObjectStatusKind::ObjectReady };
-                            pb::ObjectStatus { kind: kind as i32, size: v.data.len() as u64, inline_value: Some(v), locations: Vec::new() }
+                            let kind = if crate::value::is_error(&v) {
+                                pb::ObjectStatusKind::ObjectFailed
+                            } else {
+                                pb::ObjectStatusKind::ObjectReady
+                            };
+                            pb::ObjectStatus {
+                                kind: kind as i32,
+                                size: v.data.len() as u64,
+                                inline_value: Some(v),
+                                locations: Vec::new(),
+                            }
                         }
-                        Lookup::Stored { size, locations } => {
-                            pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectReady as i32, inline_value: None, locations, size }
+                        Lookup::Stored { size, locations } => pb::ObjectStatus {
+                            kind: pb::ObjectStatusKind::ObjectReady as i32,
+                            inline_value: None,
+                            locations,
+                            size,
+                        },
+                        Lookup::Unknown => {
+                            pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectUnknown as i32, ..Default::default() }
                         }
-                        Lookup::Unknown => pb::ObjectStatus { kind: pb::ObjectStatusKind::ObjectUnknown as i32, ..Default::default() },
                     })
                     .collect()
             };
@@ -392,19 +438,32 @@ impl pb::raylet_server::Raylet for RayletService {
         }
     }
 
-    async fn update_borrows(&self, _req: Request<pb::UpdateBorrowsRequest>) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
+    async fn update_borrows(
+        &self,
+        _req: Request<pb::UpdateBorrowsRequest>,
+    ) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
         Err(Status::unimplemented("borrowing objects across owners is not supported yet"))
     }
 
     type PullObjectStream = BoxStream<pb::ObjectChunk>;
 
-    async fn pull_object(&self, req: Request<pb::PullObjectRequest>) -> Result<Response<Self::PullObjectStream>, Status> {
+    async fn pull_object(
+        &self,
+        req: Request<pb::PullObjectRequest>,
+    ) -> Result<Response<Self::PullObjectStream>, Status> {
         let id = object_id(&req.get_ref().object_id)?;
-        let chunks = self.inner.objects.serve(&id).ok_or_else(|| Status::not_found(format!("object {id} is not on node {}", self.inner.node_id)))?;
+        let chunks = self
+            .inner
+            .objects
+            .serve(&id)
+            .ok_or_else(|| Status::not_found(format!("object {id} is not on node {}", self.inner.node_id)))?;
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
     }
 
-    async fn free_objects(&self, req: Request<pb::FreeObjectsRequest>) -> Result<Response<pb::FreeObjectsReply>, Status> {
+    async fn free_objects(
+        &self,
+        req: Request<pb::FreeObjectsRequest>,
+    ) -> Result<Response<pb::FreeObjectsReply>, Status> {
         for b in &req.get_ref().object_ids {
             if let Ok(id) = ObjectId::from_slice(b) {
                 self.inner.store.delete(&id);

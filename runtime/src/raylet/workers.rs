@@ -49,6 +49,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
         .env(ENV_WORKER_ID, id.to_string())
         .env(ENV_ADDRESS, &inner.address)
         .env("SHOAL_NODE_ID", inner.node_id.to_string())
+        .env("SHOAL_GCS_ADDRESS", &cfg.gcs_address)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     die_with_parent(&mut cmd);

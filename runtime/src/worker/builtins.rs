@@ -62,11 +62,7 @@ impl Registry {
         let mut r = Registry::default();
         r.register("noop", "noop() -> null", pure!(noop));
         r.register("identity", "identity(x) -> x", pure!(identity));
-        r.register(
-            "sum",
-            "sum(...) -> the sum of all numbers; array arguments are flattened one level",
-            pure!(sum),
-        );
+        r.register("sum", "sum(...) -> the sum of all numbers; array arguments are flattened one level", pure!(sum));
         r.register(
             "product",
             "product(...) -> the product of all numbers; array arguments are flattened one level",
@@ -74,51 +70,23 @@ impl Registry {
         );
         r.register("add", "add(a, b) -> a + b", pure!(add));
         r.register("mul", "mul(a, b) -> a * b", pure!(mul));
-        r.register(
-            "sleep",
-            "sleep(seconds) -> seconds, after sleeping that long (at most a day)",
-            pure!(sleep),
-        );
+        r.register("sleep", "sleep(seconds) -> seconds, after sleeping that long (at most a day)", pure!(sleep));
         r.register(
             "burn",
             "burn(ms) -> iterations of a busy arithmetic loop run for about ms milliseconds",
             pure!(burn),
         );
-        r.register(
-            "fib",
-            "fib(n) -> the n-th Fibonacci number, computed naively (n <= 40)",
-            pure!(fib),
-        );
-        r.register(
-            "bytes",
-            "bytes(n) -> n raw bytes, byte i being (i * 31 + 7) % 251 (n <= 4 GiB)",
-            pure!(bytes),
-        );
+        r.register("fib", "fib(n) -> the n-th Fibonacci number, computed naively (n <= 40)", pure!(fib));
+        r.register("bytes", "bytes(n) -> n raw bytes, byte i being (i * 31 + 7) % 251 (n <= 4 GiB)", pure!(bytes));
         r.register(
             "checksum",
             "checksum(x) -> {len, crc32} of raw bytes, or of the compact JSON text of a JSON value",
             pure!(checksum),
         );
-        r.register(
-            "len",
-            "len(x) -> length of bytes, string (characters), array or object",
-            pure!(len),
-        );
-        r.register(
-            "fail",
-            "fail(message?) -> always fails with message, or \"fail called\"",
-            pure!(fail),
-        );
-        r.register(
-            "range",
-            "range(n) -> [0, 1, ..., n-1] (n <= 10,000,000)",
-            pure!(range),
-        );
-        r.register(
-            "concat",
-            "concat(a, b, ...) -> the arrays concatenated",
-            pure!(concat),
-        );
+        r.register("len", "len(x) -> length of bytes, string (characters), array or object", pure!(len));
+        r.register("fail", "fail(message?) -> always fails with message, or \"fail called\"", pure!(fail));
+        r.register("range", "range(n) -> [0, 1, ..., n-1] (n <= 10,000,000)", pure!(range));
+        r.register("concat", "concat(a, b, ...) -> the arrays concatenated", pure!(concat));
         r.register(
             "load_shard",
             "load_shard(shard, n) -> {x, y} with x = shard*n + i and y = 3x + 1 for i in 0..n",
@@ -141,8 +109,16 @@ impl Registry {
         );
         // Builtins that use their TaskContext (nested tasks, the node they run on).
         r.register("spawn_sum", "spawn_sum(n) -> 0 + 1 + ... + n-1, summed from n nested identity tasks", spawn_sum);
-        r.register("whereami", "whereami(...) -> {node, pid, attempt}: where this task ran (arguments ignored)", whereami);
-        r.register("crash_once", "crash_once() -> attempt: kills its own worker on the first attempt (for fault tests)", crash_once);
+        r.register(
+            "whereami",
+            "whereami(...) -> {node, pid, attempt}: where this task ran (arguments ignored)",
+            whereami,
+        );
+        r.register(
+            "crash_once",
+            "crash_once() -> attempt: kills its own worker on the first attempt (for fault tests)",
+            crash_once,
+        );
         r
     }
 
@@ -164,7 +140,11 @@ impl Registry {
 
 fn spawn_sum(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
     arity("spawn_sum", &args, 1)?;
-    let n = args.first().and_then(|v| v.as_json()).and_then(Json::as_u64).ok_or("spawn_sum: n must be a non-negative integer")?;
+    let n = args
+        .first()
+        .and_then(|v| v.as_json())
+        .and_then(Json::as_u64)
+        .ok_or("spawn_sum: n must be a non-negative integer")?;
     if n > 100_000 {
         return Err(format!("spawn_sum: n = {n} is more than 100,000"));
     }
@@ -245,20 +225,14 @@ fn arity(f: &str, args: &[Value], n: usize) -> Result<(), String> {
         Ok(())
     } else {
         let s = if n == 1 { "" } else { "s" };
-        Err(format!(
-            "{f}: takes exactly {n} argument{s}, got {}",
-            args.len()
-        ))
+        Err(format!("{f}: takes exactly {n} argument{s}, got {}", args.len()))
     }
 }
 
 fn json_arg<'a>(f: &str, i: usize, v: &'a Value) -> Result<&'a Json, String> {
     match v {
         Value::Json(j) => Ok(j),
-        Value::Bytes(b) => Err(format!(
-            "{f}: argument {i} is {} raw bytes, not JSON",
-            b.len()
-        )),
+        Value::Bytes(b) => Err(format!("{f}: argument {i} is {} raw bytes, not JSON", b.len())),
     }
 }
 
@@ -275,12 +249,8 @@ fn json_num(n: &serde_json::Number) -> Option<Num> {
 
 fn num_arg(f: &str, what: &str, v: &Json) -> Result<Num, String> {
     match v {
-        Json::Number(n) => json_num(n)
-            .ok_or_else(|| format!("{f}: {what} is {n}, outside the 64-bit integer range")),
-        other => Err(format!(
-            "{f}: {what} is {}, not a number",
-            describe_json(other)
-        )),
+        Json::Number(n) => json_num(n).ok_or_else(|| format!("{f}: {what} is {n}, outside the 64-bit integer range")),
+        other => Err(format!("{f}: {what} is {}, not a number", describe_json(other))),
     }
 }
 
@@ -293,9 +263,7 @@ fn int_arg(f: &str, i: usize, v: &Value, min: i64, max: i64) -> Result<i64, Stri
         Num::Float(x) => return Err(format!("{f}: {what} is {x}, not an integer")),
     };
     if n < min || n > max {
-        return Err(format!(
-            "{f}: {what} is {n}; it must be between {min} and {max}"
-        ));
+        return Err(format!("{f}: {what} is {n}; it must be between {min} and {max}"));
     }
     Ok(n)
 }
@@ -305,9 +273,7 @@ fn f64_arg(f: &str, i: usize, v: &Value, min: f64, max: f64) -> Result<f64, Stri
     let what = format!("argument {i}");
     let x = num_arg(f, &what, json_arg(f, i, v)?)?.as_f64();
     if x < min || x > max {
-        return Err(format!(
-            "{f}: {what} is {x}; it must be between {min} and {max}"
-        ));
+        return Err(format!("{f}: {what} is {x}; it must be between {min} and {max}"));
     }
     Ok(x)
 }
@@ -346,9 +312,7 @@ fn fold(
         }
         return Ok(Value::Json(Json::from(acc)));
     }
-    let acc = nums
-        .iter()
-        .fold(unit as f64, |acc, n| float_op(acc, n.as_f64()));
+    let acc = nums.iter().fold(unit as f64, |acc, n| float_op(acc, n.as_f64()));
     float_value(f, acc)
 }
 
@@ -361,10 +325,7 @@ fn float_value(f: &str, x: f64) -> Result<Value, String> {
 fn array_arg<'a>(f: &str, i: usize, v: &'a Value) -> Result<&'a Vec<Json>, String> {
     match json_arg(f, i, v)? {
         Json::Array(a) => Ok(a),
-        other => Err(format!(
-            "{f}: argument {i} is {}, not an array",
-            describe_json(other)
-        )),
+        other => Err(format!("{f}: argument {i} is {}, not an array", describe_json(other))),
     }
 }
 
@@ -378,29 +339,15 @@ fn noop(args: Vec<Value>) -> Result<Value, String> {
 
 fn identity(args: Vec<Value>) -> Result<Value, String> {
     arity("identity", &args, 1)?;
-    args.into_iter()
-        .next()
-        .ok_or_else(|| "identity: takes exactly 1 argument, got 0".to_string())
+    args.into_iter().next().ok_or_else(|| "identity: takes exactly 1 argument, got 0".to_string())
 }
 
 fn sum(args: Vec<Value>) -> Result<Value, String> {
-    fold(
-        "sum",
-        &flat_numbers("sum", &args)?,
-        0,
-        i64::checked_add,
-        |a, b| a + b,
-    )
+    fold("sum", &flat_numbers("sum", &args)?, 0, i64::checked_add, |a, b| a + b)
 }
 
 fn product(args: Vec<Value>) -> Result<Value, String> {
-    fold(
-        "product",
-        &flat_numbers("product", &args)?,
-        1,
-        i64::checked_mul,
-        |a, b| a * b,
-    )
+    fold("product", &flat_numbers("product", &args)?, 1, i64::checked_mul, |a, b| a * b)
 }
 
 fn two_numbers(f: &str, args: &[Value]) -> Result<[Num; 2], String> {
@@ -413,23 +360,11 @@ fn two_numbers(f: &str, args: &[Value]) -> Result<[Num; 2], String> {
 }
 
 fn add(args: Vec<Value>) -> Result<Value, String> {
-    fold(
-        "add",
-        &two_numbers("add", &args)?,
-        0,
-        i64::checked_add,
-        |a, b| a + b,
-    )
+    fold("add", &two_numbers("add", &args)?, 0, i64::checked_add, |a, b| a + b)
 }
 
 fn mul(args: Vec<Value>) -> Result<Value, String> {
-    fold(
-        "mul",
-        &two_numbers("mul", &args)?,
-        1,
-        i64::checked_mul,
-        |a, b| a * b,
-    )
+    fold("mul", &two_numbers("mul", &args)?, 1, i64::checked_mul, |a, b| a * b)
 }
 
 /// Longest `sleep`, and longest `burn` in milliseconds / 1000: a day.
@@ -437,9 +372,7 @@ const MAX_SLEEP_SECONDS: f64 = 86_400.0;
 
 fn sleep(args: Vec<Value>) -> Result<Value, String> {
     arity("sleep", &args, 1)?;
-    let seconds = args
-        .first()
-        .ok_or("sleep: takes exactly 1 argument, got 0")?;
+    let seconds = args.first().ok_or("sleep: takes exactly 1 argument, got 0")?;
     let s = f64_arg("sleep", 0, seconds, 0.0, MAX_SLEEP_SECONDS)?;
     std::thread::sleep(Duration::from_secs_f64(s));
     Ok(seconds.clone())
@@ -447,9 +380,7 @@ fn sleep(args: Vec<Value>) -> Result<Value, String> {
 
 fn burn(args: Vec<Value>) -> Result<Value, String> {
     arity("burn", &args, 1)?;
-    let ms = args
-        .first()
-        .ok_or("burn: takes exactly 1 argument, got 0")?;
+    let ms = args.first().ok_or("burn: takes exactly 1 argument, got 0")?;
     let ms = f64_arg("burn", 0, ms, 0.0, MAX_SLEEP_SECONDS * 1000.0)?;
     let deadline = Instant::now() + Duration::from_secs_f64(ms / 1000.0);
     // A 64-bit LCG with an xorshift, checked against the clock every batch;
@@ -459,9 +390,7 @@ fn burn(args: Vec<Value>) -> Result<Value, String> {
     let mut iterations: u64 = 0;
     while Instant::now() < deadline {
         for _ in 0..BATCH {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             state ^= state >> 29;
         }
         state = std::hint::black_box(state);
@@ -475,13 +404,7 @@ const MAX_FIB: i64 = 40;
 
 fn fib(args: Vec<Value>) -> Result<Value, String> {
     arity("fib", &args, 1)?;
-    let n = int_arg(
-        "fib",
-        0,
-        args.first().ok_or("fib: takes exactly 1 argument, got 0")?,
-        0,
-        MAX_FIB,
-    )?;
+    let n = int_arg("fib", 0, args.first().ok_or("fib: takes exactly 1 argument, got 0")?, 0, MAX_FIB)?;
     fn naive(n: u32) -> u64 {
         if n < 2 {
             u64::from(n)
@@ -489,9 +412,7 @@ fn fib(args: Vec<Value>) -> Result<Value, String> {
             naive(n - 1) + naive(n - 2)
         }
     }
-    Ok(Value::Json(Json::from(naive(
-        u32::try_from(n).unwrap_or(0),
-    ))))
+    Ok(Value::Json(Json::from(naive(u32::try_from(n).unwrap_or(0)))))
 }
 
 /// Largest `bytes` result: 4 GiB.
@@ -501,19 +422,10 @@ const BYTES_PERIOD: usize = 251;
 
 fn bytes(args: Vec<Value>) -> Result<Value, String> {
     arity("bytes", &args, 1)?;
-    let n = int_arg(
-        "bytes",
-        0,
-        args.first()
-            .ok_or("bytes: takes exactly 1 argument, got 0")?,
-        0,
-        MAX_BYTES,
-    )?;
-    let n = usize::try_from(n)
-        .map_err(|_| format!("bytes: {n} bytes do not fit in memory on this machine"))?;
+    let n = int_arg("bytes", 0, args.first().ok_or("bytes: takes exactly 1 argument, got 0")?, 0, MAX_BYTES)?;
+    let n = usize::try_from(n).map_err(|_| format!("bytes: {n} bytes do not fit in memory on this machine"))?;
     let mut out: Vec<u8> = Vec::new();
-    out.try_reserve_exact(n)
-        .map_err(|_| format!("bytes: cannot allocate {n} bytes"))?;
+    out.try_reserve_exact(n).map_err(|_| format!("bytes: cannot allocate {n} bytes"))?;
     out.extend((0..BYTES_PERIOD.min(n)).map(|i| ((i * 31 + 7) % BYTES_PERIOD) as u8));
     // Doubling keeps the length a multiple of the period until the last copy,
     // so the copied prefix always continues the pattern.
@@ -529,15 +441,12 @@ fn checksum(args: Vec<Value>) -> Result<Value, String> {
     let (len, crc) = match args.first() {
         Some(Value::Bytes(b)) => (b.len(), crc32fast::hash(b)),
         Some(Value::Json(j)) => {
-            let text = serde_json::to_vec(j)
-                .map_err(|e| format!("checksum: cannot encode argument 0: {e}"))?;
+            let text = serde_json::to_vec(j).map_err(|e| format!("checksum: cannot encode argument 0: {e}"))?;
             (text.len(), crc32fast::hash(&text))
         }
         None => return Err("checksum: takes exactly 1 argument, got 0".to_string()),
     };
-    Ok(Value::Json(
-        json!({ "len": len, "crc32": format!("{crc:08x}") }),
-    ))
+    Ok(Value::Json(json!({ "len": len, "crc32": format!("{crc:08x}") })))
 }
 
 fn len(args: Vec<Value>) -> Result<Value, String> {
@@ -548,10 +457,7 @@ fn len(args: Vec<Value>) -> Result<Value, String> {
         Some(Value::Json(Json::Array(a))) => a.len(),
         Some(Value::Json(Json::Object(o))) => o.len(),
         Some(other) => {
-            return Err(format!(
-                "len: argument 0 is {}, not bytes, a string, an array or an object",
-                describe(other)
-            ))
+            return Err(format!("len: argument 0 is {}, not bytes, a string, an array or an object", describe(other)))
         }
         None => return Err("len: takes exactly 1 argument, got 0".to_string()),
     };
@@ -563,10 +469,7 @@ fn fail(args: Vec<Value>) -> Result<Value, String> {
         [] => Err("fail called".to_string()),
         [Value::Json(Json::String(s))] => Err(s.clone()),
         [other] => Err(describe(other)),
-        more => Err(format!(
-            "fail: takes at most 1 argument, got {}",
-            more.len()
-        )),
+        more => Err(format!("fail: takes at most 1 argument, got {}", more.len())),
     }
 }
 
@@ -575,14 +478,7 @@ const MAX_RANGE: i64 = 10_000_000;
 
 fn range(args: Vec<Value>) -> Result<Value, String> {
     arity("range", &args, 1)?;
-    let n = int_arg(
-        "range",
-        0,
-        args.first()
-            .ok_or("range: takes exactly 1 argument, got 0")?,
-        0,
-        MAX_RANGE,
-    )?;
+    let n = int_arg("range", 0, args.first().ok_or("range: takes exactly 1 argument, got 0")?, 0, MAX_RANGE)?;
     Ok(Value::Json(Json::Array((0..n).map(Json::from).collect())))
 }
 
@@ -604,10 +500,7 @@ fn load_shard(args: Vec<Value>) -> Result<Value, String> {
     const F: &str = "load_shard";
     arity(F, &args, 2)?;
     let [shard, n] = args.as_slice() else {
-        return Err(format!(
-            "{F}: takes exactly 2 arguments, got {}",
-            args.len()
-        ));
+        return Err(format!("{F}: takes exactly 2 arguments, got {}", args.len()));
     };
     let shard = int_arg(F, 0, shard, 0, MAX_SHARD)?;
     let n = int_arg(F, 1, n, 0, MAX_SHARD)?;
@@ -619,10 +512,7 @@ fn load_shard(args: Vec<Value>) -> Result<Value, String> {
 /// A dataset `{x: [..], y: [..]}` with as many x as y.
 fn dataset(f: &str, i: usize, v: &Value) -> Result<(Vec<f64>, Vec<f64>), String> {
     let Json::Object(map) = json_arg(f, i, v)? else {
-        return Err(format!(
-            "{f}: argument {i} is {}, not a dataset {{x: [...], y: [...]}}",
-            describe(v)
-        ));
+        return Err(format!("{f}: argument {i} is {}, not a dataset {{x: [...], y: [...]}}", describe(v)));
     };
     let column = |key: &str| -> Result<Vec<f64>, String> {
         let Some(Json::Array(items)) = map.get(key) else {
@@ -631,18 +521,12 @@ fn dataset(f: &str, i: usize, v: &Value) -> Result<(Vec<f64>, Vec<f64>), String>
         items
             .iter()
             .enumerate()
-            .map(|(k, item)| {
-                num_arg(f, &format!("argument {i}, {key}[{k}],"), item).map(Num::as_f64)
-            })
+            .map(|(k, item)| num_arg(f, &format!("argument {i}, {key}[{k}],"), item).map(Num::as_f64))
             .collect()
     };
     let (xs, ys) = (column("x")?, column("y")?);
     if xs.len() != ys.len() {
-        return Err(format!(
-            "{f}: argument {i} has {} x values but {} y values",
-            xs.len(),
-            ys.len()
-        ));
+        return Err(format!("{f}: argument {i} has {} x values but {} y values", xs.len(), ys.len()));
     }
     Ok((xs, ys))
 }
@@ -653,15 +537,9 @@ const STANDARDIZE_SCALE: f64 = 100.0;
 fn standardize(args: Vec<Value>) -> Result<Value, String> {
     const F: &str = "standardize";
     arity(F, &args, 1)?;
-    let data = args
-        .first()
-        .ok_or("standardize: takes exactly 1 argument, got 0")?;
+    let data = args.first().ok_or("standardize: takes exactly 1 argument, got 0")?;
     let (xs, _) = dataset(F, 0, data)?;
-    let ys = data
-        .as_json()
-        .and_then(|d| d.get("y"))
-        .cloned()
-        .unwrap_or(Json::Null);
+    let ys = data.as_json().and_then(|d| d.get("y")).cloned().unwrap_or(Json::Null);
     let xs: Vec<f64> = xs.iter().map(|x| x / STANDARDIZE_SCALE).collect();
     Ok(Value::Json(json!({ "x": xs, "y": ys })))
 }
@@ -682,46 +560,34 @@ fn train_linear(args: Vec<Value>) -> Result<Value, String> {
         return Err(format!("{F}: needs at least 2 points, got {n}"));
     }
     // Centred sums: exact for noise-free data and stable for large x.
-    let (mean_x, mean_y) = (
-        xs.iter().sum::<f64>() / n as f64,
-        ys.iter().sum::<f64>() / n as f64,
-    );
+    let (mean_x, mean_y) = (xs.iter().sum::<f64>() / n as f64, ys.iter().sum::<f64>() / n as f64);
     let (mut sxx, mut sxy) = (0.0, 0.0);
     for (x, y) in xs.iter().zip(&ys) {
         sxx += (x - mean_x) * (x - mean_x);
         sxy += (x - mean_x) * (y - mean_y);
     }
     if sxx == 0.0 {
-        return Err(format!(
-            "{F}: every x is the same, so no slope can be fitted"
-        ));
+        return Err(format!("{F}: every x is the same, so no slope can be fitted"));
     }
     let slope = sxy / sxx;
     let intercept = mean_y - slope * mean_x;
     if !slope.is_finite() || !intercept.is_finite() {
         return Err(format!("{F}: the fit is not a finite number"));
     }
-    Ok(Value::Json(
-        json!({ "slope": slope, "intercept": intercept, "n": n }),
-    ))
+    Ok(Value::Json(json!({ "slope": slope, "intercept": intercept, "n": n })))
 }
 
 fn evaluate(args: Vec<Value>) -> Result<Value, String> {
     const F: &str = "evaluate";
     arity(F, &args, 2)?;
     let [model, data] = args.as_slice() else {
-        return Err(format!(
-            "{F}: takes exactly 2 arguments, got {}",
-            args.len()
-        ));
+        return Err(format!("{F}: takes exactly 2 arguments, got {}", args.len()));
     };
     let model_json = json_arg(F, 0, model)?;
     let param = |key: &str| -> Result<f64, String> {
         match model_json.get(key) {
             Some(v) => num_arg(F, &format!("argument 0, `{key}`,"), v).map(Num::as_f64),
-            None => Err(format!(
-                "{F}: argument 0 has no `{key}`; expected a model {{slope, intercept}}"
-            )),
+            None => Err(format!("{F}: argument 0 has no `{key}`; expected a model {{slope, intercept}}")),
         }
     };
     let (slope, intercept) = (param("slope")?, param("intercept")?);
@@ -729,11 +595,7 @@ fn evaluate(args: Vec<Value>) -> Result<Value, String> {
     if xs.is_empty() {
         return Err(format!("{F}: argument 1 has no points"));
     }
-    let sse: f64 = xs
-        .iter()
-        .zip(&ys)
-        .map(|(x, y)| (slope * x + intercept - y).powi(2))
-        .sum();
+    let sse: f64 = xs.iter().zip(&ys).map(|(x, y)| (slope * x + intercept - y).powi(2)).sum();
     let mse = sse / xs.len() as f64;
     if !mse.is_finite() {
         return Err(format!("{F}: the error is not a finite number"));
@@ -812,10 +674,7 @@ mod tests {
     fn noop_and_identity() {
         assert_eq!(ok(noop(vec![])), Json::Null);
         assert_eq!(ok(identity(vec![j(json!({"a": 1}))])), json!({"a": 1}));
-        assert_eq!(
-            err(identity(vec![])),
-            "identity: takes exactly 1 argument, got 0"
-        );
+        assert_eq!(err(identity(vec![])), "identity: takes exactly 1 argument, got 0");
         assert!(err(identity(vec![j(json!(1)), j(json!(2))])).contains("got 2"));
         let b = Value::Bytes(Bytes::from_static(b"\x00"));
         assert_eq!(identity(vec![b.clone()]), Ok(b));
@@ -828,23 +687,12 @@ mod tests {
         assert_eq!(ok(sum(vec![j(json!(1)), j(json!(0.5))])), json!(1.5));
         assert_eq!(ok(product(vec![j(json!([2, 3])), j(json!(4))])), json!(24));
         assert_eq!(ok(product(vec![])), json!(1));
-        assert_eq!(
-            err(sum(vec![j(json!(1)), j(json!(2)), j(json!("a"))])),
-            "sum: argument 2 is \"a\", not a number"
-        );
-        assert!(
-            err(sum(vec![j(json!([1, [2]]))])).contains("argument 0, item 1, is [2], not a number")
-        );
-        assert_eq!(
-            err(sum(vec![j(json!(i64::MAX)), j(json!(1))])),
-            "sum: integer overflow"
-        );
+        assert_eq!(err(sum(vec![j(json!(1)), j(json!(2)), j(json!("a"))])), "sum: argument 2 is \"a\", not a number");
+        assert!(err(sum(vec![j(json!([1, [2]]))])).contains("argument 0, item 1, is [2], not a number"));
+        assert_eq!(err(sum(vec![j(json!(i64::MAX)), j(json!(1))])), "sum: integer overflow");
         assert!(err(sum(vec![j(json!(u64::MAX))])).contains("outside the 64-bit integer range"));
-        assert!(
-            err(product(vec![j(json!(1e300)), j(json!(1e300))])).contains("not a finite number")
-        );
-        assert!(err(sum(vec![Value::Bytes(Bytes::from_static(b"ab"))]))
-            .contains("2 raw bytes, not JSON"));
+        assert!(err(product(vec![j(json!(1e300)), j(json!(1e300))])).contains("not a finite number"));
+        assert!(err(sum(vec![Value::Bytes(Bytes::from_static(b"ab"))])).contains("2 raw bytes, not JSON"));
         let many: Vec<Value> = (1..=1000).map(|i| j(json!(i))).collect();
         assert_eq!(ok(sum(many)), json!(500_500));
     }
@@ -855,14 +703,8 @@ mod tests {
         assert_eq!(ok(mul(vec![j(json!(21)), j(json!(2))])), json!(42));
         assert_eq!(ok(mul(vec![j(json!(1.5)), j(json!(2))])), json!(3.0));
         assert!(err(add(vec![j(json!(1))])).contains("exactly 2 arguments, got 1"));
-        assert_eq!(
-            err(mul(vec![j(json!(1)), j(json!(null))])),
-            "mul: argument 1 is null, not a number"
-        );
-        assert_eq!(
-            err(mul(vec![j(json!(i64::MAX)), j(json!(2))])),
-            "mul: integer overflow"
-        );
+        assert_eq!(err(mul(vec![j(json!(1)), j(json!(null))])), "mul: argument 1 is null, not a number");
+        assert_eq!(err(mul(vec![j(json!(i64::MAX)), j(json!(2))])), "mul: integer overflow");
     }
 
     #[test]
@@ -893,46 +735,27 @@ mod tests {
 
     #[test]
     fn bytes_follow_the_pattern_and_checksum_reads_them() {
-        let Ok(Value::Bytes(b)) = bytes(vec![j(json!(1000))]) else {
-            panic!("not bytes")
-        };
+        let Ok(Value::Bytes(b)) = bytes(vec![j(json!(1000))]) else { panic!("not bytes") };
         assert_eq!(b.len(), 1000);
-        assert!(b
-            .iter()
-            .enumerate()
-            .all(|(i, &x)| x as usize == (i * 31 + 7) % 251));
-        let Ok(Value::Bytes(empty)) = bytes(vec![j(json!(0))]) else {
-            panic!("not bytes")
-        };
+        assert!(b.iter().enumerate().all(|(i, &x)| x as usize == (i * 31 + 7) % 251));
+        let Ok(Value::Bytes(empty)) = bytes(vec![j(json!(0))]) else { panic!("not bytes") };
         assert!(empty.is_empty());
         assert!(err(bytes(vec![j(json!(MAX_BYTES + 1))])).contains("between 0 and 4294967296"));
         assert!(err(bytes(vec![j(json!(-1))])).contains("between"));
         let sum = ok(checksum(vec![Value::Bytes(b.clone())]));
-        assert_eq!(
-            sum,
-            json!({"len": 1000, "crc32": format!("{:08x}", crc32fast::hash(&b))})
-        );
+        assert_eq!(sum, json!({"len": 1000, "crc32": format!("{:08x}", crc32fast::hash(&b))}));
         assert_eq!(ok(checksum(vec![j(json!("hi"))]))["len"], json!(4));
-        assert_eq!(
-            ok(checksum(vec![j(json!([1, 2]))]))["crc32"],
-            json!(format!("{:08x}", crc32fast::hash(b"[1,2]")))
-        );
+        assert_eq!(ok(checksum(vec![j(json!([1, 2]))]))["crc32"], json!(format!("{:08x}", crc32fast::hash(b"[1,2]"))));
         assert!(err(checksum(vec![])).contains("exactly 1"));
     }
 
     #[test]
     fn len_measures_bytes_strings_arrays_and_objects() {
-        assert_eq!(
-            ok(len(vec![Value::Bytes(Bytes::from_static(b"abc"))])),
-            json!(3)
-        );
+        assert_eq!(ok(len(vec![Value::Bytes(Bytes::from_static(b"abc"))])), json!(3));
         assert_eq!(ok(len(vec![j(json!("héllo"))])), json!(5));
         assert_eq!(ok(len(vec![j(json!([1, 2]))])), json!(2));
         assert_eq!(ok(len(vec![j(json!({"a": 1}))])), json!(1));
-        assert_eq!(
-            err(len(vec![j(json!(3))])),
-            "len: argument 0 is 3, not bytes, a string, an array or an object"
-        );
+        assert_eq!(err(len(vec![j(json!(3))])), "len: argument 0 is 3, not bytes, a string, an array or an object");
     }
 
     #[test]
@@ -948,32 +771,17 @@ mod tests {
         assert_eq!(ok(range(vec![j(json!(4))])), json!([0, 1, 2, 3]));
         assert_eq!(ok(range(vec![j(json!(0))])), json!([]));
         assert!(err(range(vec![j(json!(MAX_RANGE + 1))])).contains("between"));
-        assert_eq!(
-            ok(concat(vec![
-                j(json!([1])),
-                j(json!([])),
-                j(json!([2, [3]]))
-            ])),
-            json!([1, 2, [3]])
-        );
+        assert_eq!(ok(concat(vec![j(json!([1])), j(json!([])), j(json!([2, [3]]))])), json!([1, 2, [3]]));
         assert_eq!(ok(concat(vec![])), json!([]));
-        assert_eq!(
-            err(concat(vec![j(json!([1])), j(json!(2))])),
-            "concat: argument 1 is 2, not an array"
-        );
+        assert_eq!(err(concat(vec![j(json!([1])), j(json!(2))])), "concat: argument 1 is 2, not an array");
     }
 
     #[test]
     fn pipeline_recovers_the_true_model_exactly() {
-        let shards: Vec<Value> = (0..3)
-            .map(|s| load_shard(vec![j(json!(s)), j(json!(100))]).unwrap())
-            .collect();
+        let shards: Vec<Value> = (0..3).map(|s| load_shard(vec![j(json!(s)), j(json!(100))]).unwrap()).collect();
         assert_eq!(ok(Ok(shards[1].clone()))["x"][0], json!(100));
         assert_eq!(ok(Ok(shards[1].clone()))["y"][0], json!(301));
-        let prepared: Vec<Value> = shards
-            .into_iter()
-            .map(|d| standardize(vec![d]).unwrap())
-            .collect();
+        let prepared: Vec<Value> = shards.into_iter().map(|d| standardize(vec![d]).unwrap()).collect();
         let model = train_linear(vec![prepared[0].clone(), prepared[1].clone()]).unwrap();
         let m = ok(Ok(model.clone()));
         assert!((m["slope"].as_f64().unwrap() - 300.0).abs() < 1e-6, "{m}");
@@ -988,30 +796,14 @@ mod tests {
     fn pipeline_functions_reject_bad_data() {
         assert!(err(load_shard(vec![j(json!(0))])).contains("exactly 2"));
         assert!(err(load_shard(vec![j(json!(-1)), j(json!(3))])).contains("between"));
-        assert_eq!(
-            err(standardize(vec![j(json!({"x": [1]}))])),
-            "standardize: argument 0 has no `y` array"
-        );
-        assert!(err(standardize(vec![j(json!({"x": [1], "y": [1, 2]}))]))
-            .contains("1 x values but 2 y values"));
+        assert_eq!(err(standardize(vec![j(json!({"x": [1]}))])), "standardize: argument 0 has no `y` array");
+        assert!(err(standardize(vec![j(json!({"x": [1], "y": [1, 2]}))])).contains("1 x values but 2 y values"));
         assert!(err(standardize(vec![j(json!({"x": ["a"], "y": [1]}))])).contains("x[0], is \"a\""));
         assert!(err(train_linear(vec![])).contains("at least 1 dataset"));
-        assert!(
-            err(train_linear(vec![j(json!({"x": [1], "y": [1]}))])).contains("at least 2 points")
-        );
-        assert!(
-            err(train_linear(vec![j(json!({"x": [1, 1], "y": [1, 2]}))]))
-                .contains("every x is the same")
-        );
-        assert!(err(evaluate(vec![
-            j(json!({"slope": 1})),
-            j(json!({"x": [1], "y": [1]}))
-        ]))
-        .contains("`intercept`"));
-        assert!(err(evaluate(vec![
-            j(json!({"slope": 1, "intercept": 0})),
-            j(json!({"x": [], "y": []}))
-        ]))
-        .contains("no points"));
+        assert!(err(train_linear(vec![j(json!({"x": [1], "y": [1]}))])).contains("at least 2 points"));
+        assert!(err(train_linear(vec![j(json!({"x": [1, 1], "y": [1, 2]}))])).contains("every x is the same"));
+        assert!(err(evaluate(vec![j(json!({"slope": 1})), j(json!({"x": [1], "y": [1]}))])).contains("`intercept`"));
+        assert!(err(evaluate(vec![j(json!({"slope": 1, "intercept": 0})), j(json!({"x": [], "y": []}))]))
+            .contains("no points"));
     }
 }

@@ -57,8 +57,9 @@ impl TaskContext {
 
     fn nested(&mut self) -> Result<&Nested, Error> {
         if self.nested.is_none() {
-            let addr = std::env::var(crate::raylet::ENV_ADDRESS)
-                .map_err(|_| Error::Invalid(format!("{} is not set: not running under a raylet", crate::raylet::ENV_ADDRESS)))?;
+            let addr = std::env::var(crate::raylet::ENV_ADDRESS).map_err(|_| {
+                Error::Invalid(format!("{} is not set: not running under a raylet", crate::raylet::ENV_ADDRESS))
+            })?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -88,7 +89,11 @@ impl TaskContext {
     }
 
     /// Waits for several results at once.
-    pub fn get_many(&mut self, refs: &[ObjectRef], timeout: Option<Duration>) -> Result<Vec<Result<Value, Error>>, Error> {
+    pub fn get_many(
+        &mut self,
+        refs: &[ObjectRef],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
         let n = self.nested()?;
         n.runtime.block_on(n.client.get_many(refs, timeout))
     }

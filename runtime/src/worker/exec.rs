@@ -43,43 +43,29 @@ const STDOUT_QUOTE_CHARS: usize = 200;
 // `TaskError` is large, but it is the runtime's task failure and this path is
 // cold: a child process was just started.
 #[allow(clippy::result_large_err)]
-pub fn run_exec(
-    f: &pb::ExecFunction,
-    args: &[Value],
-    num_returns: u32,
-) -> Result<Value, TaskError> {
+pub fn run_exec(f: &pb::ExecFunction, args: &[Value], num_returns: u32) -> Result<Value, TaskError> {
     let Some(program) = f.argv.first().filter(|p| !p.is_empty()) else {
         return Err(failed("the command line is empty"));
     };
     let input = stdin_payload(args).map_err(failed)?;
 
     let mut cmd = Command::new(program);
-    cmd.args(f.argv.iter().skip(1))
-        .envs(&f.env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(f.argv.iter().skip(1)).envs(&f.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if !f.cwd.is_empty() {
         // Checked here because a missing directory makes spawn fail with the
         // same "not found" as a missing program.
         if !Path::new(&f.cwd).is_dir() {
-            return Err(failed(format!(
-                "working directory `{}` of `{program}` is not a directory",
-                f.cwd
-            )));
+            return Err(failed(format!("working directory `{}` of `{program}` is not a directory", f.cwd)));
         }
         cmd.current_dir(&f.cwd);
     }
     set_parent_death_signal(&mut cmd);
 
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| failed(format!("cannot run `{program}`: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| failed(format!("cannot run `{program}`: {e}")))?;
     let output = collect(&mut child, input);
     // Always reap the child, even when collecting failed.
     let status = child.wait();
-    let (stdout, stderr_tail) =
-        output.map_err(|e| failed(format!("talking to `{program}`: {e}")))?;
+    let (stdout, stderr_tail) = output.map_err(|e| failed(format!("talking to `{program}`: {e}")))?;
     let status = status.map_err(|e| failed(format!("waiting for `{program}`: {e}")))?;
 
     let with_tail = |message: String| {
@@ -90,12 +76,8 @@ pub fn run_exec(
     if let Some(why) = exit_problem(status) {
         return Err(with_tail(format!("`{program}` {why}")));
     }
-    let value = if f.output_text {
-        text_result(program, stdout)
-    } else {
-        json_result(program, &stdout)
-    }
-    .map_err(with_tail)?;
+    let value =
+        if f.output_text { text_result(program, stdout) } else { json_result(program, &stdout) }.map_err(with_tail)?;
     check_returns(program, &value, num_returns).map_err(with_tail)?;
     Ok(value)
 }
@@ -116,8 +98,8 @@ fn stdin_payload(args: &[Value]) -> Result<Vec<u8>, String> {
             },
         });
     }
-    let mut payload = serde_json::to_vec(&Json::Array(items))
-        .map_err(|e| format!("cannot encode the arguments: {e}"))?;
+    let mut payload =
+        serde_json::to_vec(&Json::Array(items)).map_err(|e| format!("cannot encode the arguments: {e}"))?;
     payload.push(b'\n');
     Ok(payload)
 }
@@ -129,14 +111,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
     let parent = std::process::id();
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The worker may have died before prctl took effect.
@@ -161,9 +136,7 @@ fn collect(child: &mut Child, input: Vec<u8>) -> io::Result<(Vec<u8>, String)> {
         // Dropping stdin closes it, so the child sees end of input.
     });
     let stderr = child.stderr.take();
-    let reader = spawn_named("exec-stderr", move || {
-        stderr.map(read_tail).unwrap_or_default()
-    });
+    let reader = spawn_named("exec-stderr", move || stderr.map(read_tail).unwrap_or_default());
     let (writer, reader) = match (writer, reader) {
         (Ok(w), Ok(r)) => (w, r),
         (w, r) => {
@@ -171,9 +144,7 @@ fn collect(child: &mut Child, input: Vec<u8>) -> io::Result<(Vec<u8>, String)> {
             let _ = child.kill();
             let _ = w.map(JoinHandle::join);
             let _ = r.map(JoinHandle::join);
-            return Err(io::Error::other(
-                "cannot start the threads that feed the command",
-            ));
+            return Err(io::Error::other("cannot start the threads that feed the command"));
         }
     };
     let mut stdout = Vec::new();
@@ -186,10 +157,7 @@ fn collect(child: &mut Child, input: Vec<u8>) -> io::Result<(Vec<u8>, String)> {
     read.map(|()| (stdout, tail))
 }
 
-fn spawn_named<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<JoinHandle<T>> {
+fn spawn_named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<JoinHandle<T>> {
     std::thread::Builder::new().name(name.to_string()).spawn(f)
 }
 
@@ -228,15 +196,10 @@ fn stderr_tail(text: &str) -> String {
             }
         }
     }
-    let mut tail = text
-        .get(start..)
-        .unwrap_or_default()
-        .trim_start_matches('\n');
+    let mut tail = text.get(start..).unwrap_or_default().trim_start_matches('\n');
     while tail.len() > STDERR_TAIL_BYTES {
         let cut = tail.len() - STDERR_TAIL_BYTES;
-        let boundary = (cut..tail.len())
-            .find(|&i| tail.is_char_boundary(i))
-            .unwrap_or(tail.len());
+        let boundary = (cut..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
         tail = tail.get(boundary..).unwrap_or_default();
     }
     tail.to_string()
@@ -280,29 +243,17 @@ fn text_result(program: &str, mut stdout: Vec<u8>) -> Result<Value, String> {
     }
     String::from_utf8(stdout)
         .map(|s| Value::Json(Json::String(s)))
-        .map_err(|e| {
-            format!(
-                "`{program}` wrote {} bytes to stdout that are not UTF-8 text",
-                e.as_bytes().len()
-            )
-        })
+        .map_err(|e| format!("`{program}` wrote {} bytes to stdout that are not UTF-8 text", e.as_bytes().len()))
 }
 
 fn json_result(program: &str, stdout: &[u8]) -> Result<Value, String> {
     if stdout.iter().all(u8::is_ascii_whitespace) {
-        return Err(format!(
-            "`{program}` wrote nothing to stdout; it must print a JSON value (or use `output: text`)"
-        ));
+        return Err(format!("`{program}` wrote nothing to stdout; it must print a JSON value (or use `output: text`)"));
     }
-    serde_json::from_slice(stdout)
-        .map(Value::Json)
-        .map_err(|_| {
-            let quote: String = String::from_utf8_lossy(stdout)
-                .chars()
-                .take(STDOUT_QUOTE_CHARS)
-                .collect();
-            format!("stdout is not JSON (use `output: text` to keep it as text): {quote}")
-        })
+    serde_json::from_slice(stdout).map(Value::Json).map_err(|_| {
+        let quote: String = String::from_utf8_lossy(stdout).chars().take(STDOUT_QUOTE_CHARS).collect();
+        format!("stdout is not JSON (use `output: text` to keep it as text): {quote}")
+    })
 }
 
 fn check_returns(program: &str, value: &Value, num_returns: u32) -> Result<(), String> {
@@ -329,10 +280,7 @@ mod tests {
     use serde_json::json;
 
     fn exec(argv: &[&str]) -> pb::ExecFunction {
-        pb::ExecFunction {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
+        pb::ExecFunction { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
 
     fn sh(script: &str) -> pb::ExecFunction {
@@ -341,16 +289,13 @@ mod tests {
 
     #[test]
     fn arguments_arrive_on_stdin_and_json_stdout_is_the_result() {
-        let f = exec(&["python3", "-c", "import json, sys; a = json.load(sys.stdin); print(json.dumps({'sum': a[0] + a[1], 'text': a[2]}))"]);
-        let args = [
-            Value::Json(json!(40)),
-            Value::Json(json!(2)),
-            Value::Bytes(bytes::Bytes::from_static(b"hi")),
-        ];
-        assert_eq!(
-            run_exec(&f, &args, 1).unwrap(),
-            Value::Json(json!({"sum": 42, "text": "hi"}))
-        );
+        let f = exec(&[
+            "python3",
+            "-c",
+            "import json, sys; a = json.load(sys.stdin); print(json.dumps({'sum': a[0] + a[1], 'text': a[2]}))",
+        ]);
+        let args = [Value::Json(json!(40)), Value::Json(json!(2)), Value::Bytes(bytes::Bytes::from_static(b"hi"))];
+        assert_eq!(run_exec(&f, &args, 1).unwrap(), Value::Json(json!({"sum": 42, "text": "hi"})));
     }
 
     #[test]
@@ -385,17 +330,9 @@ mod tests {
 
     #[test]
     fn long_stderr_lines_are_cut_to_four_kib() {
-        let f = exec(&[
-            "python3",
-            "-c",
-            "import sys; sys.stderr.write('é' * 100000); sys.exit(1)",
-        ]);
+        let f = exec(&["python3", "-c", "import sys; sys.stderr.write('é' * 100000); sys.exit(1)"]);
         let e = run_exec(&f, &[], 1).unwrap_err();
-        assert!(
-            e.stderr_tail.len() <= STDERR_TAIL_BYTES && e.stderr_tail.len() > 4000,
-            "{}",
-            e.stderr_tail.len()
-        );
+        assert!(e.stderr_tail.len() <= STDERR_TAIL_BYTES && e.stderr_tail.len() > 4000, "{}", e.stderr_tail.len());
     }
 
     #[test]
@@ -408,12 +345,7 @@ mod tests {
     fn stdout_that_is_not_json_is_an_error() {
         let e = run_exec(&sh("echo not json; echo oops >&2"), &[], 1).unwrap_err();
         assert_eq!(e.kind, "ExecFailed");
-        assert!(
-            e.message.starts_with(
-                "stdout is not JSON (use `output: text` to keep it as text): not json"
-            ),
-            "{e}"
-        );
+        assert!(e.message.starts_with("stdout is not JSON (use `output: text` to keep it as text): not json"), "{e}");
         assert_eq!(e.stderr_tail, "oops");
         let e = run_exec(&sh("true"), &[], 1).unwrap_err();
         assert!(e.message.contains("wrote nothing to stdout"), "{e}");
@@ -423,21 +355,13 @@ mod tests {
     fn a_missing_program_is_named() {
         let e = run_exec(&exec(&["shoal-no-such-program"]), &[], 1).unwrap_err();
         assert_eq!(e.kind, "ExecFailed");
-        assert!(
-            e.message.contains("`shoal-no-such-program`") && e.message.contains("No such file"),
-            "{e}"
-        );
+        assert!(e.message.contains("`shoal-no-such-program`") && e.message.contains("No such file"), "{e}");
         assert!(run_exec(&exec(&[]), &[], 1).is_err());
     }
 
     #[test]
     fn binary_arguments_are_refused() {
-        let e = run_exec(
-            &sh("cat"),
-            &[Value::Bytes(bytes::Bytes::from_static(b"\xff\xfe"))],
-            1,
-        )
-        .unwrap_err();
+        let e = run_exec(&sh("cat"), &[Value::Bytes(bytes::Bytes::from_static(b"\xff\xfe"))], 1).unwrap_err();
         assert_eq!(e.message, "argument 0 is binary; exec tasks take JSON");
     }
 
@@ -451,23 +375,15 @@ mod tests {
              a = json.load(sys.stdin); sys.stderr.write(str(len(a[0])))",
         ]);
         let big = Value::Json(json!("y".repeat(5_000_000)));
-        let Value::Json(Json::String(s)) = run_exec(&f, &[big], 1).unwrap() else {
-            panic!("not a string")
-        };
+        let Value::Json(Json::String(s)) = run_exec(&f, &[big], 1).unwrap() else { panic!("not a string") };
         assert_eq!(s.len(), 5_000_000);
     }
 
     #[test]
     fn multiple_returns_need_an_array_of_that_length() {
-        assert_eq!(
-            run_exec(&sh("echo '[1, 2]'"), &[], 2).unwrap(),
-            Value::Json(json!([1, 2]))
-        );
+        assert_eq!(run_exec(&sh("echo '[1, 2]'"), &[], 2).unwrap(), Value::Json(json!([1, 2])));
         let e = run_exec(&sh("echo '[1, 2]'"), &[], 3).unwrap_err();
-        assert!(
-            e.message.contains("array of 3 values") && e.message.contains("has 2"),
-            "{e}"
-        );
+        assert!(e.message.contains("array of 3 values") && e.message.contains("has 2"), "{e}");
         let e = run_exec(&sh("echo 5"), &[], 2).unwrap_err();
         assert!(e.message.contains("array of 2 values"), "{e}");
     }

@@ -31,7 +31,10 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     let mut reader = stream.try_clone()?;
     let mut writer = BufWriter::with_capacity(256 * 1024, stream);
     let hello = pb::FromWorker {
-        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello { worker_id: worker_id.to_bytes(), pid: std::process::id() })),
+        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
+            worker_id: worker_id.to_bytes(),
+            pid: std::process::id(),
+        })),
     };
     frame::write_blocking(&mut writer, &hello)?;
     writer.flush()?;
