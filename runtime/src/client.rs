@@ -46,6 +46,7 @@ enum Op {
     Submit(pb::TaskSpec),
     AddRef(ObjectId),
     RemoveRef(ObjectId),
+    Cancel(pb::CancelTasks),
 }
 
 struct Ops {
@@ -595,6 +596,15 @@ impl Client {
         Ok((yes, no))
     }
 
+    /// Cancels the task that creates `r`: it never starts if it has not, and
+    /// `get` returns a `Cancelled` error. `force` kills the worker of a running
+    /// task; `recursive` also cancels the tasks it submitted. Cancelled tasks
+    /// are never retried.
+    pub async fn cancel(&self, r: &ObjectRef, force: bool, recursive: bool) -> Result<()> {
+        let c = pb::CancelTasks { object_ids: vec![r.id().to_bytes()], force, recursive };
+        self.inner.ops.send(Op::Cancel(c)).await
+    }
+
     /// Takes an extra reference on an object for this session (used when a
     /// reference is handed over from elsewhere).
     pub async fn add_ref(&self, id: ObjectId) -> Result<ObjectRef> {
@@ -618,6 +628,9 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
         let msg_kind;
         let mut count = 1u64;
         match first {
+            Op::Cancel(c) => {
+                msg_kind = pb::session_request::Kind::Cancel(c);
+            }
             Op::Submit(t) => {
                 let mut tasks = vec![t];
                 while tasks.len() < OPS_PER_MESSAGE {
@@ -638,13 +651,13 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
                 let push = |op: Op, u: &mut pb::RefUpdate| match op {
                     Op::AddRef(id) => u.add.push(id.to_bytes()),
                     Op::RemoveRef(id) => u.remove.push(id.to_bytes()),
-                    Op::Submit(_) => {}
+                    Op::Submit(_) | Op::Cancel(_) => {}
                 };
                 push(first, &mut u);
                 while (count as usize) < OPS_PER_MESSAGE {
                     match rx.try_recv() {
-                        Ok(Op::Submit(t)) => {
-                            pending = Some(Op::Submit(t));
+                        Ok(op @ (Op::Submit(_) | Op::Cancel(_))) => {
+                            pending = Some(op);
                             break;
                         }
                         Ok(op) => {

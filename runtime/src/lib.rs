@@ -22,6 +22,7 @@ pub mod http;
 pub mod ids;
 pub mod job;
 pub mod local_cluster;
+pub mod metrics;
 pub mod net;
 pub mod raylet;
 pub mod resources;

@@ -190,6 +190,8 @@ impl LocalCluster {
                 session_dir.join(format!("raylet-{i}.sock")).display().to_string(),
                 "--ready-file".into(),
                 ready_file.display().to_string(),
+                "--spill-dir".into(),
+                session_dir.join(format!("raylet-{i}-spill")).display().to_string(),
             ];
             if let Some(c) = opts.cpus_per_node {
                 args.push("--num-cpus".into());

@@ -118,6 +118,12 @@ pub struct RayletArgs {
     /// Milliseconds a task may stay infeasible before it fails.
     #[arg(long, default_value_t = 1000, env = "SHOAL_INFEASIBLE_TIMEOUT_MS")]
     pub infeasible_timeout_ms: u64,
+    /// Directory for objects spilled from a full object store.
+    #[arg(long, env = "SHOAL_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Turn spilling off: a full store then refuses new primary objects.
+    #[arg(long)]
+    pub no_spill: bool,
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -204,6 +210,11 @@ impl RayletArgs {
         cfg.pipeline_depth = self.pipeline_depth.max(1);
         cfg.infeasible_timeout = Duration::from_millis(self.infeasible_timeout_ms);
         cfg.ready_file = self.ready_file.clone();
+        if self.no_spill {
+            cfg.spill_dir = None;
+        } else if let Some(d) = &self.spill_dir {
+            cfg.spill_dir = Some(d.clone());
+        }
         Ok(cfg)
     }
 }

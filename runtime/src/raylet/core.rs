@@ -28,7 +28,7 @@ use shoal_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::TaskError;
-use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use crate::net::now_ms;
 use crate::raylet::cluster_view::ClusterView;
 use crate::raylet::events::TaskEvents;
@@ -53,11 +53,12 @@ pub(crate) enum TaskState {
     Scheduled,
     Finished,
     Failed,
+    Cancelled,
 }
 
 impl TaskState {
     fn terminal(self) -> bool {
-        matches!(self, TaskState::Finished | TaskState::Failed)
+        matches!(self, TaskState::Finished | TaskState::Failed | TaskState::Cancelled)
     }
 }
 
@@ -120,10 +121,12 @@ pub(crate) enum Lookup {
 }
 
 pub(crate) struct Session {
-    pub job_id: JobId,
     pub worker_id: Option<WorkerId>,
     seq: watch::Sender<u64>,
     refs: HashMap<ObjectId, u32>,
+    /// Tasks this session submitted that may still be running (for
+    /// recursive cancellation); pruned of finished ones as it grows.
+    submitted: Vec<TaskId>,
 }
 
 struct LocalTask {
@@ -282,11 +285,11 @@ impl Core {
     // Sessions and references
     // ------------------------------------------------------------------
 
-    pub(crate) fn open_session(&mut self, job_id: JobId, worker_id: Option<WorkerId>) -> (u64, watch::Receiver<u64>) {
+    pub(crate) fn open_session(&mut self, worker_id: Option<WorkerId>) -> (u64, watch::Receiver<u64>) {
         let id = self.next_session;
         self.next_session += 1;
         let (tx, rx) = watch::channel(0);
-        self.sessions.insert(id, Session { job_id, worker_id, seq: tx, refs: HashMap::new() });
+        self.sessions.insert(id, Session { worker_id, seq: tx, refs: HashMap::new(), submitted: Vec::new() });
         (id, rx)
     }
 
@@ -438,6 +441,11 @@ impl Core {
                             pending += 1;
                         }
                     }
+                }
+            }
+            if let Some(s) = self.sessions.get_mut(&session) {
+                if s.worker_id.is_some() {
+                    s.submitted.push(task_id);
                 }
             }
             let function = describe_function(&spec.function);
@@ -606,12 +614,16 @@ impl Core {
     }
 
     /// Marks a task failed for good and stores `err` as each return's value.
-    fn fail_task(&mut self, task_id: TaskId, mut err: TaskError) {
+    fn fail_task(&mut self, task_id: TaskId, err: TaskError) {
+        self.finish_failed(task_id, err, TaskState::Failed);
+    }
+
+    fn finish_failed(&mut self, task_id: TaskId, mut err: TaskError, state: TaskState) {
         let Some(t) = self.tasks.get_mut(&task_id) else { return };
         if t.state.terminal() {
             return;
         }
-        t.state = TaskState::Failed;
+        t.state = state;
         self.stats.tasks_failed += 1;
         if err.task_id.is_empty() {
             err.task_id = task_id.to_string();
@@ -628,7 +640,8 @@ impl Core {
             }
         }
         err.attempt = t.spec.attempt;
-        self.events.emit(task_id, pb::TaskState::TaskFailed, t.spec.attempt, t.node, None, Some(&err));
+        let ev = if state == TaskState::Cancelled { pb::TaskState::TaskCancelled } else { pb::TaskState::TaskFailed };
+        self.events.emit(task_id, ev, t.spec.attempt, t.node, None, Some(&err));
         let value = error_value(&err);
         let n = t.spec.num_returns;
         self.infeasible.remove(&task_id);
@@ -726,11 +739,24 @@ impl Core {
     /// Takes the result of an attempt of a task this raylet owns.
     pub(crate) fn apply_result(&mut self, r: pb::TaskResult) {
         let Ok(task_id) = TaskId::from_slice(&r.task_id) else { return };
-        let Some(t) = self.tasks.get_mut(&task_id) else { return };
-        if t.state.terminal() || r.attempt != t.spec.attempt {
+        let node = NodeId::from_slice(&r.node_id).ok();
+        let stale = match self.tasks.get(&task_id) {
+            None => true,
+            Some(t) => t.state.terminal() || r.attempt != t.spec.attempt,
+        };
+        if stale {
+            // Nobody will read what this attempt stored: free it where it is.
+            for ret in r.returns.iter().filter(|ret| ret.inline_value.is_none()) {
+                let Some(id) = oid(&ret.object_id) else { continue };
+                if node == Some(self.node_id) || r.node_address == self.address {
+                    self.store.delete(&id);
+                } else {
+                    self.send_peer(&r.node_address, PeerMsg::Free(id));
+                }
+            }
             return;
         }
-        let node = NodeId::from_slice(&r.node_id).ok();
+        let Some(t) = self.tasks.get_mut(&task_id) else { return };
         if let Some(err) = r.error.as_ref() {
             let mut err = TaskError::from(err);
             if err.node_id.is_empty() {
@@ -939,7 +965,7 @@ impl Core {
                 let size = r.size;
                 let attempt = spec.attempt;
                 tokio::spawn(async move {
-                    let res = inner.objects.pull(id, &locations, size).await;
+                    let res = crate::metrics::timed_transfer(inner.objects.pull(id, &locations, size)).await;
                     inner.core().arg_pulled(task_id, attempt, id, res);
                 });
             }
@@ -1264,6 +1290,7 @@ impl Core {
         let Ok(task_id) = TaskId::from_slice(&done.task_id) else { return };
         let Some(run) = self.running.remove(&task_id) else { return };
         self.stats.tasks_executed += 1;
+        crate::metrics::observe_execution(&run.function, run.start_ms, now_ms());
         let mut result = pb::TaskResult {
             task_id: done.task_id.clone(),
             attempt: run.attempt,
@@ -1353,6 +1380,87 @@ impl Core {
         self.try_dispatch();
     }
 
+    /// Cancels the tasks that create `ids` (objects this raylet owns).
+    pub(crate) fn cancel(&mut self, ids: &[Bytes], force: bool, recursive: bool) {
+        let mut tasks: Vec<TaskId> =
+            ids.iter().filter_map(|b| oid(b)).filter(|o| !o.is_put()).map(|o| o.task_id()).collect();
+        tasks.sort();
+        tasks.dedup();
+        for t in tasks {
+            self.cancel_task(t, force, recursive);
+        }
+    }
+
+    fn cancel_task(&mut self, task_id: TaskId, force: bool, recursive: bool) {
+        let Some(t) = self.tasks.get(&task_id) else { return };
+        if t.state.terminal() {
+            return;
+        }
+        let (state, node, attempt) = (t.state, t.node, t.spec.attempt);
+        if state == TaskState::Scheduled {
+            if let Some(node) = node {
+                if node == self.node_id {
+                    self.cancel_local(task_id, attempt, force, recursive);
+                } else if let Some(addr) = self.view.address(&node).map(str::to_string) {
+                    self.send_peer(
+                        &addr,
+                        PeerMsg::Cancel(pb::CancelTaskRequest {
+                            task_id: task_id.to_bytes(),
+                            attempt,
+                            force,
+                            recursive,
+                        }),
+                    );
+                }
+            }
+        }
+        let err = TaskError::new(
+            "Cancelled",
+            if force { "the task was cancelled (forced)" } else { "the task was cancelled" },
+        );
+        self.finish_failed(task_id, err, TaskState::Cancelled);
+    }
+
+    /// Stops a task this node was given: drops it from the queues, or kills
+    /// its worker when forced. Results of a cancelled task are ignored by its owner.
+    pub(crate) fn cancel_local(&mut self, task_id: TaskId, attempt: u32, force: bool, recursive: bool) {
+        if self.waiting_args.get(&task_id).is_some_and(|t| t.spec.attempt == attempt) {
+            self.waiting_args.remove(&task_id);
+        }
+        let mut removed = false;
+        for q in self.ready.values_mut() {
+            let before = q.len();
+            q.retain(|t| !(t.task_id == task_id && t.spec.attempt == attempt));
+            removed |= q.len() != before;
+        }
+        if removed {
+            self.ready.retain(|_, q| !q.is_empty());
+            self.ready_len = self.ready.values().map(VecDeque::len).sum();
+        }
+        let worker = self.running.get(&task_id).filter(|r| r.attempt == attempt).map(|r| r.worker);
+        if let Some(w) = worker {
+            if recursive {
+                let children: Vec<TaskId> = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.worker_id == Some(w))
+                    .flat_map(|s| s.submitted.iter().copied())
+                    .collect();
+                for c in children {
+                    self.cancel_task(c, force, true);
+                }
+            }
+            if force {
+                if let Some(pid) = self.workers.get(&w).map(|s| s.pid).filter(|p| *p > 0) {
+                    // SAFETY: kill(2) on a worker process this raylet tracks.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
     /// A worker's nested `get` started blocking: lend its resources out.
     pub(crate) fn worker_blocked(&mut self, w: WorkerId) {
         let Some(slot) = self.workers.get_mut(&w) else { return };
@@ -1411,6 +1519,12 @@ impl Core {
             owned_tasks: self.tasks.len() as u64,
             known_nodes: self.view.alive_count() as u32,
             spilled_back: self.stats.spilled_back,
+            spilled_bytes: s.spilled_bytes,
+            spilled_objects: s.spilled_objects,
+            spilled_total_bytes: s.spilled_total,
+            restored_total_bytes: s.restored_total,
+            evicted_objects: s.evicted,
+            infeasible_tasks: self.infeasible.len() as u32,
         }
     }
 

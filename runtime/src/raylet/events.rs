@@ -40,6 +40,7 @@ impl TaskEvents {
         first: Option<(&str, &str, NodeId)>,
         error: Option<&TaskError>,
     ) {
+        crate::metrics::observe_transition(state);
         if self.buf.len() >= MAX_BUFFERED {
             self.dropped += 1;
             return;

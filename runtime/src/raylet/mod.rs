@@ -80,6 +80,8 @@ pub struct RayletConfig {
     pub max_transfer_bytes_in_flight: u64,
     /// Where to write `{"grpc": .., "http": .., "node_id": ..}` once serving.
     pub ready_file: Option<PathBuf>,
+    /// Directory for spilled objects (`None` turns spilling off).
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl RayletConfig {
@@ -107,6 +109,7 @@ impl RayletConfig {
             transfer_chunk_bytes: 2 << 20,
             max_transfer_bytes_in_flight: 512 << 20,
             ready_file: None,
+            spill_dir: Some(std::env::temp_dir().join(format!("shoal-spill-{}", std::process::id()))),
         }
     }
 }
@@ -180,7 +183,14 @@ impl Raylet {
             .map_err(|e| Error::io(format!("cannot listen on {}", config.worker_socket.display()), e))?;
 
         let gcs = connect_gcs(&config.gcs_address, Duration::from_secs(30)).await?;
-        let store = Arc::new(object_store::ObjectStore::new(config.object_store_memory));
+        let store = Arc::new(match &config.spill_dir {
+            Some(dir) => {
+                // Files left by an earlier raylet with this directory are stale.
+                let _ = std::fs::remove_dir_all(dir);
+                object_store::ObjectStore::with_spill_dir(config.object_store_memory, dir.clone())
+            }
+            None => object_store::ObjectStore::new(config.object_store_memory),
+        });
         let inner = Arc::new_cyclic(|me| {
             let peers = Arc::new(peers::Peers::new(me.clone()));
             Inner {
@@ -213,7 +223,13 @@ impl Raylet {
         });
         tokio::spawn(workers::serve(inner.clone(), unix));
 
-        let http_address = crate::http::serve_health(&config.host, config.metrics_port, &ip).await?;
+        let http_address = crate::http::serve(
+            &config.host,
+            config.metrics_port,
+            &ip,
+            crate::http::health_routes(Some(metrics_refresh(Arc::downgrade(&inner)))),
+        )
+        .await?;
 
         register(&inner).await?;
         tokio::spawn(heartbeat_loop(inner.clone()));
@@ -252,7 +268,38 @@ impl Raylet {
             }
         }
         let _ = std::fs::remove_file(&self.inner.config.worker_socket);
+        self.inner.store.remove_spill_files();
+        if let Some(dir) = &self.inner.config.spill_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
+}
+
+/// Brings the raylet's gauges and counters up to date before each scrape.
+fn metrics_refresh(inner: std::sync::Weak<Inner>) -> crate::http::Refresh {
+    use std::sync::atomic::Ordering::Relaxed;
+    Arc::new(move || {
+        let Some(inner) = inner.upgrade() else { return };
+        let (mut stats, core_stats) = {
+            let core = inner.core();
+            (core.node_stats(), core.stats)
+        };
+        let t = &inner.objects.stats;
+        stats.pulled_bytes = t.pulled_bytes.load(Relaxed);
+        stats.served_bytes = t.served_bytes.load(Relaxed);
+        let store = inner.store.stats();
+        crate::metrics::raylet().refresh(&crate::metrics::RayletSnapshot {
+            stats,
+            tasks_submitted: core_stats.tasks_submitted,
+            tasks_failed: core_stats.tasks_failed,
+            retries: core_stats.retries,
+            workers_started: core_stats.workers_started,
+            pinned_objects: store.pinned,
+            evictions: store.evicted,
+            pulled_objects: t.pulled_objects.load(Relaxed),
+            served_objects: t.served_objects.load(Relaxed),
+        });
+    })
 }
 
 async fn register(inner: &Arc<Inner>) -> Result<(), Error> {

@@ -1,12 +1,23 @@
-//! The per-node object store: values by object id, within a byte budget.
+//! The per-node object store: values by object id, within a byte budget,
+//! spilling to local disk when memory is full.
 //!
 //! Primary copies (results of tasks that ran here, objects put here) stay
-//! pinned until their owner frees them. Secondary copies (pulled from other
-//! nodes) are evicted least-recently-used first when room is needed. A
-//! primary copy is never dropped to make room: a put that cannot fit fails
-//! with [`StoreError::Full`].
+//! until their owner frees them. Secondary copies (pulled from other nodes)
+//! are evicted least-recently-used first when room is needed. When evicting
+//! secondaries is not enough, the least recently used primaries are spilled
+//! to disk — many objects written one after another into one file per spill,
+//! never a file per small object — and read back on demand. A primary copy is
+//! never dropped to make room: when it can neither fit nor be spilled (no
+//! spill directory, disk full), the put fails with a [`StoreError`] naming
+//! the object.
+//!
+//! Disk I/O happens under the store's lock, on the caller's thread; spills
+//! are rare and batched, so this trades a pause for simplicity.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use shoal_proto::v1 as pb;
@@ -18,62 +29,107 @@ use crate::resources::human_bytes;
 /// A value that does not fit.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
-    /// Not enough room even after evicting every secondary copy.
-    #[error("object store full: {object} needs {}, {} of {} used by pinned objects", human_bytes(*.needed), human_bytes(*.pinned), human_bytes(*.capacity))]
+    /// Not enough room even after evicting every secondary copy, and nothing
+    /// can be spilled.
+    #[error("object store full: {object} needs {}, {} of {} used by pinned objects and spilling is off", human_bytes(*.needed), human_bytes(*.pinned), human_bytes(*.capacity))]
     Full {
         /// The object that did not fit.
         object: ObjectId,
         /// Its size.
         needed: u64,
-        /// Bytes held by pinned (primary) copies.
+        /// Bytes held by pinned (primary) copies in memory.
         pinned: u64,
         /// The budget.
         capacity: u64,
     },
+    /// Spilling to disk failed (disk full, permissions...).
+    #[error("object store full and spilling {object} to {dir} failed: {reason}")]
+    SpillFailed {
+        /// The object being stored.
+        object: ObjectId,
+        /// The spill directory.
+        dir: String,
+        /// The I/O error.
+        reason: String,
+    },
+}
+
+enum Place {
+    Memory(pb::ObjectValue),
+    Disk { file: u64, offset: u64, format: i32 },
 }
 
 struct Entry {
-    value: pb::ObjectValue,
+    place: Place,
+    size: u64,
     primary: bool,
-    /// Position in the LRU order (secondary copies only).
+    /// Position in the LRU order of its kind (in-memory copies only).
     tick: u64,
+}
+
+struct SpillFile {
+    path: PathBuf,
+    live: u64,
 }
 
 #[derive(Default)]
 struct Inner {
     entries: HashMap<ObjectId, Entry>,
+    /// In-memory secondary copies, least recently used first.
     lru: BTreeMap<u64, ObjectId>,
+    /// In-memory primary copies, least recently used first (spill candidates).
+    primary_lru: BTreeMap<u64, ObjectId>,
     next_tick: u64,
     used: u64,
     pinned: u64,
     evicted: u64,
+    spilled_bytes: u64,
+    spilled_objects: u64,
+    spilled_total: u64,
+    restored_total: u64,
+    files: HashMap<u64, SpillFile>,
+    next_file: u64,
 }
 
 /// A snapshot of the store's use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Bytes held.
+    /// Bytes held in memory.
     pub used: u64,
     /// Byte budget.
     pub capacity: u64,
-    /// Objects held.
+    /// Objects held (in memory or spilled).
     pub count: u64,
-    /// Bytes held by primary copies.
+    /// Bytes held by primary copies in memory.
     pub pinned: u64,
     /// Secondary copies evicted so far.
     pub evicted: u64,
+    /// Bytes currently spilled to disk.
+    pub spilled_bytes: u64,
+    /// Objects currently spilled to disk.
+    pub spilled_objects: u64,
+    /// Bytes ever spilled.
+    pub spilled_total: u64,
+    /// Bytes ever read back from disk.
+    pub restored_total: u64,
 }
 
 /// The object store of one raylet. All methods take `&self`.
 pub struct ObjectStore {
     inner: Mutex<Inner>,
     capacity: u64,
+    spill_dir: Option<PathBuf>,
 }
 
 impl ObjectStore {
-    /// An empty store holding at most `capacity` bytes.
+    /// An empty store holding at most `capacity` bytes in memory, with no spilling.
     pub fn new(capacity: u64) -> Self {
-        ObjectStore { inner: Mutex::new(Inner::default()), capacity }
+        ObjectStore { inner: Mutex::new(Inner::default()), capacity, spill_dir: None }
+    }
+
+    /// An empty store that spills primaries into files under `dir`.
+    pub fn with_spill_dir(capacity: u64, dir: PathBuf) -> Self {
+        ObjectStore { inner: Mutex::new(Inner::default()), capacity, spill_dir: Some(dir) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -84,79 +140,248 @@ impl ObjectStore {
     /// when asked and otherwise keeps the existing copy.
     pub fn put(&self, id: ObjectId, value: pb::ObjectValue, primary: bool) -> Result<(), StoreError> {
         let size = value.data.len() as u64;
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         if let Some(e) = st.entries.get_mut(&id) {
             if primary && !e.primary {
                 e.primary = true;
-                let tick = e.tick;
-                st.lru.remove(&tick);
-                st.pinned += size;
+                if matches!(e.place, Place::Memory(_)) {
+                    st.lru.remove(&e.tick);
+                    st.primary_lru.insert(e.tick, id);
+                    st.pinned += e.size;
+                }
             }
             return Ok(());
         }
-        if size > self.capacity.saturating_sub(st.pinned) {
+        if size > self.capacity {
+            // Larger than the whole budget: a primary goes straight to disk.
+            if primary && self.spill_dir.is_some() {
+                let (file, offsets) =
+                    self.write_spill_file(st, &[(id, &value)]).map_err(|reason| self.spill_error(id, reason))?;
+                st.entries.insert(
+                    id,
+                    Entry {
+                        place: Place::Disk { file, offset: offsets[0], format: value.format },
+                        size,
+                        primary,
+                        tick: 0,
+                    },
+                );
+                st.spilled_bytes += size;
+                st.spilled_objects += 1;
+                st.spilled_total += size;
+                return Ok(());
+            }
             return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
         }
-        while st.used + size > self.capacity {
-            let Some((&tick, &victim)) = st.lru.iter().next() else { break };
-            st.lru.remove(&tick);
-            if let Some(e) = st.entries.remove(&victim) {
-                st.used -= e.value.data.len() as u64;
-                st.evicted += 1;
-            }
-        }
+        self.make_room(st, id, size, primary)?;
         let tick = st.next_tick;
         st.next_tick += 1;
         if primary {
             st.pinned += size;
+            st.primary_lru.insert(tick, id);
         } else {
             st.lru.insert(tick, id);
         }
         st.used += size;
-        st.entries.insert(id, Entry { value, primary, tick });
+        st.entries.insert(id, Entry { place: Place::Memory(value), size, primary, tick });
         Ok(())
     }
 
-    /// The value, marking it recently used.
-    pub fn get(&self, id: &ObjectId) -> Option<pb::ObjectValue> {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let e = st.entries.get_mut(id)?;
-        if !e.primary {
-            st.lru.remove(&e.tick);
-            e.tick = st.next_tick;
-            st.next_tick += 1;
-            st.lru.insert(e.tick, *id);
-        }
-        Some(e.value.clone())
+    fn spill_error(&self, object: ObjectId, reason: String) -> StoreError {
+        let dir = self.spill_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+        StoreError::SpillFailed { object, dir, reason }
     }
 
-    /// Whether a copy is here.
+    /// Evicts secondaries, then spills primaries, until `size` more bytes fit.
+    fn make_room(&self, st: &mut Inner, id: ObjectId, size: u64, primary: bool) -> Result<(), StoreError> {
+        while st.used + size > self.capacity {
+            let Some((&tick, &victim)) = st.lru.iter().next() else { break };
+            st.lru.remove(&tick);
+            if let Some(e) = st.entries.remove(&victim) {
+                st.used -= e.size;
+                st.evicted += 1;
+            }
+        }
+        if st.used + size <= self.capacity {
+            return Ok(());
+        }
+        if self.spill_dir.is_none() || !primary && st.primary_lru.is_empty() {
+            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
+        }
+        // Spill a batch: enough for this object plus an eighth of the budget of
+        // headroom, so that a stream of puts does not spill once per put.
+        let target = (st.used + size).saturating_sub(self.capacity) + self.capacity / 8;
+        let mut batch: Vec<ObjectId> = Vec::new();
+        let mut freed = 0u64;
+        for (_, oid) in st.primary_lru.iter() {
+            if freed >= target {
+                break;
+            }
+            if let Some(e) = st.entries.get(oid) {
+                freed += e.size;
+                batch.push(*oid);
+            }
+        }
+        if batch.is_empty() {
+            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
+        }
+        let values: Vec<(ObjectId, pb::ObjectValue)> = batch
+            .iter()
+            .filter_map(|o| match st.entries.get(o).map(|e| &e.place) {
+                Some(Place::Memory(v)) => Some((*o, v.clone())),
+                _ => None,
+            })
+            .collect();
+        let refs: Vec<(ObjectId, &pb::ObjectValue)> = values.iter().map(|(o, v)| (*o, v)).collect();
+        let (file, offsets) = self.write_spill_file(st, &refs).map_err(|reason| self.spill_error(id, reason))?;
+        for ((oid, v), offset) in values.iter().zip(offsets) {
+            if let Some(e) = st.entries.get_mut(oid) {
+                st.primary_lru.remove(&e.tick);
+                e.place = Place::Disk { file, offset, format: v.format };
+                st.used -= e.size;
+                st.pinned -= e.size;
+                st.spilled_bytes += e.size;
+                st.spilled_objects += 1;
+                st.spilled_total += e.size;
+            }
+        }
+        tracing::debug!(objects = values.len(), bytes = freed, "spilled primary copies to disk");
+        if st.used + size > self.capacity {
+            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    /// Writes objects one after another into a new spill file.
+    fn write_spill_file(
+        &self,
+        st: &mut Inner,
+        objects: &[(ObjectId, &pb::ObjectValue)],
+    ) -> Result<(u64, Vec<u64>), String> {
+        let dir = self.spill_dir.as_ref().ok_or("spilling is off")?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let n = st.next_file;
+        st.next_file += 1;
+        let path = dir.join(format!("spill-{n:06}.bin"));
+        let result = (|| -> std::io::Result<(u64, Vec<u64>)> {
+            let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+            let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
+            let mut offsets = Vec::with_capacity(objects.len());
+            let mut off = 0u64;
+            let mut live = 0u64;
+            for (_, v) in objects {
+                offsets.push(off);
+                w.write_all(&v.data)?;
+                off += v.data.len() as u64;
+                live += v.data.len() as u64;
+            }
+            w.flush()?;
+            Ok((live, offsets))
+        })();
+        match result {
+            Ok((live, offsets)) => {
+                st.files.insert(n, SpillFile { path, live });
+                Ok((n, offsets))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn read_spilled(&self, st: &Inner, file: u64, offset: u64, size: u64) -> Option<Vec<u8>> {
+        let f = st.files.get(&file)?;
+        let mut h = File::open(&f.path).ok()?;
+        h.seek(SeekFrom::Start(offset)).ok()?;
+        let mut buf = vec![0u8; size as usize];
+        h.read_exact(&mut buf).ok()?;
+        Some(buf)
+    }
+
+    /// The value, marking it recently used; a spilled value is read back
+    /// from disk (and kept in memory again when it fits without spilling).
+    pub fn get(&self, id: &ObjectId) -> Option<pb::ObjectValue> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let e = st.entries.get(id)?;
+        let (file, offset, format, size, primary) = match &e.place {
+            Place::Memory(v) => {
+                let v = v.clone();
+                let (old, primary) = (e.tick, e.primary);
+                let tick = st.next_tick;
+                st.next_tick += 1;
+                if primary {
+                    st.primary_lru.remove(&old);
+                    st.primary_lru.insert(tick, *id);
+                } else {
+                    st.lru.remove(&old);
+                    st.lru.insert(tick, *id);
+                }
+                if let Some(e) = st.entries.get_mut(id) {
+                    e.tick = tick;
+                }
+                return Some(v);
+            }
+            Place::Disk { file, offset, format } => (*file, *offset, *format, e.size, e.primary),
+        };
+        let data = self.read_spilled(st, file, offset, size)?;
+        st.restored_total += size;
+        let value = pb::ObjectValue { format, data: bytes::Bytes::from(data) };
+        // Bring it back into memory if that needs no further spilling.
+        let fits = st.used + size <= self.capacity;
+        if fits {
+            let tick = st.next_tick;
+            st.next_tick += 1;
+            if let Some(e) = st.entries.get_mut(id) {
+                e.place = Place::Memory(value.clone());
+                e.tick = tick;
+            }
+            release_spilled(st, file, size);
+            st.spilled_objects -= 1;
+            st.used += size;
+            if primary {
+                st.pinned += size;
+                st.primary_lru.insert(tick, *id);
+            } else {
+                st.lru.insert(tick, *id);
+            }
+        }
+        Some(value)
+    }
+
+    /// Whether a copy is here (in memory or spilled).
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.lock().entries.contains_key(id)
     }
 
     /// Size of the copy held here.
     pub fn size_of(&self, id: &ObjectId) -> Option<u64> {
-        self.lock().entries.get(id).map(|e| e.value.data.len() as u64)
+        self.lock().entries.get(id).map(|e| e.size)
     }
 
     /// Drops the copy held here, if any.
     pub fn delete(&self, id: &ObjectId) -> bool {
-        let mut st = self.lock();
-        match st.entries.remove(id) {
-            Some(e) => {
-                let size = e.value.data.len() as u64;
-                st.used -= size;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(e) = st.entries.remove(id) else { return false };
+        match e.place {
+            Place::Memory(_) => {
+                st.used -= e.size;
                 if e.primary {
-                    st.pinned -= size;
+                    st.pinned -= e.size;
+                    st.primary_lru.remove(&e.tick);
                 } else {
                     st.lru.remove(&e.tick);
                 }
-                true
             }
-            None => false,
+            Place::Disk { file, .. } => {
+                release_spilled(st, file, e.size);
+                st.spilled_objects -= 1;
+            }
         }
+        true
     }
 
     /// Current use.
@@ -168,6 +393,34 @@ impl ObjectStore {
             count: st.entries.len() as u64,
             pinned: st.pinned,
             evicted: st.evicted,
+            spilled_bytes: st.spilled_bytes,
+            spilled_objects: st.spilled_objects,
+            spilled_total: st.spilled_total,
+            restored_total: st.restored_total,
+        }
+    }
+
+    /// Removes every spill file (the raylet is stopping).
+    pub fn remove_spill_files(&self) {
+        let mut st = self.lock();
+        for (_, f) in st.files.drain() {
+            let _ = std::fs::remove_file(&f.path);
+        }
+    }
+}
+
+fn release_spilled(st: &mut Inner, file: u64, size: u64) {
+    st.spilled_bytes -= size;
+    let empty = match st.files.get_mut(&file) {
+        Some(f) => {
+            f.live = f.live.saturating_sub(size);
+            f.live == 0
+        }
+        None => false,
+    };
+    if empty {
+        if let Some(f) = st.files.remove(&file) {
+            let _ = std::fs::remove_file(&f.path);
         }
     }
 }
@@ -177,8 +430,8 @@ mod tests {
     use super::*;
     use crate::ids::{JobId, TaskId};
 
-    fn val(n: usize) -> pb::ObjectValue {
-        pb::ObjectValue { format: pb::Format::Raw as i32, data: bytes::Bytes::from(vec![7u8; n]) }
+    fn val(n: usize, b: u8) -> pb::ObjectValue {
+        pb::ObjectValue { format: pb::Format::Raw as i32, data: bytes::Bytes::from(vec![b; n]) }
     }
 
     #[test]
@@ -186,23 +439,68 @@ mod tests {
         let store = ObjectStore::new(100);
         let t = TaskId::random(JobId(1));
         let (a, b, c, d) = (t.return_id(0), t.return_id(1), t.return_id(2), t.return_id(3));
-        store.put(a, val(40), true).unwrap();
-        store.put(b, val(30), false).unwrap();
-        store.put(c, val(30), false).unwrap();
+        store.put(a, val(40, 1), true).unwrap();
+        store.put(b, val(30, 2), false).unwrap();
+        store.put(c, val(30, 3), false).unwrap();
         // Touch b so c is the least recently used.
         assert!(store.get(&b).is_some());
-        store.put(d, val(30), false).unwrap();
+        store.put(d, val(30, 4), false).unwrap();
         assert!(store.contains(&a));
         assert!(store.contains(&b));
         assert!(!store.contains(&c));
         assert!(store.contains(&d));
         assert_eq!(store.stats().evicted, 1);
-        // A primary that cannot fit beside the pinned bytes is refused.
-        let e = store.put(t.return_id(4), val(70), true).unwrap_err();
+        // Without a spill directory, a primary that cannot fit is refused.
+        let e = store.put(t.return_id(4), val(70, 5), true).unwrap_err();
         assert!(e.to_string().contains("object store full"));
         assert!(store.delete(&a));
         assert_eq!(store.stats().pinned, 0);
-        store.put(t.return_id(4), val(70), true).unwrap();
+        store.put(t.return_id(4), val(70, 5), true).unwrap();
         assert_eq!(store.stats().used, 70);
+    }
+
+    #[test]
+    fn primaries_spill_in_batches_and_read_back_intact() {
+        let dir = std::env::temp_dir().join(format!("shoal-spill-test-{}", fastrand::u64(..)));
+        let store = ObjectStore::with_spill_dir(1000, dir.clone());
+        let t = TaskId::random(JobId(1));
+        // Three times the budget, in 100-byte objects.
+        for i in 0..30u32 {
+            store.put(t.return_id(i), val(100, i as u8), true).unwrap();
+        }
+        let s = store.stats();
+        assert!(s.used <= 1000);
+        assert!(s.spilled_objects >= 20);
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert!(files < 10, "spills are batched: {files} files for {} objects", s.spilled_objects);
+        for i in 0..30u32 {
+            let v = store.get(&t.return_id(i)).unwrap();
+            assert_eq!(v.data.len(), 100);
+            assert!(v.data.iter().all(|b| *b == i as u8), "object {i} came back intact");
+        }
+        assert!(store.stats().restored_total >= 2000);
+        for i in 0..30u32 {
+            assert!(store.delete(&t.return_id(i)));
+        }
+        let s = store.stats();
+        assert_eq!((s.used, s.spilled_bytes, s.count), (0, 0, 0));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "empty spill files are removed");
+        // An object larger than the whole budget goes straight to disk.
+        store.put(t.return_id(99), val(5000, 9), true).unwrap();
+        assert_eq!(store.get(&t.return_id(99)).unwrap().data.len(), 5000);
+        store.remove_spill_files();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_spill_that_cannot_write_is_a_clear_error() {
+        let store = ObjectStore::with_spill_dir(100, PathBuf::from("/proc/shoal-cannot-write-here"));
+        let t = TaskId::random(JobId(1));
+        store.put(t.return_id(0), val(80, 1), true).unwrap();
+        let e = store.put(t.return_id(1), val(80, 2), true).unwrap_err();
+        assert!(matches!(e, StoreError::SpillFailed { .. }), "{e}");
+        assert!(e.to_string().contains("spilling"));
+        // Nothing was lost.
+        assert_eq!(store.get(&t.return_id(0)).unwrap().data.len(), 80);
     }
 }

@@ -27,6 +27,7 @@ pub(crate) enum PeerMsg {
     Execute(pb::TaskSpec),
     Result(pb::TaskResult),
     Free(crate::ids::ObjectId),
+    Cancel(pb::CancelTaskRequest),
 }
 
 struct Peer {
@@ -96,6 +97,7 @@ async fn run_outbox(
     let mut execute = Vec::new();
     let mut results = Vec::new();
     let mut frees = Vec::new();
+    let mut cancels = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(m) = next.take() {
@@ -103,6 +105,7 @@ async fn run_outbox(
                 PeerMsg::Execute(t) => execute.push(t),
                 PeerMsg::Result(r) => results.push(r),
                 PeerMsg::Free(id) => frees.push(id.to_bytes()),
+                PeerMsg::Cancel(c) => cancels.push(c),
             }
             if execute.len() + results.len() + frees.len() >= BATCH {
                 break;
@@ -149,6 +152,11 @@ async fn run_outbox(
                         tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
                     }
                 }
+            }
+        }
+        for c in cancels.drain(..) {
+            if let Err(status) = client.cancel_task(c).await {
+                tracing::debug!(peer = %addr, error = %status.message(), "cancelling a task failed");
             }
         }
         if !frees.is_empty() {

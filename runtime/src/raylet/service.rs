@@ -11,7 +11,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::TaskError;
-use crate::ids::{JobId, ObjectId, WorkerId};
+use crate::ids::{ObjectId, WorkerId};
 use crate::raylet::core::Lookup;
 use crate::raylet::Inner;
 use crate::value::error_value;
@@ -120,7 +120,7 @@ impl RayletService {
         if let Some(v) = self.inner.store.get(&id) {
             return v;
         }
-        match self.inner.objects.pull(id, locations, size).await {
+        match crate::metrics::timed_transfer(self.inner.objects.pull(id, locations, size)).await {
             Ok(()) => {
                 if owned {
                     self.inner.core().add_copy_here(id);
@@ -207,7 +207,7 @@ impl pb::raylet_server::Raylet for RayletService {
         };
         let session = {
             let mut core = self.inner.core();
-            let (id, _) = core.open_session(JobId(job_id), worker_id);
+            let (id, _) = core.open_session(worker_id);
             core.mark_applied(id, first.seq);
             id
         };
@@ -232,6 +232,10 @@ impl pb::raylet_server::Raylet for RayletService {
                                 Some(pb::session_request::Kind::Submit(s)) => core.submit(session, s.tasks),
                                 Some(pb::session_request::Kind::Refs(r)) => {
                                     core.update_refs(session, &r.add, &r.remove);
+                                    Vec::new()
+                                }
+                                Some(pb::session_request::Kind::Cancel(c)) => {
+                                    core.cancel(&c.object_ids, c.force, c.recursive);
                                     Vec::new()
                                 }
                                 Some(pb::session_request::Kind::Open(_)) => {
@@ -470,6 +474,13 @@ impl pb::raylet_server::Raylet for RayletService {
             }
         }
         Ok(Response::new(pb::FreeObjectsReply {}))
+    }
+
+    async fn cancel_task(&self, req: Request<pb::CancelTaskRequest>) -> Result<Response<pb::CancelTaskReply>, Status> {
+        let r = req.into_inner();
+        let id = crate::ids::TaskId::from_slice(&r.task_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.inner.core().cancel_local(id, r.attempt, r.force, r.recursive);
+        Ok(Response::new(pb::CancelTaskReply {}))
     }
 
     async fn node_stats(&self, _req: Request<pb::NodeStatsRequest>) -> Result<Response<pb::NodeStatsReply>, Status> {
