@@ -546,7 +546,16 @@ impl Client {
             refs: refs.iter().map(ObjectRef::to_pb).collect(),
             timeout_ms: timeout.map(|t| t.as_millis().max(1) as u64).unwrap_or(0),
         };
-        let reply = raylet.get_objects(req).await.map_err(|s| Error::rpc("get", s))?.into_inner();
+        let reply = match raylet.get_objects(req).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if owner_gone(&s) => {
+                // The raylet that owns these objects is unreachable: a `put`
+                // value had its only copy there and is lost; a task's result
+                // has lost its owner.
+                return Ok(refs.iter().map(|r| Err(Error::Task(owner_gone_error(r, &s)))).collect());
+            }
+            Err(s) => return Err(Error::rpc("get", s)),
+        };
         Ok(reply
             .results
             .into_iter()
@@ -674,6 +683,19 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
         if stream.send(pb::SessionRequest { seq: sent, kind: Some(msg_kind) }).await.is_err() {
             return;
         }
+    }
+}
+
+fn owner_gone(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+}
+
+fn owner_gone_error(r: &ObjectRef, s: &tonic::Status) -> TaskError {
+    let why = format!("its owner {} is unreachable: {}", r.owner(), s.message());
+    if r.id().is_put() {
+        TaskError::new("ObjectLost", format!("put object {} is lost ({why}); put objects cannot be rebuilt", r.id()))
+    } else {
+        TaskError::new("OwnerDied", format!("object {}: {why}", r.id()))
     }
 }
 

@@ -270,6 +270,12 @@ impl LocalCluster {
         self.children.iter().map(|c| c.id()).collect()
     }
 
+    /// Process ids of the workers raylet `i` started.
+    pub fn worker_pids(&self, i: usize) -> Vec<u32> {
+        let Some(raylet) = self.raylets.get(i) else { return Vec::new() };
+        children_of(raylet.pid)
+    }
+
     /// Sends SIGKILL to raylet `i` (for fault tests).
     pub fn kill_raylet(&mut self, i: usize) {
         if let Some(c) = self.children.get_mut(i + 1) {
@@ -283,6 +289,21 @@ impl LocalCluster {
         let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, Duration::from_secs(5)).await?;
         Ok(gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("nodes", s))?.into_inner().nodes)
     }
+}
+
+/// Process ids whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
 }
 
 impl Drop for LocalCluster {

@@ -47,9 +47,15 @@ pub struct HeadArgs {
     /// Milliseconds without a heartbeat after which a raylet is declared dead.
     #[arg(long, default_value_t = 3000, env = "SHOAL_HEALTH_TIMEOUT_MS")]
     pub health_timeout_ms: u64,
-    /// File holding the bearer token the REST API requires.
+    /// File holding the bearer token the REST API requires (or set SHOAL_TOKEN).
     #[arg(long, env = "SHOAL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Most tasks the state API remembers (oldest finished are forgotten first).
+    #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_CAPACITY, env = "SHOAL_TASK_HISTORY")]
+    pub task_history: usize,
+    /// Largest REST request body in bytes (413 beyond).
+    #[arg(long, default_value_t = shoal::rest::DEFAULT_MAX_BODY_BYTES, env = "SHOAL_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -124,6 +130,9 @@ pub struct RayletArgs {
     /// Turn spilling off: a full store then refuses new primary objects.
     #[arg(long)]
     pub no_spill: bool,
+    /// Finished tasks kept to rebuild lost objects (lineage); older lineage is dropped.
+    #[arg(long, default_value_t = 100_000, env = "SHOAL_MAX_LINEAGE_TASKS")]
+    pub max_lineage_tasks: usize,
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -210,6 +219,7 @@ impl RayletArgs {
         cfg.pipeline_depth = self.pipeline_depth.max(1);
         cfg.infeasible_timeout = Duration::from_millis(self.infeasible_timeout_ms);
         cfg.ready_file = self.ready_file.clone();
+        cfg.max_lineage_tasks = self.max_lineage_tasks;
         if self.no_spill {
             cfg.spill_dir = None;
         } else if let Some(d) = &self.spill_dir {
@@ -227,10 +237,24 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
         http_port: 0,
         gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
         ready_file: a.ready_file,
+        rest: Default::default(),
     };
     let _head = shoal::head::start(cfg, false).await?;
     shutdown_signal().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The REST token: the file's content when given, else `SHOAL_TOKEN`; none when both are unset.
+fn head_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?,
+        None => std::env::var("SHOAL_TOKEN").unwrap_or_default(),
+    };
+    let token = token.trim().to_string();
+    if file.is_some() && token.is_empty() {
+        bail!("the token file is empty");
+    }
+    Ok((!token.is_empty()).then_some(token))
 }
 
 /// `shoal head`.
@@ -239,8 +263,13 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
         host: a.host,
         gcs_port: a.gcs_port,
         http_port: a.port,
-        gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
+        gcs: GcsConfig {
+            health_timeout: Duration::from_millis(a.health_timeout_ms),
+            task_history: a.task_history,
+            ..Default::default()
+        },
         ready_file: a.ready_file,
+        rest: shoal::rest::RestConfig { token: head_token(a.token_file.as_deref())?, max_body_bytes: a.max_body_bytes },
     };
     let _head = shoal::head::start(cfg, true).await?;
     shutdown_signal().await;
@@ -285,13 +314,14 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let mut cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
     println!("shoal local cluster up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     println!("  GCS:       {}", cluster.gcs_address);
-    println!("  HTTP:      http://{}  (metrics, health)", cluster.http_address);
+    println!("  REST API:  http://{}  (jobs, state API, /metrics, /openapi.json)", cluster.http_address);
     for (i, r) in cluster.raylets.iter().enumerate() {
         println!("  raylet {i}:  {}  node {}  metrics http://{}", r.address, r.node_id, r.http_address);
     }
     println!("  logs:      {}", cluster.session_dir.join("logs").display());
     println!();
-    println!("Connect a client with SHOAL_ADDRESS={}. Press Ctrl-C to stop.", cluster.raylets[0].address);
+    println!("Submit jobs with SHOAL_API=http://{} shoal submit JOB.yaml", cluster.http_address);
+    println!("Connect a Rust client with SHOAL_ADDRESS={}. Press Ctrl-C to stop.", cluster.raylets[0].address);
     shutdown_signal().await;
     println!("stopping...");
     cluster.stop();

@@ -70,7 +70,22 @@ struct OwnedTask {
     node: Option<NodeId>,
     avoid: Option<NodeId>,
     live_returns: u32,
-    args_released: bool,
+    /// What the task's by-reference arguments are held by.
+    arg_hold: ArgHold,
+    /// The spec's arguments were dropped to bound lineage memory: its
+    /// objects can no longer be rebuilt.
+    lineage_evicted: bool,
+}
+
+/// How a task holds its by-reference arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ArgHold {
+    /// It needs their values (pending, running, or being rebuilt).
+    Task,
+    /// It finished; it keeps them only to be re-run if its results are lost.
+    Lineage,
+    /// Released.
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +93,9 @@ enum ObjState {
     Pending,
     Ready,
     Failed,
+    /// The value was freed (nobody reads it), but a retained downstream
+    /// task may need it rebuilt from its lineage.
+    Lineage,
 }
 
 struct OwnedObject {
@@ -88,6 +106,8 @@ struct OwnedObject {
     copies: Vec<NodeId>,
     refs: u32,
     task_refs: u32,
+    /// Finished tasks whose lineage names this object as an argument.
+    lineage_refs: u32,
     dependents: Vec<TaskId>,
     waiters: Vec<mpsc::Sender<ObjectId>>,
 }
@@ -102,6 +122,7 @@ impl OwnedObject {
             copies: Vec::new(),
             refs: 0,
             task_refs: 0,
+            lineage_refs: 0,
             dependents: Vec::new(),
             waiters: Vec::new(),
         }
@@ -167,6 +188,7 @@ pub(crate) struct CoreStats {
     pub tasks_failed: u64,
     pub retries: u64,
     pub workers_started: u64,
+    pub reconstructions: u64,
 }
 
 pub(crate) struct Core {
@@ -182,6 +204,8 @@ pub(crate) struct Core {
     sessions: HashMap<u64, Session>,
     next_session: u64,
     infeasible: HashMap<TaskId, Instant>,
+    /// Finished tasks kept for lineage, oldest first.
+    lineage: VecDeque<TaskId>,
 
     pub view: ClusterView,
     spread_cursor: usize,
@@ -256,6 +280,7 @@ impl Core {
             sessions: HashMap::new(),
             next_session: 1,
             infeasible: HashMap::new(),
+            lineage: VecDeque::new(),
             view: ClusterView::default(),
             spread_cursor: 0,
             waiting_args: HashMap::new(),
@@ -467,7 +492,8 @@ impl Core {
                     node: None,
                     avoid: None,
                     live_returns: num_returns,
-                    args_released: false,
+                    arg_hold: ArgHold::Task,
+                    lineage_evicted: false,
                 },
             );
             if let Some(e) = problem {
@@ -518,8 +544,16 @@ impl Core {
                 self.fail_task(task_id, e);
                 return;
             };
+            let state = o.state;
+            if state == ObjState::Lineage {
+                if let Err(e) = self.reconstruct(id) {
+                    self.fail_task(task_id, e);
+                    return;
+                }
+            }
+            let Some(o) = self.objects.get(&id) else { return };
             match o.state {
-                ObjState::Pending => {
+                ObjState::Pending | ObjState::Lineage => {
                     // Not ready after all (its producer is being retried): wait again.
                     if let Some(t) = self.tasks.get_mut(&task_id) {
                         t.state = TaskState::PendingArgs;
@@ -672,68 +706,254 @@ impl Core {
         }
     }
 
-    fn release_args(&mut self, task_id: TaskId) {
-        let Some(t) = self.tasks.get_mut(&task_id) else { return };
-        if t.args_released {
-            return;
-        }
-        t.args_released = true;
-        let ids: Vec<ObjectId> = t
-            .spec
-            .args
+    fn arg_ids(spec: &pb::TaskSpec) -> Vec<ObjectId> {
+        spec.args
             .iter()
             .filter_map(|a| match &a.kind {
                 Some(pb::arg::Kind::ObjectRef(r)) => oid(&r.object_id),
                 _ => None,
             })
-            .collect();
-        for id in ids {
-            if let Some(o) = self.objects.get_mut(&id) {
-                o.task_refs = o.task_refs.saturating_sub(1);
-            }
-            self.maybe_free(id);
+            .collect()
+    }
+
+    /// Drops whatever hold a task has on its arguments.
+    fn release_args(&mut self, task_id: TaskId) {
+        let mut work = Vec::new();
+        self.release_args_into(task_id, &mut work);
+        self.free_all(work);
+    }
+
+    fn release_args_into(&mut self, task_id: TaskId, work: &mut Vec<ObjectId>) {
+        let Some(t) = self.tasks.get_mut(&task_id) else { return };
+        let hold = std::mem::replace(&mut t.arg_hold, ArgHold::None);
+        if hold == ArgHold::None {
+            return;
         }
+        for id in Self::arg_ids(&t.spec) {
+            if let Some(o) = self.objects.get_mut(&id) {
+                match hold {
+                    ArgHold::Task => o.task_refs = o.task_refs.saturating_sub(1),
+                    ArgHold::Lineage => o.lineage_refs = o.lineage_refs.saturating_sub(1),
+                    ArgHold::None => {}
+                }
+            }
+            work.push(id);
+        }
+    }
+
+    /// A task finished: it no longer needs its arguments' values, only
+    /// their lineage in case its own results are lost.
+    fn args_to_lineage(&mut self, task_id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&task_id) else { return };
+        if t.arg_hold != ArgHold::Task {
+            return;
+        }
+        t.arg_hold = ArgHold::Lineage;
+        let ids = Self::arg_ids(&t.spec);
+        for id in &ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                o.task_refs = o.task_refs.saturating_sub(1);
+                o.lineage_refs += 1;
+            }
+        }
+        self.lineage.push_back(task_id);
+        self.free_all(ids);
+        self.bound_lineage();
+    }
+
+    /// Evicts the oldest lineage beyond the configured bound.
+    fn bound_lineage(&mut self) {
+        let mut work = Vec::new();
+        while self.lineage.len() > self.config.max_lineage_tasks {
+            let Some(old) = self.lineage.pop_front() else { break };
+            let Some(t) = self.tasks.get(&old) else { continue };
+            if t.arg_hold != ArgHold::Lineage {
+                continue;
+            }
+            self.release_args_into(old, &mut work);
+            if let Some(t) = self.tasks.get_mut(&old) {
+                t.lineage_evicted = true;
+                t.spec.args.clear();
+            }
+        }
+        self.free_all(work);
     }
 
     /// Frees an object everywhere once nothing refers to it any more.
     fn maybe_free(&mut self, id: ObjectId) {
+        self.free_all(vec![id]);
+    }
+
+    /// Frees objects iteratively: dropping a task releases its arguments,
+    /// which may free them and drop their own creators, and so on.
+    fn free_all(&mut self, mut work: Vec<ObjectId>) {
+        while let Some(id) = work.pop() {
+            self.free_one(id, &mut work);
+        }
+    }
+
+    fn free_one(&mut self, id: ObjectId, work: &mut Vec<ObjectId>) {
         let Some(o) = self.objects.get(&id) else { return };
         if o.refs > 0 || o.task_refs > 0 || o.state == ObjState::Pending {
             return;
         }
-        let Some(o) = self.objects.remove(&id) else { return };
-        let mut nodes = o.locations;
-        for c in o.copies {
+        let creator = id.task_id();
+        let rebuildable = !id.is_put() && self.tasks.get(&creator).is_some_and(|t| !t.lineage_evicted);
+        let keep_lineage = o.lineage_refs > 0 && rebuildable && matches!(o.state, ObjState::Ready | ObjState::Lineage);
+        if o.state == ObjState::Lineage && keep_lineage {
+            return;
+        }
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        let mut nodes = std::mem::take(&mut o.locations);
+        for c in std::mem::take(&mut o.copies) {
             if !nodes.contains(&c) {
                 nodes.push(c);
             }
         }
+        if keep_lineage {
+            o.state = ObjState::Lineage;
+            o.inline = None;
+        } else {
+            self.objects.remove(&id);
+        }
         for n in nodes {
             if n == self.node_id {
-                self.store.delete(&id);
-            } else if let Some(addr) = self.view.address(&n).map(str::to_string) {
+                continue;
+            }
+            if let Some(addr) = self.view.address(&n).map(str::to_string) {
                 if self.view.is_alive(&n) {
                     self.send_peer(&addr, PeerMsg::Free(id));
                 }
             }
         }
-        // Objects pulled here as secondary copies (by `get`) go too.
+        // The primary here, or a secondary copy a `get` pulled here.
         self.store.delete(&id);
-        if !id.is_put() {
-            let task_id = id.task_id();
-            if let Some(t) = self.tasks.get_mut(&task_id) {
-                t.live_returns = t.live_returns.saturating_sub(1);
+        if keep_lineage || id.is_put() {
+            return;
+        }
+        if let Some(t) = self.tasks.get_mut(&creator) {
+            t.live_returns = t.live_returns.saturating_sub(1);
+            if t.state.terminal() && t.live_returns == 0 {
+                self.release_args_into(creator, work);
+                self.tasks.remove(&creator);
             }
-            self.maybe_drop_task(task_id);
         }
     }
 
     fn maybe_drop_task(&mut self, task_id: TaskId) {
         if let Some(t) = self.tasks.get(&task_id) {
             if t.state.terminal() && t.live_returns == 0 {
+                let mut work = Vec::new();
+                self.release_args_into(task_id, &mut work);
                 self.tasks.remove(&task_id);
+                self.free_all(work);
             }
         }
+    }
+
+    /// Re-runs the task that created `id` because every copy of it was lost,
+    /// rebuilding its own lost arguments first (lineage reconstruction).
+    fn reconstruct(&mut self, id: ObjectId) -> Result<(), TaskError> {
+        if id.is_put() {
+            return Err(TaskError::new(
+                "ObjectLost",
+                format!("object {id} was made by `put` and every copy is lost; it cannot be rebuilt"),
+            ));
+        }
+        let creator = id.task_id();
+        let Some(t) = self.tasks.get_mut(&creator) else {
+            return Err(TaskError::new(
+                "ObjectLost",
+                format!("object {id} is lost and the task that made it is no longer known"),
+            ));
+        };
+        if t.lineage_evicted {
+            return Err(TaskError::new(
+                "ObjectLost",
+                format!(
+                    "object {id} is lost and its lineage was evicted to bound memory (raise --max-lineage-tasks to keep more)"
+                ),
+            ));
+        }
+        if !t.state.terminal() {
+            // Already being (re)computed.
+            return Ok(());
+        }
+        if t.state != TaskState::Finished {
+            return Err(TaskError::new("ObjectLost", format!("object {id} is lost and its task did not succeed")));
+        }
+        let max = t.spec.max_retries;
+        if max >= 0 && t.retries_used >= max as u32 {
+            return Err(TaskError::new(
+                "ObjectLost",
+                format!("object {id} is lost and its task `{}` has used all {max} retries", t.spec.name),
+            ));
+        }
+        t.retries_used += 1;
+        t.spec.attempt += 1;
+        t.spec.spill_count = 0;
+        t.state = TaskState::PendingArgs;
+        t.node = None;
+        t.avoid = None;
+        let attempt = t.spec.attempt;
+        let num_returns = t.spec.num_returns;
+        let hold = std::mem::replace(&mut t.arg_hold, ArgHold::Task);
+        let args = Self::arg_ids(&t.spec);
+        self.stats.reconstructions += 1;
+        tracing::info!(task = %creator, object = %id, attempt, "rebuilding a lost object from its lineage");
+        self.events.emit(creator, pb::TaskState::TaskPendingArgs, attempt, None, None, None);
+        for i in 0..num_returns {
+            if let Some(o) = self.objects.get_mut(&creator.return_id(i)) {
+                o.state = ObjState::Pending;
+                o.inline = None;
+                o.locations.clear();
+            }
+        }
+        let mut pending = 0;
+        let mut failure: Option<TaskError> = None;
+        for a in args {
+            let state = match self.objects.get_mut(&a) {
+                Some(o) => {
+                    if hold == ArgHold::Lineage {
+                        o.lineage_refs = o.lineage_refs.saturating_sub(1);
+                    }
+                    o.task_refs += 1;
+                    o.state
+                }
+                None => {
+                    failure = Some(TaskError::new("ObjectLost", format!("argument {a} of the rebuilt task is gone")));
+                    continue;
+                }
+            };
+            let lost = match state {
+                ObjState::Lineage => true,
+                ObjState::Ready => self.objects.get(&a).is_some_and(|o| o.inline.is_none() && o.locations.is_empty()),
+                _ => false,
+            };
+            if lost {
+                if let Err(e) = self.reconstruct(a) {
+                    failure = Some(e);
+                    continue;
+                }
+            }
+            if let Some(o) = self.objects.get_mut(&a) {
+                if o.state == ObjState::Pending {
+                    o.dependents.push(creator);
+                    pending += 1;
+                }
+            }
+        }
+        if let Some(t) = self.tasks.get_mut(&creator) {
+            t.pending_deps = pending;
+        }
+        if let Some(e) = failure {
+            self.fail_task(creator, e);
+            return Ok(());
+        }
+        if pending == 0 {
+            self.schedule(creator);
+        }
+        Ok(())
     }
 
     /// Takes the result of an attempt of a task this raylet owns.
@@ -796,7 +1016,7 @@ impl Core {
             }
             self.wake(id);
         }
-        self.release_args(task_id);
+        self.args_to_lineage(task_id);
         for i in 0..n {
             self.maybe_free(task_id.return_id(i));
         }
@@ -816,7 +1036,19 @@ impl Core {
             self.stats.retries += 1;
             self.events.emit(task_id, pb::TaskState::TaskPendingNode, t.spec.attempt, None, None, Some(&err));
             tracing::info!(task = %task_id, attempt = t.spec.attempt, reason = %err.message, "retrying task");
-            self.schedule(task_id);
+            // Back off a little: the failure may be a node whose death the
+            // GCS has not announced yet.
+            let delay = std::time::Duration::from_millis((50u64 << t.retries_used.min(5)).min(1000));
+            let attempt = t.spec.attempt;
+            match self.inner() {
+                Some(inner) if tokio::runtime::Handle::try_current().is_ok() => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        inner.core().schedule_retry(task_id, attempt);
+                    });
+                }
+                _ => self.schedule(task_id),
+            }
         } else {
             let mut err = err;
             if retriable && t.retries_used > 0 {
@@ -826,6 +1058,12 @@ impl Core {
                 t.node = Some(n);
             }
             self.fail_task(task_id, err);
+        }
+    }
+
+    fn schedule_retry(&mut self, task_id: TaskId, attempt: u32) {
+        if self.tasks.get(&task_id).is_some_and(|t| t.state == TaskState::PendingNode && t.spec.attempt == attempt) {
+            self.schedule(task_id);
         }
     }
 
@@ -878,14 +1116,20 @@ impl Core {
             })
             .collect();
         for id in lost {
-            let err = TaskError::new("ObjectLost", format!("every copy of object {id} was on node {node}, which died"));
-            if let Some(o) = self.objects.get_mut(&id) {
-                o.state = ObjState::Failed;
-                let v = error_value(&err);
-                o.size = v.data.len() as u64;
-                o.inline = Some(v);
+            let still = self.objects.get(&id).is_some_and(|o| o.state == ObjState::Ready && o.locations.is_empty());
+            if !still {
+                continue;
             }
-            self.wake(id);
+            if let Err(mut err) = self.reconstruct(id) {
+                err.message = format!("every copy was on node {node}, which died: {}", err.message);
+                if let Some(o) = self.objects.get_mut(&id) {
+                    o.state = ObjState::Failed;
+                    let v = error_value(&err);
+                    o.size = v.data.len() as u64;
+                    o.inline = Some(v);
+                }
+                self.wake(id);
+            }
         }
         if let Some(addr) = self.view.address(&node).map(str::to_string) {
             if let Some(inner) = self.inner() {
@@ -906,6 +1150,15 @@ impl Core {
                 Lookup::Pending
             }
             ObjState::Failed => Lookup::Inline(o.inline.clone().unwrap_or_default()),
+            ObjState::Lineage => {
+                if let Err(e) = self.reconstruct(id) {
+                    return Lookup::Inline(error_value(&e));
+                }
+                if let (Some(o), Some(w)) = (self.objects.get_mut(&id), waiter) {
+                    o.waiters.push(w.clone());
+                }
+                Lookup::Pending
+            }
             ObjState::Ready => match &o.inline {
                 Some(v) => Lookup::Inline(v.clone()),
                 None => {
@@ -1524,6 +1777,8 @@ impl Core {
             spilled_total_bytes: s.spilled_total,
             restored_total_bytes: s.restored_total,
             evicted_objects: s.evicted,
+            task_retries: self.stats.retries,
+            reconstructions: self.stats.reconstructions,
             infeasible_tasks: self.infeasible.len() as u32,
         }
     }

@@ -82,6 +82,9 @@ pub struct RayletConfig {
     pub ready_file: Option<PathBuf>,
     /// Directory for spilled objects (`None` turns spilling off).
     pub spill_dir: Option<PathBuf>,
+    /// Finished tasks whose specs are kept to rebuild lost objects; beyond
+    /// it the oldest lineage is dropped and its objects cannot be rebuilt.
+    pub max_lineage_tasks: usize,
 }
 
 impl RayletConfig {
@@ -109,6 +112,7 @@ impl RayletConfig {
             transfer_chunk_bytes: 2 << 20,
             max_transfer_bytes_in_flight: 512 << 20,
             ready_file: None,
+            max_lineage_tasks: 100_000,
             spill_dir: Some(std::env::temp_dir().join(format!("shoal-spill-{}", std::process::id()))),
         }
     }
@@ -333,6 +337,30 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// This node was declared dead (a partition outlasted the health timeout):
+/// everything it owned has been given up by the cluster. Start over as a new
+/// node by re-executing this raylet with the same arguments, which keeps the
+/// process id (so a supervisor still tracks it) and gets a fresh node id.
+fn rejoin(inner: &Arc<Inner>) -> ! {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!(node = %inner.node_id, "rejoining the cluster as a new node");
+    let pids = inner.core().worker_pids();
+    for pid in pids {
+        // SAFETY: kill(2) on a worker this raylet started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    inner.store.remove_spill_files();
+    let _ = std::fs::remove_file(&inner.config.worker_socket);
+    let mut args = std::env::args_os();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"));
+    let _ = args.next();
+    let err = std::process::Command::new(exe).args(args).exec();
+    tracing::error!(error = %err, "cannot re-execute the raylet; exiting");
+    std::process::exit(3);
+}
+
 async fn heartbeat_loop(inner: Arc<Inner>) {
     let interval = inner.config.heartbeat_interval;
     loop {
@@ -344,8 +372,8 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         let mut updates = match stream {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                tracing::error!(error = %s.message(), "the GCS declared this node dead; exiting");
-                std::process::exit(3);
+                tracing::error!(error = %s.message(), "the GCS declared this node dead");
+                rejoin(&inner);
             }
             Err(s) => {
                 tracing::warn!(error = %s.message(), "heartbeat to the GCS failed; retrying");
@@ -381,8 +409,9 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                     let me = inner.node_id;
                     let dead = core.view.apply_update(&u, me);
                     if dead.contains(&me) {
-                        tracing::error!("the GCS declared this node dead; exiting");
-                        std::process::exit(3);
+                        tracing::error!("the GCS declared this node dead");
+                        drop(core);
+                        rejoin(&inner);
                     }
                     for d in dead {
                         core.on_node_dead(d);
@@ -400,8 +429,8 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         if let Err(e) = register(&inner).await {
             if let Error::Rpc { status, .. } = &e {
                 if status.code() == tonic::Code::FailedPrecondition {
-                    tracing::error!(error = %e, "the GCS refused this node; exiting");
-                    std::process::exit(3);
+                    tracing::error!(error = %e, "the GCS refused this node");
+                    rejoin(&inner);
                 }
             }
             tracing::warn!(error = %e, "re-registering failed");

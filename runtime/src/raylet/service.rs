@@ -28,6 +28,11 @@ fn object_id(b: &[u8]) -> Result<ObjectId, Status> {
     ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// How long a `get` keeps asking for an object whose copies are unreachable
+/// before calling it lost: longer than the GCS health timeout, so that a dead
+/// node is declared dead and the object rebuilt first.
+const LOST_OBJECT_PATIENCE: Duration = Duration::from_secs(6);
+
 fn deadline(timeout_ms: u64) -> Option<Instant> {
     (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms))
 }
@@ -107,7 +112,10 @@ impl RayletService {
             });
         }
         for (i, size, locations) in stored {
-            results[i] = Some(pb::get_result::Kind::Value(self.fetch(ids[i], size, &locations, true).await));
+            results[i] = Some(match self.fetch_owned(ids[i], size, locations, until).await {
+                Some(v) => pb::get_result::Kind::Value(v),
+                None => pb::get_result::Kind::TimedOut(true),
+            });
         }
         if !foreign.is_empty() {
             self.resolve_foreign(refs, &ids, &foreign, until, &mut results).await;
@@ -128,6 +136,53 @@ impl RayletService {
                 self.inner.store.get(&id).unwrap_or_else(|| lost(id, "evicted right after arriving"))
             }
             Err(e) => lost(id, &format!("could not be fetched: {e}")),
+        }
+    }
+
+    /// Fetches an object this raylet owns. When every copy turns out to be
+    /// unreachable, the owner may not have heard of the node's death yet:
+    /// ask again for a while (it rebuilds lost objects from lineage) before
+    /// reporting the object lost. `None` means the deadline passed.
+    async fn fetch_owned(
+        &self,
+        id: ObjectId,
+        mut size: u64,
+        mut locations: Vec<pb::Location>,
+        until: Option<Instant>,
+    ) -> Option<pb::ObjectValue> {
+        let give_up = Instant::now() + LOST_OBJECT_PATIENCE;
+        loop {
+            let v = self.fetch(id, size, &locations, true).await;
+            if !crate::value::is_error(&v) || Instant::now() > give_up {
+                return Some(v);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (tx, mut rx) = mpsc::channel::<ObjectId>(1);
+            let now = self.inner.core().lookup(id, Some(&tx));
+            match now {
+                Lookup::Inline(v) => return Some(v),
+                Lookup::Unknown => return Some(v),
+                Lookup::Stored { size: s, locations: l } => {
+                    size = s;
+                    locations = l;
+                }
+                Lookup::Pending => {
+                    // Being rebuilt: wait for it like any pending object.
+                    let woke = match until {
+                        Some(d) => tokio::time::timeout_at(d.into(), rx.recv()).await.ok().flatten(),
+                        None => rx.recv().await,
+                    };
+                    woke?;
+                    match self.inner.core().lookup(id, None) {
+                        Lookup::Inline(v) => return Some(v),
+                        Lookup::Stored { size: s, locations: l } => {
+                            size = s;
+                            locations = l;
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
     }
 

@@ -71,6 +71,7 @@ impl Registry {
         r.register("add", "add(a, b) -> a + b", pure!(add));
         r.register("mul", "mul(a, b) -> a * b", pure!(mul));
         r.register("sleep", "sleep(seconds) -> seconds, after sleeping that long (at most a day)", pure!(sleep));
+        r.register("delay", "delay(x, seconds) -> x, after sleeping that long (at most a day)", pure!(delay));
         r.register(
             "burn",
             "burn(ms) -> iterations of a busy arithmetic loop run for about ms milliseconds",
@@ -113,6 +114,12 @@ impl Registry {
             "whereami",
             "whereami(...) -> {node, pid, attempt}: where this task ran (arguments ignored)",
             whereami,
+        );
+        r.register(
+            ENTRYPOINT_BUILTIN,
+            "entrypoint(command, env) -> {exit_code}: runs `sh -c command` as an entrypoint job's driver, its output \
+             streamed to the job's log",
+            entrypoint,
         );
         r.register(
             "crash_once",
@@ -174,6 +181,137 @@ fn crash_once(ctx: &mut TaskContext, _args: Vec<Value>) -> Result<Value, String>
         std::process::abort();
     }
     Ok(Value::Json(json!(ctx.attempt())))
+}
+
+/// Name of the builtin that runs an entrypoint job's driver command.
+pub const ENTRYPOINT_BUILTIN: &str = "entrypoint";
+/// Most driver output bytes sent to the GCS in one append.
+const ENTRYPOINT_LOG_CHUNK: usize = 64 * 1024;
+/// How often a driver asks the GCS whether its job was stopped (and flushes output).
+const ENTRYPOINT_POLL: Duration = Duration::from_millis(200);
+/// Grace between SIGTERM and SIGKILL when a job is stopped.
+const ENTRYPOINT_GRACE: Duration = Duration::from_secs(2);
+/// Output kept for the error message of a failing driver.
+const ENTRYPOINT_TAIL: usize = 2048;
+
+/// Runs an entrypoint job's command in its own process group, with
+/// `SHOAL_JOB_ID` set (the worker's environment already names the raylet in
+/// `SHOAL_ADDRESS` and the GCS in `SHOAL_GCS_ADDRESS`). Its stdout and stderr
+/// go to the job's log at the GCS; the GCS's answer says when the job was
+/// stopped, and then the process group is terminated. Output is dropped (and
+/// the command keeps running) when the GCS cannot be reached.
+fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    arity("entrypoint", &args, 2)?;
+    let command = args[0].as_json().and_then(Json::as_str).ok_or("entrypoint: the command must be a string")?;
+    let env = match args[1].as_json() {
+        Some(Json::Object(m)) => m.clone(),
+        Some(Json::Null) => Default::default(),
+        _ => return Err("entrypoint: env must be an object of strings".into()),
+    };
+    let job = ctx.task_id().map(|t| t.job()).ok_or("entrypoint: not running a task")?;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(command);
+    for (k, v) in &env {
+        let v = v.as_str().ok_or_else(|| format!("entrypoint: env `{k}` is not a string"))?;
+        cmd.env(k, v);
+    }
+    cmd.env("SHOAL_JOB_ID", job.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("entrypoint: cannot start `sh -c {command}`: {e}"))?;
+    let pgid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+    let mut readers = Vec::new();
+    let pipes: Vec<Box<dyn Read + Send>> = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for mut pipe in pipes {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("entrypoint: cannot start a runtime: {e}"))?;
+    let gcs_addr = std::env::var("SHOAL_GCS_ADDRESS").unwrap_or_default();
+    let mut gcs = runtime.block_on(crate::raylet::connect_gcs(&gcs_addr, Duration::from_secs(5))).ok();
+    let mut tail: Vec<u8> = Vec::new();
+    let mut stopped_at: Option<Instant> = None;
+    let mut killed = false;
+    let mut done = false;
+    while !done {
+        let mut out = Vec::new();
+        match rx.recv_timeout(ENTRYPOINT_POLL) {
+            Ok(chunk) => out.extend(chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => done = true,
+        }
+        while out.len() < ENTRYPOINT_LOG_CHUNK {
+            match rx.try_recv() {
+                Ok(chunk) => out.extend(chunk),
+                Err(_) => break,
+            }
+        }
+        tail.extend_from_slice(&out);
+        if tail.len() > ENTRYPOINT_TAIL {
+            tail.drain(..tail.len() - ENTRYPOINT_TAIL);
+        }
+        if let Some(g) = gcs.as_mut() {
+            let req = shoal_proto::v1::AppendJobLogRequest { job_id: job.0, data: out.into() };
+            if let Ok(reply) = runtime.block_on(g.append_job_log(req)) {
+                if reply.into_inner().stop && stopped_at.is_none() {
+                    stopped_at = Some(Instant::now());
+                    // SAFETY: signals the process group this builtin started.
+                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                }
+            }
+        }
+        if let Some(at) = stopped_at {
+            if !killed && at.elapsed() >= ENTRYPOINT_GRACE {
+                killed = true;
+                // SAFETY: as above.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait().map_err(|e| format!("entrypoint: waiting for the command: {e}"))?;
+    if stopped_at.is_some() {
+        return Err("entrypoint: the job was stopped".into());
+    }
+    if status.success() {
+        return Ok(Value::Json(json!({ "exit_code": 0 })));
+    }
+    let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| status.to_string());
+    Err(format!(
+        "entrypoint: `{command}` failed with {code}; last output:\n{}",
+        String::from_utf8_lossy(&tail).trim_end()
+    ))
 }
 
 /// Whether `name` is in [`Registry::standard`]; used to check job specs
@@ -376,6 +514,17 @@ fn sleep(args: Vec<Value>) -> Result<Value, String> {
     let s = f64_arg("sleep", 0, seconds, 0.0, MAX_SLEEP_SECONDS)?;
     std::thread::sleep(Duration::from_secs_f64(s));
     Ok(seconds.clone())
+}
+
+fn delay(args: Vec<Value>) -> Result<Value, String> {
+    arity("delay", &args, 2)?;
+    let mut it = args.into_iter();
+    let (Some(x), Some(seconds)) = (it.next(), it.next()) else {
+        return Err("delay: takes exactly 2 arguments".to_string());
+    };
+    let s = f64_arg("delay", 1, &seconds, 0.0, MAX_SLEEP_SECONDS)?;
+    std::thread::sleep(Duration::from_secs_f64(s));
+    Ok(x)
 }
 
 fn burn(args: Vec<Value>) -> Result<Value, String> {

@@ -1,0 +1,235 @@
+//! Chaos tests: computations complete despite failures. Real processes,
+//! real SIGKILLs; each test checks results and the runtime's counters.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal::local_cluster::{ClusterOptions, LocalCluster};
+use shoal::{Client, NodeId, Strategy, Task, Value};
+
+fn pattern(size: u64) -> Vec<u8> {
+    (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
+
+async fn cluster(nodes: usize, cpus: f64, store: &str) -> LocalCluster {
+    let mut o = ClusterOptions::new(common::binary(), nodes);
+    o.cpus_per_node = Some(cpus);
+    o.raylet_args = vec!["--object-store-memory".into(), store.into()];
+    LocalCluster::start(o).await.expect("cluster starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_survives_raylets_killed_every_few_seconds() {
+    let mut cluster = cluster(5, 2.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    // 2,000 tasks with objects of mixed sizes: inline (1 KiB) and multi-MiB.
+    let size = |i: u64| if i % 8 == 0 { 3u64 << 20 } else { 1024 };
+    let mut stage3 = Vec::new();
+    let mut expected_a = 0u64;
+    for i in 0..500u64 {
+        let data = c.submit(Task::builtin("bytes").arg(size(i)).max_retries(-1)).await.unwrap();
+        let len = c.submit(Task::builtin("len").arg(&data).max_retries(-1)).await.unwrap();
+        stage3.push(c.submit(Task::builtin("delay").arg(&len).arg(0.02).max_retries(-1)).await.unwrap());
+        expected_a += size(i);
+    }
+    let mut groups = Vec::new();
+    for chunk in stage3.chunks(10) {
+        groups.push(c.submit(Task::builtin("sum").args(chunk.iter()).max_retries(-1)).await.unwrap());
+    }
+    let total_a = c.submit(Task::builtin("sum").args(groups.iter()).max_retries(-1)).await.unwrap();
+    let mut fillers = Vec::new();
+    for i in 0..449u64 {
+        fillers.push(c.submit(Task::builtin("delay").arg(i).arg(0.02).max_retries(-1)).await.unwrap());
+    }
+    let total_b = c.submit(Task::builtin("sum").args(fillers.iter()).max_retries(-1)).await.unwrap();
+    drop((stage3, groups, fillers));
+
+    // Kill two of the four other raylets, a couple of seconds apart.
+    let killer = {
+        let mut victims = vec![1usize, 2, 3, 4];
+        fastrand::shuffle(&mut victims);
+        victims.truncate(2);
+        victims
+    };
+    let pids: Vec<u32> = killer.iter().map(|i| cluster.raylets[*i].pid).collect();
+    let kills = tokio::spawn(async move {
+        for pid in pids {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            // SAFETY: kill(2) on a process this test started.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    });
+    let a: u64 = tokio::time::timeout(Duration::from_secs(120), c.get(&total_a)).await.expect("no hang").unwrap();
+    let b: u64 = tokio::time::timeout(Duration::from_secs(120), c.get(&total_b)).await.expect("no hang").unwrap();
+    kills.await.unwrap();
+    assert_eq!(a, expected_a, "the result equals the fault-free run");
+    assert_eq!(b, (0..449u64).sum::<u64>());
+    for i in killer {
+        cluster.kill_raylet(i);
+    }
+    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+    assert!(stats.task_retries + stats.reconstructions > 0, "killing raylets forced retries: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_never_lose_or_duplicate_a_result() {
+    let cluster = cluster(2, 2.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut refs = Vec::new();
+    for i in 0..300u64 {
+        refs.push(c.submit(Task::builtin("delay").arg(i).arg(0.03).max_retries(-1)).await.unwrap());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        let raylets: Vec<u32> = cluster.raylets.iter().map(|r| r.pid).collect();
+        std::thread::spawn(move || {
+            let mut killed = 0;
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(150));
+                let r = raylets[fastrand::usize(..raylets.len())];
+                let workers = shoal::local_cluster::children_of(r);
+                if let Some(w) = workers.get(fastrand::usize(..workers.len().max(1))) {
+                    // SAFETY: kill(2) on a worker of a raylet this test started.
+                    unsafe {
+                        libc::kill(*w as i32, libc::SIGKILL);
+                    }
+                    killed += 1;
+                }
+            }
+            killed
+        })
+    };
+    let values =
+        tokio::time::timeout(Duration::from_secs(120), c.get_many(&refs, None)).await.expect("no hang").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let killed = killer.join().unwrap();
+    let got: Vec<u64> = values
+        .into_iter()
+        .map(|v| match v.unwrap() {
+            Value::Json(j) => j.as_u64().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, (0..300u64).collect::<Vec<_>>(), "every task finished exactly once");
+    let mut retries = 0;
+    for r in &cluster.raylets {
+        retries += shoal::node_stats(&r.address).await.unwrap().task_retries;
+    }
+    assert!(killed > 0 && retries > 0, "killed {killed} workers, {retries} retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_times_the_store_budget_spills_and_reads_back_intact() {
+    let cluster = cluster(1, 2.0, "64Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut refs = Vec::new();
+    for _ in 0..24 {
+        refs.push(c.submit(Task::builtin("bytes").arg(8u64 << 20)).await.unwrap());
+    }
+    let sums: Vec<_> = {
+        let mut v = Vec::new();
+        for r in &refs {
+            v.push(c.submit(Task::builtin("checksum").arg(r)).await.unwrap());
+        }
+        v
+    };
+    let expected = format!("{:08x}", crc32fast::hash(&pattern(8 << 20)));
+    for s in &sums {
+        let v: serde_json::Value = c.get(s).await.unwrap();
+        assert_eq!(v["crc32"], expected);
+    }
+    for r in refs.iter().step_by(5) {
+        match c.get_value(r).await.unwrap() {
+            Value::Bytes(b) => assert_eq!(crc32fast::hash(&b), crc32fast::hash(&pattern(8 << 20))),
+            other => panic!("{other:?}"),
+        }
+    }
+    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+    assert!(stats.spilled_total_bytes >= 64 << 20, "spilled {} bytes", stats.spilled_total_bytes);
+    assert!(stats.restored_total_bytes > 0);
+    assert!(stats.object_store_used <= stats.object_store_capacity);
+    drop(refs);
+    drop(sums);
+    let addr = cluster.raylets[0].address.clone();
+    let empty = common::eventually(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move {
+            let s = shoal::node_stats(&addr).await.unwrap();
+            s.object_count == 0 && s.spilled_bytes == 0
+        }
+    })
+    .await;
+    assert!(empty, "spilled objects are deleted once freed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_object_is_rebuilt_recursively_from_lineage() {
+    let mut cluster = cluster(3, 2.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let x: NodeId = cluster.raylets[1].node_id.parse().unwrap();
+    let near_x = Strategy::NodeAffinity { node: x, soft: true };
+    let a = c.submit(Task::builtin("bytes").arg(2u64 << 20).strategy(near_x.clone())).await.unwrap();
+    let b = c.submit(Task::builtin("identity").arg(&a).strategy(near_x)).await.unwrap();
+    c.wait(std::slice::from_ref(&b), 1, None).await.unwrap();
+    // Only b is referenced now; a survives as lineage only.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_raylet(1);
+    let v = tokio::time::timeout(Duration::from_secs(60), c.get_value(&b)).await.expect("no hang").unwrap();
+    match v {
+        Value::Bytes(bytes) => assert_eq!(&bytes[..], &pattern(2 << 20)[..]),
+        other => panic!("{other:?}"),
+    }
+    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+    assert!(stats.reconstructions >= 2, "b and then a were rebuilt: {}", stats.reconstructions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_objects_lost_with_their_node_fail_promptly() {
+    let mut cluster = cluster(2, 1.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[1].address).await.unwrap();
+    let p = c.put_value(Value::Bytes(bytes::Bytes::from(vec![9u8; 300_000]))).await.unwrap();
+    assert!(c.get_value(&p).await.is_ok());
+    cluster.kill_raylet(1);
+    let started = Instant::now();
+    let err = c.get_value(&p).await.unwrap_err().to_string();
+    assert!(err.contains("ObjectLost"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_tasks_never_run_and_are_never_retried() {
+    let cluster = cluster(1, 1.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    // Occupy the only CPU, then queue a task and cancel it before it starts.
+    let busy = c.submit(Task::builtin("sleep").arg(1.0)).await.unwrap();
+    let queued = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
+    c.cancel(&queued, false, false).await.unwrap();
+    let err = c.get_value(&queued).await.unwrap_err().to_string();
+    assert!(err.contains("Cancelled"), "{err}");
+    assert_eq!(c.get::<f64>(&busy).await.unwrap(), 1.0);
+    // A running task, forced: its worker is killed and it is not retried.
+    let long = c.submit(Task::builtin("sleep").arg(30.0).max_retries(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    c.cancel(&long, true, false).await.unwrap();
+    let err = c.get_value(&long).await.unwrap_err().to_string();
+    assert!(err.contains("Cancelled"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // Recursive: the nested tasks of a cancelled parent go too, and the
+    // cluster is healthy afterwards.
+    let parent = c.submit(Task::builtin("spawn_sum").arg(5)).await.unwrap();
+    c.cancel(&parent, true, true).await.unwrap();
+    assert!(c.get_value(&parent).await.unwrap_err().to_string().contains("Cancelled"));
+    let ok = c.submit(Task::builtin("identity").arg(3)).await.unwrap();
+    assert_eq!(c.get::<i64>(&ok).await.unwrap(), 3);
+    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+    assert_eq!(stats.task_retries, 0, "cancelled tasks are never retried");
+}
