@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     pub session_dir: Option<PathBuf>,
     /// How long to wait for the cluster to come up.
     pub start_timeout: Duration,
+    /// Address every process listens on (default 127.0.0.1).
+    pub host: String,
 }
 
 impl ClusterOptions {
@@ -47,6 +49,7 @@ impl ClusterOptions {
             binary: binary.into(),
             session_dir: None,
             start_timeout: Duration::from_secs(30),
+            host: "127.0.0.1".to_string(),
         }
     }
 }
@@ -158,10 +161,11 @@ impl LocalCluster {
         };
         let head_ready = session_dir.join("head.ready");
         let head_log = logs.join("head.log");
-        let mut args: Vec<String> = ["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--ready-file"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["head", "--host", opts.host.as_str(), "--gcs-port", "0", "--port", "0", "--ready-file"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.push(head_ready.display().to_string());
         args.extend(opts.head_args.iter().cloned());
         let mut head = spawn_child(&opts.binary, &args, &head_log)?;
@@ -181,7 +185,7 @@ impl LocalCluster {
                 "--gcs".into(),
                 cluster.gcs_address.clone(),
                 "--host".into(),
-                "127.0.0.1".into(),
+                opts.host.clone(),
                 "--port".into(),
                 "0".into(),
                 "--metrics-port".into(),

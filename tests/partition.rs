@@ -1,0 +1,145 @@
+//! A raylet cut off the network (its own network namespace, joined to the
+//! host by a veth pair) for longer than the health timeout, then healed:
+//! its tasks are retried elsewhere, no result is lost or duplicated, and it
+//! comes back as a new node.
+//!
+//! Needs root and `ip` (iproute2); `.ci/run` provides both.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shoal::local_cluster::{ClusterOptions, LocalCluster};
+use shoal::{Client, Strategy, Task, Value};
+
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("`ip` (iproute2) is installed");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Netns {
+    /// A namespace at 10.213.N.2 reachable from the host at 10.213.N.1.
+    fn new(n: u32) -> Netns {
+        let name = format!("shoal-part-{n}");
+        let host_if = format!("shp{n}h");
+        let ns_if = format!("shp{n}n");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("10.213.{n}.1/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("10.213.{n}.2/24"), "dev", &ns_if]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        Netns { name, host_if }
+    }
+
+    fn cut(&self) {
+        ip(&["link", "set", &self.host_if, "down"]);
+    }
+
+    fn heal(&self) {
+        ip(&["link", "set", &self.host_if, "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
+    let n = std::process::id() % 200 + 20;
+    let net = Netns::new(n);
+    let host_ip = format!("10.213.{n}.1");
+    let mut o = ClusterOptions::new(common::binary(), 2);
+    o.host = host_ip.clone();
+    o.cpus_per_node = Some(1.0);
+    o.head_args = vec!["--health-timeout-ms".into(), "1500".into()];
+    let cluster = LocalCluster::start(o).await.expect("cluster starts");
+
+    // The third raylet lives in the namespace.
+    let dir = cluster.session_dir.join("ns-raylet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join("raylet.log")).unwrap();
+    let ready = dir.join("ready");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.name, common::binary(), "raylet", "--gcs", &cluster.gcs_address])
+        .args(["--host", &format!("10.213.{n}.2"), "--port", "0", "--metrics-port", "0", "--num-cpus", "2"])
+        .arg("--worker-socket")
+        .arg(dir.join("raylet.sock"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--spill-dir")
+        .arg(dir.join("spill"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child);
+    let alive = |nodes: &[shoal_proto::v1::NodeInfo]| nodes.iter().filter(|n| n.state == 0).count();
+    assert!(
+        common::eventually(Duration::from_secs(20), || async { alive(&cluster.nodes().await.unwrap()) == 3 }).await,
+        "the namespaced raylet joins"
+    );
+    let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let old_id = first["node_id"].as_str().unwrap().to_string();
+    // Let every raylet see the new node before spreading work over it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let mut refs = Vec::new();
+    for i in 0..40u64 {
+        refs.push(c.submit(Task::builtin("delay").arg(i).arg(0.2).strategy(Strategy::Spread)).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    net.cut();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    net.heal();
+
+    let values =
+        tokio::time::timeout(Duration::from_secs(60), c.get_many(&refs, None)).await.expect("no hang").unwrap();
+    let got: Vec<u64> = values
+        .into_iter()
+        .map(|v| match v.unwrap() {
+            Value::Json(j) => j.as_u64().unwrap(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, (0..40u64).collect::<Vec<_>>(), "no lost and no duplicated results");
+
+    // The old node is dead; the raylet came back under a new id.
+    let rejoined = common::eventually(Duration::from_secs(30), || async {
+        let nodes = cluster.nodes().await.unwrap();
+        let old_dead = nodes.iter().any(|n| hex(&n.node_id) == old_id && n.state == 1);
+        old_dead && alive(&nodes) == 3
+    })
+    .await;
+    assert!(rejoined, "nodes: {:?}", cluster.nodes().await.unwrap());
+    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+    assert!(stats.task_retries > 0, "tasks on the lost node were retried");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
