@@ -90,6 +90,9 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     for _ in 0..3 {
         noop_batch(&c, 200).await?;
     }
+    // Idle memory of the whole tree (head, raylets, their idle workers).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rss = tree_rss(&cluster.pids());
 
     // Sync round trip.
     let mut lat = Vec::with_capacity(2000);
@@ -157,14 +160,30 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
             )
             .await?;
         c.wait(std::slice::from_ref(&data), 1, None).await?;
-        let before = crate::client::node_stats(&cluster.raylets[nodes.min(2) - 1].address).await?.pulled_bytes;
+        let consumer_addr = cluster.raylets[nodes.min(2) - 1].address.clone();
+        let stats = crate::raylet::peers::raylet_client(crate::net::connect(&consumer_addr).await?);
+        let pulled = || {
+            let mut s = stats.clone();
+            async move {
+                s.node_stats(shoal_proto::v1::NodeStatsRequest {})
+                    .await
+                    .map(|r| r.into_inner().pulled_bytes)
+                    .map_err(|e| Error::rpc("node stats", e))
+            }
+        };
+        let before = pulled().await?;
         let t = Instant::now();
         let probe = c
             .submit(Task::builtin("noop").arg(&data).strategy(Strategy::NodeAffinity { node: consumer, soft: false }))
             .await?;
-        c.get_value(&probe).await?;
+        // Time the transfer itself: until the consumer's node has the bytes.
+        let mut after = before;
+        while after < before + (100 << 20) && t.elapsed() < Duration::from_secs(60) {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+            after = pulled().await?;
+        }
         let took = t.elapsed();
-        let after = crate::client::node_stats(&cluster.raylets[nodes.min(2) - 1].address).await?.pulled_bytes;
+        c.get_value(&probe).await?;
         let moved = after - before;
         pull = json!({
             "bytes": moved,
@@ -174,10 +193,6 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
         });
     }
     drop(c);
-
-    // Idle memory of the whole tree (head, raylets, their idle workers).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let rss = tree_rss(&cluster.pids());
 
     let t = Instant::now();
     cluster.stop();

@@ -114,6 +114,7 @@ impl ObjectManager {
             .map_err(|s| s.message().to_string())?
             .into_inner();
         let mut buf = BytesMut::new();
+        let mut crc = crc32fast::Hasher::new();
         let mut format = 0;
         let mut total = 0u64;
         let mut first = true;
@@ -129,17 +130,19 @@ impl ObjectManager {
             if chunk.offset != buf.len() as u64 {
                 return Err(format!("chunk at offset {} arrived, expected {}", chunk.offset, buf.len()));
             }
-            buf.extend_from_slice(&chunk.data);
-            if buf.len() as u64 > total {
+            if buf.len() as u64 + chunk.data.len() as u64 > total {
                 return Err("more bytes than announced".to_string());
             }
+            // Checksum as chunks arrive, overlapping the transfer.
+            crc.update(&chunk.data);
+            buf.extend_from_slice(&chunk.data);
             if chunk.last {
                 if buf.len() as u64 != total {
                     return Err(format!("got {} of {total} bytes", buf.len()));
                 }
-                let crc = crc32fast::hash(&buf);
-                if crc != chunk.crc32 {
-                    return Err(format!("checksum mismatch: {crc:08x} != {:08x}", chunk.crc32));
+                let got = crc.clone().finalize();
+                if got != chunk.crc32 {
+                    return Err(format!("checksum mismatch: {got:08x} != {:08x}", chunk.crc32));
                 }
                 break;
             }
@@ -152,31 +155,37 @@ impl ObjectManager {
         Ok(())
     }
 
-    /// The chunks of a local object, for a peer's pull.
-    pub(crate) fn serve(&self, id: &ObjectId) -> Option<Vec<pb::ObjectChunk>> {
+    /// The chunks of a local object, for a peer's pull: produced lazily,
+    /// with the checksum computed as the chunks go out.
+    pub(crate) fn serve(&self, id: &ObjectId) -> Option<impl Iterator<Item = pb::ObjectChunk> + Send + 'static> {
         let v = self.store.get(id)?;
         let total = v.data.len() as u64;
-        let crc = crc32fast::hash(&v.data);
-        let mut chunks = Vec::with_capacity(v.data.len() / self.chunk_size + 1);
+        let chunk = self.chunk_size;
+        let mut crc = crc32fast::Hasher::new();
         let mut off = 0usize;
-        loop {
-            let end = (off + self.chunk_size).min(v.data.len());
+        let mut done = false;
+        let iter = std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let end = (off + chunk).min(v.data.len());
             let last = end == v.data.len();
-            chunks.push(pb::ObjectChunk {
+            let data = v.data.slice(off..end);
+            crc.update(&data);
+            let c = pb::ObjectChunk {
                 total_size: if off == 0 { total } else { 0 },
                 format: v.format,
                 offset: off as u64,
-                data: v.data.slice(off..end),
-                crc32: if last { crc } else { 0 },
+                data,
+                crc32: if last { crc.clone().finalize() } else { 0 },
                 last,
-            });
-            if last {
-                break;
-            }
+            };
             off = end;
-        }
+            done = last;
+            Some(c)
+        });
         self.stats.served_bytes.fetch_add(total, Ordering::Relaxed);
         self.stats.served_objects.fetch_add(1, Ordering::Relaxed);
-        Some(chunks)
+        Some(iter)
     }
 }

@@ -1,6 +1,7 @@
 //! The raylet's gRPC service: sessions, puts, gets and waits for clients;
 //! task execution, results, object status, transfers and frees for peers.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,8 +60,9 @@ impl RayletService {
         let n = refs.len();
         let mut results: Vec<Option<pb::get_result::Kind>> = vec![None; n];
         let ids: Vec<ObjectId> = refs.iter().map(|r| object_id(&r.object_id)).collect::<Result<_, _>>()?;
-        let (tx, mut rx) = mpsc::channel::<ObjectId>(n.max(1));
-        let mut pending: Vec<usize> = Vec::new();
+        let (tx, mut rx) = mpsc::channel::<ObjectId>(n.max(1) + 64);
+        // Pending objects by id, each with the request positions naming it.
+        let mut pending: HashMap<ObjectId, Vec<usize>> = HashMap::new();
         let mut stored: Vec<(usize, u64, Vec<pb::Location>)> = Vec::new();
         let mut foreign: Vec<usize> = Vec::new();
         {
@@ -70,8 +72,14 @@ impl RayletService {
                     foreign.push(i);
                     continue;
                 }
+                if let Some(idx) = pending.get_mut(&ids[i]) {
+                    idx.push(i);
+                    continue;
+                }
                 match core.lookup(ids[i], Some(&tx)) {
-                    Lookup::Pending => pending.push(i),
+                    Lookup::Pending => {
+                        pending.insert(ids[i], vec![i]);
+                    }
                     Lookup::Inline(v) => results[i] = Some(pb::get_result::Kind::Value(v)),
                     Lookup::Stored { size, locations } => stored.push((i, size, locations)),
                     Lookup::Unknown => {
@@ -83,33 +91,61 @@ impl RayletService {
                 }
             }
         }
+        let mut woken: Vec<ObjectId> = Vec::new();
         while !pending.is_empty() {
-            let woke = match until {
-                Some(d) => tokio::time::timeout_at(d.into(), rx.recv()).await.ok().flatten(),
-                None => rx.recv().await,
+            // Wake on a readiness notice; re-check everything now and then in
+            // case a notice was lost to a full queue.
+            let recv = async {
+                tokio::select! {
+                    id = rx.recv() => id.map(Some),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => Some(None),
+                }
             };
-            if woke.is_none() {
-                for i in pending.drain(..) {
-                    results[i] = Some(pb::get_result::Kind::TimedOut(true));
+            let woke = match until {
+                Some(d) => tokio::time::timeout_at(d.into(), recv).await.ok().flatten(),
+                None => recv.await,
+            };
+            let Some(first) = woke else {
+                for (_, idx) in pending.drain() {
+                    for i in idx {
+                        results[i] = Some(pb::get_result::Kind::TimedOut(true));
+                    }
                 }
                 break;
+            };
+            woken.clear();
+            // A notice uses up the waiter registration; a periodic re-check does not.
+            let notified = first.is_some();
+            match first {
+                Some(id) => {
+                    woken.push(id);
+                    while let Ok(id) = rx.try_recv() {
+                        woken.push(id);
+                    }
+                }
+                None => woken.extend(pending.keys().copied()),
             }
             let mut core = self.inner.core();
-            pending.retain(|&i| match core.lookup(ids[i], None) {
-                Lookup::Pending => true,
-                Lookup::Inline(v) => {
-                    results[i] = Some(pb::get_result::Kind::Value(v));
-                    false
+            for id in woken.drain(..) {
+                let Some(idx) = pending.remove(&id) else { continue };
+                let kind = match core.lookup(id, notified.then_some(&tx)) {
+                    Lookup::Pending => {
+                        pending.insert(id, idx);
+                        continue;
+                    }
+                    Lookup::Inline(v) => pb::get_result::Kind::Value(v),
+                    Lookup::Stored { size, locations } => {
+                        for i in idx {
+                            stored.push((i, size, locations.clone()));
+                        }
+                        continue;
+                    }
+                    Lookup::Unknown => pb::get_result::Kind::Value(lost(id, "freed while waiting")),
+                };
+                for i in idx {
+                    results[i] = Some(kind.clone());
                 }
-                Lookup::Stored { size, locations } => {
-                    stored.push((i, size, locations));
-                    false
-                }
-                Lookup::Unknown => {
-                    results[i] = Some(pb::get_result::Kind::Value(lost(ids[i], "freed while waiting")));
-                    false
-                }
-            });
+            }
         }
         for (i, size, locations) in stored {
             results[i] = Some(match self.fetch_owned(ids[i], size, locations, until).await {
@@ -516,7 +552,7 @@ impl pb::raylet_server::Raylet for RayletService {
             .objects
             .serve(&id)
             .ok_or_else(|| Status::not_found(format!("object {id} is not on node {}", self.inner.node_id)))?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.into_iter().map(Ok)))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks.map(Ok)))))
     }
 
     async fn free_objects(
