@@ -1,5 +1,5 @@
-//! The head process: the GCS plus the HTTP endpoint (health and metrics; the
-//! REST API and job manager build on it).
+//! The head process: the GCS plus the HTTP endpoint serving the REST API
+//! (job manager, state API), `/metrics`, `/healthz` and `/readyz`.
 
 use std::path::PathBuf;
 
@@ -19,6 +19,8 @@ pub struct HeadConfig {
     pub gcs: GcsConfig,
     /// Where to write `{"grpc": .., "http": ..}` once serving.
     pub ready_file: Option<PathBuf>,
+    /// REST API settings (token, body limit).
+    pub rest: crate::rest::RestConfig,
 }
 
 /// A running head.
@@ -48,8 +50,12 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
         }
     });
     let gcs_address = format!("{ip}:{}", bound.port());
-    let http_address =
-        if with_http { crate::http::serve_health(&cfg.host, cfg.http_port, &ip).await? } else { String::new() };
+    let http_address = if with_http {
+        let app = crate::rest::router(gcs.clone(), cfg.rest.clone());
+        crate::http::serve(&cfg.host, cfg.http_port, &ip, app).await?
+    } else {
+        String::new()
+    };
     tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
     if let Some(path) = &cfg.ready_file {
         crate::local_cluster::write_ready_file(

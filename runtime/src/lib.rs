@@ -7,7 +7,9 @@
 //! - [`worker`]: the process that runs tasks (builtins and `exec` commands);
 //! - [`client`]: the Rust client (`connect`, `submit`, `get`, `put`, `wait`);
 //! - [`job`]: the job-spec format and its validation; [`driver`] runs one;
-//! - [`local_cluster`]: a head and N raylets as local processes.
+//! - [`local_cluster`]: a head and N raylets as local processes;
+//! - [`rest`]: the head's REST API and job manager; [`metrics`]: the
+//!   Prometheus metrics every process serves.
 
 #![warn(missing_docs, rust_2018_idioms)]
 
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod net;
 pub mod raylet;
 pub mod resources;
+pub mod rest;
 pub mod value;
 pub mod worker;
 

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod machine;
+pub mod rest;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -32,7 +33,8 @@ pub enum LogFormat {
 /// Result output format of user commands.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum OutputFormat {
-    /// Human-readable.
+    /// Human-readable (also `table`).
+    #[value(alias = "table")]
     Text,
     /// JSON on stdout.
     Json,
@@ -60,6 +62,23 @@ pub enum Command {
     Operator(shoal_operator::OperatorArgs),
     /// Print the TaskCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Submit a job to a cluster's REST API.
+    Submit(rest::SubmitArgs),
+    /// List jobs.
+    Jobs(rest::JobsArgs),
+    /// Show one job.
+    Job(rest::JobIdArgs),
+    /// Print (or follow) a job's log.
+    Logs(rest::LogsArgs),
+    /// Stop a job.
+    Stop(rest::JobIdArgs),
+    /// Download a result object.
+    Get(rest::GetArgs),
+    /// Show the cluster's nodes, resources, queues and jobs.
+    Status(rest::StatusArgs),
+    /// Run a job spec through the raylet at SHOAL_ADDRESS (entrypoint drivers).
+    #[command(hide = true)]
+    Driver(rest::DriverArgs),
 }
 
 /// Installs the tracing subscriber.
@@ -96,6 +115,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", shoal_operator::crd_yaml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Submit(a) => rest::submit(a).await,
+        Command::Jobs(a) => rest::jobs(a).await,
+        Command::Job(a) => rest::job(a).await,
+        Command::Logs(a) => rest::logs(a).await,
+        Command::Stop(a) => rest::stop(a).await,
+        Command::Get(a) => rest::get(a).await,
+        Command::Status(a) => rest::status(a).await,
+        Command::Driver(a) => rest::driver(a).await,
         Command::Worker(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+pub mod job_logs;
 pub mod task_events;
 
 use crate::ids::NodeId;
@@ -79,6 +80,8 @@ pub struct Gcs {
     config: GcsConfig,
     /// Task events for the state API.
     pub task_events: Arc<Mutex<task_events::TaskEventStore>>,
+    /// Entrypoint drivers' logs, for the REST API.
+    pub job_logs: Arc<job_logs::JobLogs>,
 }
 
 impl Gcs {
@@ -88,6 +91,7 @@ impl Gcs {
         Gcs {
             state: Arc::new(Mutex::new(State { next_job: 1, ..Default::default() })),
             task_events: Arc::new(Mutex::new(task_events::TaskEventStore::new(config.task_history))),
+            job_logs: Arc::new(job_logs::JobLogs::default()),
             config,
         }
     }
@@ -159,6 +163,36 @@ impl Gcs {
     /// Number of alive nodes.
     pub fn alive_nodes(&self) -> usize {
         self.lock().nodes.values().filter(|e| e.info.state == pb::NodeState::NodeAlive as i32).count()
+    }
+
+    /// Adds a job to the job table (the RPC and the head's job manager).
+    pub fn register_job_local(&self, name: String, driver_address: String) -> Result<u32, Status> {
+        let mut st = self.lock();
+        let job_id = st.next_job;
+        st.next_job = st.next_job.checked_add(1).ok_or_else(|| Status::resource_exhausted("job ids exhausted"))?;
+        st.jobs.insert(
+            job_id,
+            pb::JobInfo {
+                job_id,
+                name,
+                state: pb::JobState::JobRunning as i32,
+                start_time_ms: now_ms(),
+                end_time_ms: 0,
+                driver_address,
+            },
+        );
+        Ok(job_id)
+    }
+
+    /// Marks a job finished in the job table (no-op for unknown jobs).
+    pub fn finish_job_local(&self, job_id: u32) {
+        let mut st = self.lock();
+        if let Some(job) = st.jobs.get_mut(&job_id) {
+            if job.state != pb::JobState::JobFinished as i32 {
+                job.state = pb::JobState::JobFinished as i32;
+                job.end_time_ms = now_ms();
+            }
+        }
     }
 
     /// The job table.
@@ -286,20 +320,7 @@ impl pb::gcs_server::Gcs for Gcs {
         req: Request<pb::RegisterJobRequest>,
     ) -> Result<Response<pb::RegisterJobReply>, Status> {
         let req = req.into_inner();
-        let mut st = self.lock();
-        let job_id = st.next_job;
-        st.next_job = st.next_job.checked_add(1).ok_or_else(|| Status::resource_exhausted("job ids exhausted"))?;
-        st.jobs.insert(
-            job_id,
-            pb::JobInfo {
-                job_id,
-                name: req.name,
-                state: pb::JobState::JobRunning as i32,
-                start_time_ms: now_ms(),
-                end_time_ms: 0,
-                driver_address: req.driver_address,
-            },
-        );
+        let job_id = self.register_job_local(req.name, req.driver_address)?;
         Ok(Response::new(pb::RegisterJobReply { job_id }))
     }
 
@@ -352,6 +373,15 @@ impl pb::gcs_server::Gcs for Gcs {
         let batch = req.into_inner();
         self.task_events.lock().unwrap_or_else(|p| p.into_inner()).record(batch);
         Ok(Response::new(pb::ReportTaskEventsReply {}))
+    }
+
+    async fn append_job_log(
+        &self,
+        req: Request<pb::AppendJobLogRequest>,
+    ) -> Result<Response<pb::AppendJobLogReply>, Status> {
+        let req = req.into_inner();
+        let stop = self.job_logs.append(req.job_id, &req.data);
+        Ok(Response::new(pb::AppendJobLogReply { stop }))
     }
 
     async fn kv_list(&self, req: Request<pb::KvListRequest>) -> Result<Response<pb::KvListReply>, Status> {

@@ -1,43 +1,185 @@
-//! The task-event sink behind the state API: the latest state of each task
-//! as raylets report its transitions, with a bounded history.
+//! The task-event store behind the state API: the latest state of each task
+//! as raylets report its transitions, indexed for filtered, paginated reads.
+//!
+//! Every task gets a sequence number when its first event arrives; listings
+//! run in that order and a cursor is the sequence number to resume after, so
+//! pages stay stable while new tasks arrive. Secondary indexes (job, state,
+//! node, function) are ordered sets of sequence numbers: a filtered page
+//! walks the smallest matching index from the cursor and checks the other
+//! filters on each candidate, with a bounded scan per page
+//! ([`MAX_SCAN_PER_PAGE`]) so one request never walks a million records.
+//!
+//! Invariants: every remembered task is in `order` and in exactly one state
+//! index, its job index and (when known) its node and function indexes; the
+//! per-job and global state counts equal the index sizes; at most `capacity`
+//! tasks are remembered, and when one must go, the oldest task in a terminal
+//! state goes first (the oldest of all only when none has finished). The
+//! number evicted, the events raylets dropped and the capacity are reported.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 use shoal_proto::v1 as pb;
 
-use crate::ids::TaskId;
+use crate::ids::{NodeId, TaskId};
 
 /// Default number of tasks remembered.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Most events kept per task (the first ones and the latest are kept).
+pub const MAX_EVENTS_PER_TASK: usize = 32;
+/// Most records one page may examine before it returns with a cursor.
+pub const MAX_SCAN_PER_PAGE: usize = 200_000;
+/// Number of task states (`pb::TaskState` values 0..STATES).
+pub const STATES: usize = 7;
+
+/// Every task state, in `pb::TaskState` order.
+pub const ALL_STATES: [pb::TaskState; STATES] = [
+    pb::TaskState::TaskPendingArgs,
+    pb::TaskState::TaskPendingNode,
+    pb::TaskState::TaskScheduled,
+    pb::TaskState::TaskRunning,
+    pb::TaskState::TaskFinished,
+    pb::TaskState::TaskFailed,
+    pb::TaskState::TaskCancelled,
+];
+
+/// The state's name as the REST API and metrics spell it (`PENDING_ARGS`, ...).
+pub fn state_name(s: pb::TaskState) -> &'static str {
+    match s {
+        pb::TaskState::TaskPendingArgs => "PENDING_ARGS",
+        pb::TaskState::TaskPendingNode => "PENDING_NODE",
+        pb::TaskState::TaskScheduled => "SCHEDULED",
+        pb::TaskState::TaskRunning => "RUNNING",
+        pb::TaskState::TaskFinished => "FINISHED",
+        pb::TaskState::TaskFailed => "FAILED",
+        pb::TaskState::TaskCancelled => "CANCELLED",
+    }
+}
+
+/// Parses a state name as [`state_name`] prints it.
+pub fn parse_state(s: &str) -> Option<pb::TaskState> {
+    ALL_STATES.into_iter().find(|st| state_name(*st).eq_ignore_ascii_case(s))
+}
+
+/// Whether a state is final.
+pub fn is_terminal(s: pb::TaskState) -> bool {
+    matches!(s, pb::TaskState::TaskFinished | pb::TaskState::TaskFailed | pb::TaskState::TaskCancelled)
+}
+
+fn state_of(v: i32) -> pb::TaskState {
+    pb::TaskState::try_from(v).unwrap_or(pb::TaskState::TaskPendingArgs)
+}
 
 /// One task as the state API shows it.
 #[derive(Clone, Debug, Default)]
 pub struct TaskRecord {
+    /// The task.
+    pub task_id: TaskId,
+    /// Position in arrival order (the cursor space).
+    pub seq: u64,
     /// Job.
     pub job_id: u32,
     /// Name.
     pub name: String,
-    /// Function descriptor.
+    /// Function descriptor (`builtin:NAME` or `exec:PROGRAM`).
     pub function: String,
     /// Latest state.
     pub state: i32,
     /// Latest attempt.
     pub attempt: u32,
     /// Latest node.
-    pub node_id: Vec<u8>,
-    /// Every event, in arrival order.
+    pub node_id: Option<NodeId>,
+    /// The owner's node.
+    pub owner_node_id: Option<NodeId>,
+    /// Time of the first event (submission), ms since the epoch.
+    pub created_ms: u64,
+    /// Time the latest attempt started running.
+    pub start_ms: u64,
+    /// Time the task reached a terminal state.
+    pub end_ms: u64,
+    /// The latest error.
+    pub error: Option<pb::TaskError>,
+    /// Events in arrival order (bounded by [`MAX_EVENTS_PER_TASK`]).
     pub events: Vec<pb::TaskEvent>,
+    /// Events left out of `events`.
+    pub events_dropped: u32,
 }
 
-/// Latest state per task, oldest evicted first beyond the capacity.
-pub struct TaskEventStore {
-    tasks: HashMap<TaskId, TaskRecord>,
-    order: VecDeque<TaskId>,
-    capacity: usize,
+impl TaskRecord {
+    /// The latest state.
+    pub fn state(&self) -> pb::TaskState {
+        state_of(self.state)
+    }
+}
+
+/// Filters of a task listing; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    /// Only this job.
+    pub job_id: Option<u32>,
+    /// Only this state.
+    pub state: Option<pb::TaskState>,
+    /// Only tasks last placed on this node.
+    pub node_id: Option<NodeId>,
+    /// Only this function descriptor.
+    pub function: Option<String>,
+}
+
+impl TaskFilter {
+    fn matches(&self, r: &TaskRecord) -> bool {
+        self.job_id.is_none_or(|j| r.job_id == j)
+            && self.state.is_none_or(|s| r.state() == s)
+            && self.node_id.is_none_or(|n| r.node_id == Some(n))
+            && self.function.as_deref().is_none_or(|f| r.function == f)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct TaskPage {
+    /// Matching tasks, in arrival order.
+    pub tasks: Vec<TaskRecord>,
+    /// Resume after this sequence number for the next page; `None` at the end.
+    pub next_cursor: Option<u64>,
+}
+
+/// What the store holds, for the API and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StoreSummary {
+    /// Tasks remembered.
+    pub tasks: usize,
+    /// Most tasks remembered.
+    pub capacity: usize,
+    /// Tasks forgotten to stay within the capacity.
+    pub evicted: u64,
     /// Events raylets reported dropping.
     pub dropped: u64,
-    /// Tasks evicted to stay within the capacity.
-    pub evicted: u64,
+    /// Tasks remembered, by state (`pb::TaskState` order).
+    pub by_state: [u64; STATES],
+}
+
+/// Latest state per task, indexed; oldest finished evicted first.
+pub struct TaskEventStore {
+    tasks: HashMap<TaskId, TaskRecord>,
+    order: BTreeSet<(u64, TaskId)>,
+    by_job: HashMap<u32, BTreeSet<u64>>,
+    by_state: [BTreeSet<u64>; STATES],
+    by_node: HashMap<NodeId, BTreeSet<u64>>,
+    by_function: HashMap<String, BTreeSet<u64>>,
+    seq_to_task: HashMap<u64, TaskId>,
+    job_counts: HashMap<u32, [u64; STATES]>,
+    next_seq: u64,
+    capacity: usize,
+    dropped: u64,
+    evicted: u64,
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: &K, seq: u64) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&seq);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl TaskEventStore {
@@ -45,7 +187,14 @@ impl TaskEventStore {
     pub fn new(capacity: usize) -> Self {
         TaskEventStore {
             tasks: HashMap::new(),
-            order: VecDeque::new(),
+            order: BTreeSet::new(),
+            by_job: HashMap::new(),
+            by_state: Default::default(),
+            by_node: HashMap::new(),
+            by_function: HashMap::new(),
+            seq_to_task: HashMap::new(),
+            job_counts: HashMap::new(),
+            next_seq: 1,
             capacity: capacity.max(1),
             dropped: 0,
             evicted: 0,
@@ -57,41 +206,151 @@ impl TaskEventStore {
         self.dropped += batch.dropped;
         for e in batch.events {
             let Ok(id) = TaskId::from_slice(&e.task_id) else { continue };
-            let rec = match self.tasks.get_mut(&id) {
-                Some(r) => r,
-                None => {
-                    while self.tasks.len() >= self.capacity {
-                        let Some(old) = self.order.pop_front() else { break };
-                        if self.tasks.remove(&old).is_some() {
-                            self.evicted += 1;
+            self.apply(id, e);
+        }
+    }
+
+    fn insert_new(&mut self, id: TaskId, e: &pb::TaskEvent) {
+        while self.tasks.len() >= self.capacity {
+            if !self.evict_one() {
+                break;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let state = state_of(e.state);
+        let rec = TaskRecord {
+            task_id: id,
+            seq,
+            job_id: id.job().0,
+            state: state as i32,
+            created_ms: e.time_ms,
+            ..Default::default()
+        };
+        self.order.insert((seq, id));
+        self.seq_to_task.insert(seq, id);
+        self.by_job.entry(rec.job_id).or_default().insert(seq);
+        self.by_state[state as usize].insert(seq);
+        self.job_counts.entry(rec.job_id).or_default()[state as usize] += 1;
+        self.tasks.insert(id, rec);
+    }
+
+    /// Forgets the oldest terminal task, or the oldest task when none is terminal.
+    fn evict_one(&mut self) -> bool {
+        let oldest_terminal = [pb::TaskState::TaskFinished, pb::TaskState::TaskFailed, pb::TaskState::TaskCancelled]
+            .iter()
+            .filter_map(|s| self.by_state[*s as usize].first().copied())
+            .min();
+        let victim = match oldest_terminal {
+            Some(seq) => self.seq_to_task.get(&seq).copied(),
+            None => self.order.first().map(|(_, id)| *id),
+        };
+        let Some(victim) = victim else { return false };
+        self.remove(&victim);
+        self.evicted += 1;
+        true
+    }
+
+    fn remove(&mut self, id: &TaskId) {
+        let Some(rec) = self.tasks.remove(id) else { return };
+        self.order.remove(&(rec.seq, *id));
+        self.seq_to_task.remove(&rec.seq);
+        remove_from(&mut self.by_job, &rec.job_id, rec.seq);
+        self.by_state[rec.state() as usize].remove(&rec.seq);
+        if let Some(n) = rec.node_id {
+            remove_from(&mut self.by_node, &n, rec.seq);
+        }
+        if !rec.function.is_empty() {
+            remove_from(&mut self.by_function, &rec.function, rec.seq);
+        }
+        if let Some(c) = self.job_counts.get_mut(&rec.job_id) {
+            c[rec.state() as usize] = c[rec.state() as usize].saturating_sub(1);
+            if c.iter().all(|n| *n == 0) {
+                self.job_counts.remove(&rec.job_id);
+            }
+        }
+    }
+
+    fn apply(&mut self, id: TaskId, e: pb::TaskEvent) {
+        if !self.tasks.contains_key(&id) {
+            self.insert_new(id, &e);
+        }
+        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        let seq = rec.seq;
+        if !e.function.is_empty() && rec.function != e.function {
+            if !rec.function.is_empty() {
+                remove_from(&mut self.by_function, &rec.function, seq);
+            }
+            rec.function = e.function.clone();
+            self.by_function.entry(rec.function.clone()).or_default().insert(seq);
+        }
+        if !e.name.is_empty() {
+            rec.name = e.name.clone();
+        }
+        if !e.owner_node_id.is_empty() {
+            rec.owner_node_id = NodeId::from_slice(&e.owner_node_id).ok();
+        }
+        if e.time_ms > 0 && (rec.created_ms == 0 || e.time_ms < rec.created_ms) {
+            rec.created_ms = e.time_ms;
+        }
+        let new_state = state_of(e.state);
+        let old_state = rec.state();
+        if e.attempt >= rec.attempt {
+            // A late RUNNING from the executor must not undo a terminal state
+            // the owner already reported for the same attempt.
+            let keep_terminal = is_terminal(old_state) && e.attempt == rec.attempt && !is_terminal(new_state);
+            let advance = !keep_terminal;
+            rec.attempt = e.attempt;
+            if advance && new_state != old_state {
+                self.by_state[old_state as usize].remove(&seq);
+                self.by_state[new_state as usize].insert(seq);
+                if let Some(c) = self.job_counts.get_mut(&rec.job_id) {
+                    c[old_state as usize] = c[old_state as usize].saturating_sub(1);
+                    c[new_state as usize] += 1;
+                }
+                rec.state = new_state as i32;
+            }
+            // Timings are kept even from a late RUNNING that does not change the state.
+            if new_state == pb::TaskState::TaskRunning && (advance || rec.start_ms == 0) {
+                rec.start_ms = e.time_ms;
+            }
+            if advance {
+                match new_state {
+                    pb::TaskState::TaskRunning => {
+                        rec.end_ms = 0;
+                        // Only once the owner's submission event is in (it names the function).
+                        if !rec.function.is_empty() && rec.created_ms > 0 && e.time_ms >= rec.created_ms {
+                            let secs = (e.time_ms - rec.created_ms) as f64 / 1000.0;
+                            crate::metrics::observe_submit_to_start(&rec.function, secs);
                         }
                     }
-                    self.order.push_back(id);
-                    self.tasks.entry(id).or_default()
-                }
-            };
-            if !e.name.is_empty() {
-                rec.name = e.name.clone();
-            }
-            if !e.function.is_empty() {
-                rec.function = e.function.clone();
-            }
-            rec.job_id = e.job_id;
-            if e.attempt >= rec.attempt {
-                rec.attempt = e.attempt;
-                // A late RUNNING from the executor must not undo FINISHED from the owner.
-                let terminal = matches!(
-                    pb::TaskState::try_from(rec.state),
-                    Ok(pb::TaskState::TaskFinished | pb::TaskState::TaskFailed | pb::TaskState::TaskCancelled)
-                );
-                if !terminal || e.attempt > rec.attempt || rec.events.is_empty() {
-                    rec.state = e.state;
-                }
-                if !e.node_id.is_empty() {
-                    rec.node_id = e.node_id.to_vec();
+                    s if is_terminal(s) => rec.end_ms = e.time_ms,
+                    _ => {}
                 }
             }
+            if let Some(err) = &e.error {
+                rec.error = Some(err.clone());
+            }
+            if !e.node_id.is_empty() {
+                let node = NodeId::from_slice(&e.node_id).ok();
+                if node != rec.node_id {
+                    if let Some(old) = rec.node_id {
+                        remove_from(&mut self.by_node, &old, seq);
+                    }
+                    if let Some(n) = node {
+                        self.by_node.entry(n).or_default().insert(seq);
+                    }
+                    rec.node_id = node;
+                }
+            }
+        }
+        if rec.events.len() < MAX_EVENTS_PER_TASK {
             rec.events.push(e);
+        } else {
+            // Keep the first half and slide the latest through the second.
+            rec.events.remove(MAX_EVENTS_PER_TASK / 2);
+            rec.events.push(e);
+            rec.events_dropped += 1;
         }
     }
 
@@ -108,5 +367,166 @@ impl TaskEventStore {
     /// Whether no task is remembered.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
+    }
+
+    /// Counts of a job's remembered tasks by state (`pb::TaskState` order).
+    pub fn job_counts(&self, job_id: u32) -> [u64; STATES] {
+        self.job_counts.get(&job_id).copied().unwrap_or_default()
+    }
+
+    /// Sizes and counters.
+    pub fn summary(&self) -> StoreSummary {
+        let mut by_state = [0u64; STATES];
+        for (i, s) in self.by_state.iter().enumerate() {
+            by_state[i] = s.len() as u64;
+        }
+        StoreSummary {
+            tasks: self.tasks.len(),
+            capacity: self.capacity,
+            evicted: self.evicted,
+            dropped: self.dropped,
+            by_state,
+        }
+    }
+
+    /// Up to `limit` tasks matching `filter` that arrived after `after`
+    /// (a cursor from an earlier page; 0 for the first page).
+    pub fn list(&self, filter: &TaskFilter, after: u64, limit: usize) -> TaskPage {
+        let limit = limit.max(1);
+        // The smallest index that covers the filter; the full order otherwise.
+        let mut candidates: Vec<&BTreeSet<u64>> = Vec::new();
+        let empty = BTreeSet::new();
+        if let Some(j) = filter.job_id {
+            candidates.push(self.by_job.get(&j).unwrap_or(&empty));
+        }
+        if let Some(s) = filter.state {
+            candidates.push(&self.by_state[s as usize]);
+        }
+        if let Some(n) = filter.node_id {
+            candidates.push(self.by_node.get(&n).unwrap_or(&empty));
+        }
+        if let Some(f) = &filter.function {
+            candidates.push(self.by_function.get(f).unwrap_or(&empty));
+        }
+        let start = std::ops::Bound::Excluded(after);
+        let seqs: Box<dyn Iterator<Item = u64> + '_> = match candidates.into_iter().min_by_key(|s| s.len()) {
+            Some(index) => Box::new(index.range((start, std::ops::Bound::Unbounded)).copied()),
+            None => Box::new(self.order.range((after.saturating_add(1), TaskId::default())..).map(|(seq, _)| *seq)),
+        };
+        let mut page = TaskPage::default();
+        let mut last = after;
+        for (scanned, seq) in seqs.enumerate() {
+            if page.tasks.len() >= limit || scanned >= MAX_SCAN_PER_PAGE {
+                page.next_cursor = Some(last);
+                return page;
+            }
+            last = seq;
+            let Some(rec) = self.seq_to_task.get(&seq).and_then(|id| self.tasks.get(id)) else { continue };
+            if filter.matches(rec) {
+                page.tasks.push(rec.clone());
+            }
+        }
+        page
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::JobId;
+
+    fn ev(id: TaskId, state: pb::TaskState, attempt: u32, t: u64) -> pb::TaskEvent {
+        pb::TaskEvent {
+            task_id: id.to_bytes(),
+            job_id: id.job().0,
+            function: "builtin:noop".into(),
+            state: state as i32,
+            attempt,
+            time_ms: t,
+            ..Default::default()
+        }
+    }
+
+    fn batch(events: Vec<pb::TaskEvent>) -> pb::ReportTaskEventsRequest {
+        pb::ReportTaskEventsRequest { events, dropped: 0 }
+    }
+
+    #[test]
+    fn a_late_running_event_does_not_undo_finished() {
+        let mut s = TaskEventStore::new(10);
+        let t = TaskId::random(JobId(1));
+        s.record(batch(vec![
+            ev(t, pb::TaskState::TaskPendingArgs, 0, 1),
+            ev(t, pb::TaskState::TaskFinished, 0, 3),
+            ev(t, pb::TaskState::TaskRunning, 0, 2),
+        ]));
+        assert_eq!(s.get(&t).unwrap().state(), pb::TaskState::TaskFinished);
+        assert_eq!(s.job_counts(1)[pb::TaskState::TaskFinished as usize], 1);
+        assert_eq!(s.summary().by_state.iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn oldest_finished_tasks_are_evicted_before_older_running_ones() {
+        let mut s = TaskEventStore::new(3);
+        let running = TaskId::random(JobId(1));
+        let done_a = TaskId::random(JobId(1));
+        let done_b = TaskId::random(JobId(1));
+        s.record(batch(vec![
+            ev(running, pb::TaskState::TaskRunning, 0, 1),
+            ev(done_a, pb::TaskState::TaskFinished, 0, 2),
+            ev(done_b, pb::TaskState::TaskFinished, 0, 3),
+        ]));
+        let newer = TaskId::random(JobId(2));
+        s.record(batch(vec![ev(newer, pb::TaskState::TaskPendingArgs, 0, 4)]));
+        assert!(s.get(&running).is_some());
+        assert!(s.get(&done_a).is_none());
+        assert!(s.get(&done_b).is_some());
+        assert_eq!(s.summary().evicted, 1);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.job_counts(1).iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn pages_of_a_filtered_listing_cover_every_match_once() {
+        let mut s = TaskEventStore::new(100_000);
+        let mut events = Vec::new();
+        for i in 0..25_000u64 {
+            let job = JobId(1 + (i % 5) as u32);
+            let t = TaskId::random(job);
+            let st = if i % 2 == 0 { pb::TaskState::TaskFinished } else { pb::TaskState::TaskRunning };
+            events.push(ev(t, st, 0, i));
+        }
+        s.record(batch(events));
+        let filter = TaskFilter { job_id: Some(3), state: Some(pb::TaskState::TaskFinished), ..Default::default() };
+        let mut cursor = 0;
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let page = s.list(&filter, cursor, 700);
+            for t in &page.tasks {
+                assert_eq!(t.job_id, 3);
+                assert_eq!(t.state(), pb::TaskState::TaskFinished);
+                assert!(seen.insert(t.task_id));
+            }
+            match page.next_cursor {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 2500);
+    }
+
+    #[test]
+    fn a_page_deep_into_a_million_tasks_is_fast() {
+        let mut s = TaskEventStore::new(1_000_000);
+        let events: Vec<_> = (0..1_000_000u64)
+            .map(|i| ev(TaskId::random(JobId(1 + (i / 1000) as u32)), pb::TaskState::TaskFinished, 0, i))
+            .collect();
+        s.record(batch(events));
+        let started = std::time::Instant::now();
+        let page = s.list(&TaskFilter { job_id: Some(999), ..Default::default() }, 0, 100);
+        assert_eq!(page.tasks.len(), 100);
+        let page = s.list(&TaskFilter::default(), 999_000, 100);
+        assert_eq!(page.tasks.len(), 100);
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "{:?}", started.elapsed());
     }
 }
