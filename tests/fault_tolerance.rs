@@ -26,7 +26,7 @@ async fn graph_survives_raylets_killed_every_few_seconds() {
     let mut cluster = cluster(5, 2.0, "256Mi").await;
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
     // 2,000 tasks with objects of mixed sizes: inline (1 KiB) and multi-MiB.
-    let size = |i: u64| if i % 8 == 0 { 3u64 << 20 } else { 1024 };
+    let size = |i: u64| if i.is_multiple_of(8) { 3u64 << 20 } else { 1024 };
     let mut stage3 = Vec::new();
     let mut expected_a = 0u64;
     for i in 0..500u64 {

@@ -42,6 +42,8 @@ const OP_QUEUE: usize = 65_536;
 /// Most operations folded into one stream message.
 const OPS_PER_MESSAGE: usize = 8192;
 
+// A submission is the common case; boxing it would cost an allocation per task.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Submit(pb::TaskSpec),
     AddRef(ObjectId),
@@ -552,7 +554,7 @@ impl Client {
                 // The raylet that owns these objects is unreachable: a `put`
                 // value had its only copy there and is lost; a task's result
                 // has lost its owner.
-                return Ok(refs.iter().map(|r| Err(Error::Task(owner_gone_error(r, &s)))).collect());
+                return Ok(refs.iter().map(|r| Err(Error::from(owner_gone_error(r, &s)))).collect());
             }
             Err(s) => return Err(Error::rpc("get", s)),
         };
@@ -561,11 +563,11 @@ impl Client {
             .into_iter()
             .zip(refs)
             .map(|(r, oref)| match r.kind {
-                Some(pb::get_result::Kind::Value(v)) => Value::decode(&v).map_err(Error::Task),
+                Some(pb::get_result::Kind::Value(v)) => Value::decode(&v).map_err(Error::from),
                 Some(pb::get_result::Kind::TimedOut(_)) => {
                     Err(Error::Timeout(timeout.unwrap_or_default(), format!("object {}", oref.id())))
                 }
-                None => Err(Error::Task(TaskError::new("ObjectLost", "no value returned"))),
+                None => Err(Error::from(TaskError::new("ObjectLost", "no value returned"))),
             })
             .collect())
     }

@@ -100,9 +100,10 @@ impl From<&pb::TaskError> for TaskError {
 /// Errors returned by the client and the runtime's processes.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The task that should produce the object failed.
+    /// The task that should produce the object failed (boxed: errors carry
+    /// a lot of context and must not bloat every `Result`).
     #[error(transparent)]
-    Task(#[from] TaskError),
+    Task(Box<TaskError>),
     /// `get` or `wait` ran out of time.
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(std::time::Duration, String),
@@ -139,6 +140,12 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+}
+
+impl From<TaskError> for Error {
+    fn from(e: TaskError) -> Self {
+        Error::Task(Box::new(e))
+    }
 }
 
 impl Error {

@@ -58,6 +58,7 @@ impl Value {
     }
 
     /// Decodes a wire value; an error object becomes `Err` with its task error.
+    #[allow(clippy::result_large_err)] // the task error is the point of the call
     pub fn decode(v: &pb::ObjectValue) -> Result<Value, TaskError> {
         match pb::Format::try_from(v.format) {
             Ok(pb::Format::Json) => serde_json::from_slice(&v.data)

@@ -853,6 +853,7 @@ impl Core {
 
     /// Re-runs the task that created `id` because every copy of it was lost,
     /// rebuilding its own lost arguments first (lineage reconstruction).
+    #[allow(clippy::result_large_err)] // internal; the error becomes an object's value
     fn reconstruct(&mut self, id: ObjectId) -> Result<(), TaskError> {
         if id.is_put() {
             return Err(TaskError::new(
@@ -1319,8 +1320,7 @@ impl Core {
         }
         let classes: Vec<ResourceSet> = self.ready.keys().cloned().collect();
         for class in classes {
-            loop {
-                let Some(q) = self.ready.get(&class) else { break };
+            while let Some(q) = self.ready.get(&class) {
                 let queued = q.len();
                 if self.available.contains(&class) {
                     if let Some(w) = self.idle.pop() {

@@ -402,25 +402,20 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                 }
             }
         });
-        loop {
-            match updates.message().await {
-                Ok(Some(u)) => {
-                    let mut core = inner.core();
-                    let me = inner.node_id;
-                    let dead = core.view.apply_update(&u, me);
-                    if dead.contains(&me) {
-                        tracing::error!("the GCS declared this node dead");
-                        drop(core);
-                        rejoin(&inner);
-                    }
-                    for d in dead {
-                        core.on_node_dead(d);
-                    }
-                    if !u.joined.is_empty() {
-                        core.retry_infeasible();
-                    }
-                }
-                Ok(None) | Err(_) => break,
+        while let Ok(Some(u)) = updates.message().await {
+            let mut core = inner.core();
+            let me = inner.node_id;
+            let dead = core.view.apply_update(&u, me);
+            if dead.contains(&me) {
+                tracing::error!("the GCS declared this node dead");
+                drop(core);
+                rejoin(&inner);
+            }
+            for d in dead {
+                core.on_node_dead(d);
+            }
+            if !u.joined.is_empty() {
+                core.retry_infeasible();
             }
         }
         sender.abort();

@@ -53,6 +53,7 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     }
 }
 
+#[allow(clippy::result_large_err)] // becomes the task's error as is
 fn split_returns(v: Value, n: u32) -> Result<Vec<pb::ObjectValue>, TaskError> {
     if n == 1 {
         return Ok(vec![v.encode()]);
@@ -87,6 +88,7 @@ fn describe(v: &Value) -> String {
 }
 
 /// Runs one task and builds its `TaskDone`.
+#[allow(clippy::result_large_err)]
 fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) -> pb::TaskDone {
     let task_id = task.task_id.clone();
     let mut args = Vec::with_capacity(task.args.len());
