@@ -110,13 +110,7 @@ async fn killed_workers_never_lose_or_duplicate_a_result() {
         tokio::time::timeout(Duration::from_secs(120), c.get_many(&refs, None)).await.expect("no hang").unwrap();
     stop.store(true, Ordering::Relaxed);
     let killed = killer.join().unwrap();
-    let got: Vec<u64> = values
-        .into_iter()
-        .map(|v| match v.unwrap() {
-            Value::Json(j) => j.as_u64().unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let got = common::as_u64s(values);
     assert_eq!(got, (0..300u64).collect::<Vec<_>>(), "every task finished exactly once");
     let mut retries = 0;
     for r in &cluster.raylets {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shoal::local_cluster::{ClusterOptions, LocalCluster};
-use shoal::{Client, Strategy, Task, Value};
+use shoal::{Client, Strategy, Task};
 
 struct Netns {
     name: String,
@@ -119,13 +119,7 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
 
     let values =
         tokio::time::timeout(Duration::from_secs(60), c.get_many(&refs, None)).await.expect("no hang").unwrap();
-    let got: Vec<u64> = values
-        .into_iter()
-        .map(|v| match v.unwrap() {
-            Value::Json(j) => j.as_u64().unwrap(),
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let got = common::as_u64s(values);
     assert_eq!(got, (0..40u64).collect::<Vec<_>>(), "no lost and no duplicated results");
 
     // The old node is dead; the raylet came back under a new id.

@@ -1,8 +1,8 @@
 //! The Rust client: connect to a raylet, submit tasks, put, get and wait.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), shoal::Error> {
-//! use shoal::{Client, Task};
+//! # async fn demo() -> Result<(), shoal_runtime::Error> {
+//! use shoal_runtime::{Client, Task};
 //! let c = Client::connect("127.0.0.1:6380").await?;
 //! let a = c.submit(Task::builtin("identity").arg(20)).await?;
 //! let b = c.submit(Task::builtin("add").arg(&a).arg(22)).await?;
@@ -217,28 +217,28 @@ impl Task {
         Task::new(pb::function_descriptor::Kind::Exec(pb::ExecFunction { argv, ..Default::default() }), name)
     }
 
-    /// For `exec` tasks: keep stdout as a string instead of parsing JSON.
-    pub fn output_text(mut self, yes: bool) -> Task {
+    fn with_exec(mut self, f: impl FnOnce(&mut pb::ExecFunction)) -> Task {
         if let Some(pb::function_descriptor::Kind::Exec(e)) = self.function.kind.as_mut() {
-            e.output_text = yes;
+            f(e);
         }
         self
+    }
+
+    /// For `exec` tasks: keep stdout as a string instead of parsing JSON.
+    pub fn output_text(self, yes: bool) -> Task {
+        self.with_exec(|e| e.output_text = yes)
     }
 
     /// For `exec` tasks: an environment variable.
-    pub fn env(mut self, key: &str, value: &str) -> Task {
-        if let Some(pb::function_descriptor::Kind::Exec(e)) = self.function.kind.as_mut() {
+    pub fn env(self, key: &str, value: &str) -> Task {
+        self.with_exec(|e| {
             e.env.insert(key.to_string(), value.to_string());
-        }
-        self
+        })
     }
 
     /// For `exec` tasks: the working directory.
-    pub fn cwd(mut self, dir: &str) -> Task {
-        if let Some(pb::function_descriptor::Kind::Exec(e)) = self.function.kind.as_mut() {
-            e.cwd = dir.to_string();
-        }
-        self
+    pub fn cwd(self, dir: &str) -> Task {
+        self.with_exec(|e| e.cwd = dir.to_string())
     }
 
     /// Appends an argument.

@@ -45,3 +45,14 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The results of `get_many` as integers, failing the test on any error.
+pub fn as_u64s(values: Vec<Result<shoal::Value, shoal::Error>>) -> Vec<u64> {
+    values
+        .into_iter()
+        .map(|v| match v.expect("every task succeeds") {
+            shoal::Value::Json(j) => j.as_u64().expect("an integer result"),
+            other => panic!("expected an integer, got {other:?}"),
+        })
+        .collect()
+}

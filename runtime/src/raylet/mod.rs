@@ -128,6 +128,8 @@ pub(crate) struct Inner {
     pub objects: object_manager::ObjectManager,
     pub peers: Arc<peers::Peers>,
     pub gcs: GcsClient<Channel>,
+    /// The metrics/health HTTP address, once serving.
+    pub http_address: std::sync::OnceLock<String>,
 }
 
 impl Inner {
@@ -211,6 +213,7 @@ impl Raylet {
                 store,
                 peers,
                 gcs,
+                http_address: std::sync::OnceLock::new(),
             }
         });
 
@@ -234,6 +237,7 @@ impl Raylet {
             crate::http::health_routes(Some(metrics_refresh(Arc::downgrade(&inner)))),
         )
         .await?;
+        let _ = inner.http_address.set(http_address.clone());
 
         register(&inner).await?;
         tokio::spawn(heartbeat_loop(inner.clone()));
@@ -312,7 +316,7 @@ async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
         pb::NodeInfo {
             node_id: inner.node_id.to_bytes(),
             address: inner.address.clone(),
-            metrics_address: String::new(),
+            metrics_address: inner.http_address.get().cloned().unwrap_or_default(),
             total: Some((&core.total).into()),
             labels: core.labels.clone(),
             state: pb::NodeState::NodeAlive as i32,
