@@ -93,3 +93,89 @@ fn raylet_reports_every_bad_flag_at_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--resources") && err.contains("--labels") && err.contains("--memory"), "{err}");
 }
+
+/// Every process below `pid`, children first found.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        for c in shoal::local_cluster::children_of(all[i]) {
+            if !all.contains(&c) {
+                all.push(c);
+            }
+        }
+        i += 1;
+    }
+    all.remove(0);
+    all
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; count it as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Starts `shoal up`, waits until it is serving, and returns it with every
+/// process below it (head, raylets, workers).
+fn start_up() -> (std::process::Child, Vec<u32>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = shoal()
+        .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(seen.contains("raylet 1:"), "{seen}");
+    // Keep draining stdout so `shoal up` never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    // Let the raylets start their workers.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let procs = descendants(child.id());
+    assert!(procs.len() >= 5, "head, two raylets and their workers: {procs:?}");
+    (child, procs)
+}
+
+fn all_gone(procs: &[u32]) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if procs.iter().all(|p| !alive(*p)) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn up_stops_every_process_on_sigterm() {
+    let (mut up, procs) = start_up();
+    // SAFETY: kill(2) on a child this test started.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let status = up.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(all_gone(&procs), "orphans left: {:?}", procs.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+}
+
+#[test]
+fn no_process_outlives_a_killed_up() {
+    let (mut up, procs) = start_up();
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(all_gone(&procs), "orphans left: {:?}", procs.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+}

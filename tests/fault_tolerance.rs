@@ -227,3 +227,27 @@ async fn cancelled_tasks_never_run_and_are_never_retried() {
     let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
     assert_eq!(stats.task_retries, 0, "cancelled tasks are never retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn using_evicted_lineage_is_a_clear_error() {
+    let mut o = ClusterOptions::new(common::binary(), 2);
+    o.cpus_per_node = Some(2.0);
+    // The owner keeps the lineage of one finished task only.
+    o.node_args = vec![vec!["--max-lineage-tasks".into(), "1".into()]];
+    let mut cluster = LocalCluster::start(o).await.expect("cluster starts");
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let x: NodeId = cluster.raylets[1].node_id.parse().unwrap();
+    let on_x = Strategy::NodeAffinity { node: x, soft: true };
+    let a = c.submit(Task::builtin("bytes").arg(2u64 << 20).strategy(on_x.clone())).await.unwrap();
+    let b = c.submit(Task::builtin("identity").arg(&a).strategy(on_x)).await.unwrap();
+    c.wait(std::slice::from_ref(&b), 1, None).await.unwrap();
+    // Later tasks push a's lineage out; then a itself is dropped.
+    let later = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
+    c.get_value(&later).await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill_raylet(1);
+    let err = tokio::time::timeout(Duration::from_secs(60), c.get_value(&b)).await.expect("no hang").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ObjectLost") && text.contains("lineage"), "{text}");
+}

@@ -922,7 +922,13 @@ impl Core {
                     o.state
                 }
                 None => {
-                    failure = Some(TaskError::new("ObjectLost", format!("argument {a} of the rebuilt task is gone")));
+                    failure = Some(TaskError::new(
+                        "ObjectLost",
+                        format!(
+                            "argument {a} of the rebuilt task was freed and its lineage evicted \
+                             (raise --max-lineage-tasks to keep more)"
+                        ),
+                    ));
                     continue;
                 }
             };

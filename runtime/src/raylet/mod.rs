@@ -109,7 +109,7 @@ impl RayletConfig {
             pipeline_depth: 1,
             infeasible_timeout: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(100),
-            transfer_chunk_bytes: 4 << 20,
+            transfer_chunk_bytes: 8 << 20,
             max_transfer_bytes_in_flight: 512 << 20,
             ready_file: None,
             max_lineage_tasks: 100_000,
