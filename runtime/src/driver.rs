@@ -3,6 +3,7 @@
 //! results of the sink tasks (the ones nothing else consumes).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::client::{Client, ObjectRef, Task, TaskArg};
 use crate::error::Error;
@@ -44,7 +45,46 @@ pub async fn submit_plan(client: &Client, plan: &JobPlan) -> Result<Vec<Vec<Obje
 /// task id (a task with several returns gives an array). The first failure
 /// is returned as the task's error.
 pub async fn run_plan(client: &Client, plan: &JobPlan) -> Result<BTreeMap<String, serde_json::Value>, Error> {
+    run_plan_with_progress(client, plan, |_, _| {}).await
+}
+
+/// [`run_plan`], calling `progress(done, total)` every [`PROGRESS_INTERVAL`]
+/// while the job runs.
+pub async fn run_plan_with_progress(
+    client: &Client,
+    plan: &JobPlan,
+    mut progress: impl FnMut(usize, usize) + Send,
+) -> Result<BTreeMap<String, serde_json::Value>, Error> {
     let refs = submit_plan(client, plan).await?;
+    let firsts: Vec<ObjectRef> = refs.iter().filter_map(|r| r.first().cloned()).collect();
+    let watch = async {
+        loop {
+            tokio::time::sleep(PROGRESS_INTERVAL).await;
+            let done = match client.wait(&firsts, firsts.len(), Some(Duration::from_millis(1))).await {
+                Ok((ready, _)) => ready.len(),
+                Err(_) => continue,
+            };
+            progress(done, firsts.len());
+        }
+    };
+    let result = tokio::select! {
+        r = collect_sinks(client, plan, refs) => r,
+        _ = watch => unreachable!("the progress loop never ends"),
+    };
+    if result.is_ok() {
+        progress(firsts.len(), firsts.len());
+    }
+    result
+}
+
+/// How often progress is reported.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+async fn collect_sinks(
+    client: &Client,
+    plan: &JobPlan,
+    refs: Vec<Vec<ObjectRef>>,
+) -> Result<BTreeMap<String, serde_json::Value>, Error> {
     let mut sinks: Vec<(usize, ObjectRef)> = Vec::new();
     for (i, t) in plan.tasks.iter().enumerate() {
         if t.is_sink {

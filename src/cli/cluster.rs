@@ -353,7 +353,19 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
     let opts = shoal::ConnectOptions { name: plan.name.clone(), ..Default::default() };
     let client = shoal::Client::connect_with(&cluster.raylets[0].address, opts).await?;
-    let outcome = shoal::driver::run_plan(&client, &plan).await;
+    // A progress line on a terminal; nothing when stderr is a pipe or file.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let outcome = shoal::driver::run_plan_with_progress(&client, &plan, |done, total| {
+        if tty {
+            let width = 30;
+            let filled = if total == 0 { width } else { done * width / total };
+            eprint!("\r\x1b[2K[{}{}] {done}/{total} tasks", "#".repeat(filled), "-".repeat(width - filled));
+            if done == total {
+                eprintln!();
+            }
+        }
+    })
+    .await;
     drop(client);
     drop(cluster);
     match outcome {
@@ -369,6 +381,9 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
+            if tty {
+                eprintln!();
+            }
             eprintln!("job `{}` failed: {e}", plan.name);
             Ok(ExitCode::FAILURE)
         }
