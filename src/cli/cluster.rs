@@ -358,7 +358,7 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = shoal::driver::run_plan_with_progress(&client, &plan, |done, total| {
         if tty {
             let width = 30;
-            let filled = if total == 0 { width } else { done * width / total };
+            let filled = (done * width).checked_div(total).unwrap_or(width).min(width);
             eprint!("\r\x1b[2K[{}{}] {done}/{total} tasks", "#".repeat(filled), "-".repeat(width - filled));
             if done == total {
                 eprintln!();
