@@ -291,3 +291,27 @@ async fn a_killed_worker_is_replaced_and_its_task_retried() {
     let ok = c.submit(Task::builtin("identity").arg(5)).await.unwrap();
     assert_eq!(c.get::<i64>(&ok).await.unwrap(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_object_moves_in_parallel_ranges_intact() {
+    let cluster = common::cluster(2, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let a: NodeId = cluster.raylets[0].node_id.parse().unwrap();
+    let b: NodeId = cluster.raylets[1].node_id.parse().unwrap();
+    // Not a multiple of the range or chunk size, so the last range is short.
+    let size: u64 = (40 << 20) + 12_345;
+    let data = c
+        .submit(Task::builtin("bytes").arg(size).strategy(Strategy::NodeAffinity { node: a, soft: false }))
+        .await
+        .unwrap();
+    let sum = c
+        .submit(Task::builtin("checksum").arg(&data).strategy(Strategy::NodeAffinity { node: b, soft: false }))
+        .await
+        .unwrap();
+    let got: serde_json::Value = c.get(&sum).await.unwrap();
+    let expected: Vec<u8> = (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect();
+    assert_eq!(got["len"], size);
+    assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&expected)));
+    let stats = shoal::node_stats(&cluster.raylets[1].address).await.unwrap();
+    assert_eq!(stats.pulled_bytes, size);
+}

@@ -161,30 +161,15 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
             .await?;
         c.wait(std::slice::from_ref(&data), 1, None).await?;
         let consumer_addr = cluster.raylets[nodes.min(2) - 1].address.clone();
-        let stats = crate::raylet::peers::raylet_client(crate::net::connect(&consumer_addr).await?);
-        let pulled = || {
-            let mut s = stats.clone();
-            async move {
-                s.node_stats(shoal_proto::v1::NodeStatsRequest {})
-                    .await
-                    .map(|r| r.into_inner().pulled_bytes)
-                    .map_err(|e| Error::rpc("node stats", e))
-            }
-        };
-        let before = pulled().await?;
-        let t = Instant::now();
+        let before = crate::client::node_stats(&consumer_addr).await?;
         let probe = c
             .submit(Task::builtin("noop").arg(&data).strategy(Strategy::NodeAffinity { node: consumer, soft: false }))
             .await?;
-        // Time the transfer itself: until the consumer's node has the bytes.
-        let mut after = before;
-        while after < before + (100 << 20) && t.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_micros(500)).await;
-            after = pulled().await?;
-        }
-        let took = t.elapsed();
         c.get_value(&probe).await?;
-        let moved = after - before;
+        // The consumer's raylet times its pulls itself.
+        let after = crate::client::node_stats(&consumer_addr).await?;
+        let moved = after.pulled_bytes - before.pulled_bytes;
+        let took = Duration::from_micros((after.pull_micros - before.pull_micros).max(1));
         pull = json!({
             "bytes": moved,
             "seconds": took.as_secs_f64(),

@@ -1785,6 +1785,7 @@ impl Core {
             evicted_objects: s.evicted,
             task_retries: self.stats.retries,
             reconstructions: self.stats.reconstructions,
+            pull_micros: 0,
             infeasible_tasks: self.infeasible.len() as u32,
         }
     }

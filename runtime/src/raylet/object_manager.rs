@@ -13,11 +13,69 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use shoal_proto::v1 as pb;
+use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::{oneshot, Semaphore};
+use tonic::transport::Channel;
 
 use crate::ids::ObjectId;
 use crate::raylet::object_store::ObjectStore;
 use crate::raylet::peers::Peers;
+
+/// Objects at least this large (per range) are pulled as parallel ranges.
+const PARALLEL_RANGE_BYTES: u64 = 16 << 20;
+/// Most ranges pulled at once for one object.
+const MAX_PARALLEL_RANGES: u64 = 4;
+
+/// Pulls `length` bytes (0: all) of `id` from `offset` into `buf` over one
+/// stream, checking offsets, sizes and the range's checksum.
+async fn pull_range(
+    mut client: RayletClient<Channel>,
+    id: ObjectId,
+    offset: u64,
+    length: u64,
+    mut buf: BytesMut,
+) -> Result<(i32, BytesMut), String> {
+    let mut stream = client
+        .pull_object(pb::PullObjectRequest { object_id: id.to_bytes(), offset, length })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let mut crc = crc32fast::Hasher::new();
+    let mut format = 0;
+    let mut want = length;
+    let mut first = true;
+    loop {
+        let chunk = stream.message().await.map_err(|s| s.message().to_string())?;
+        let Some(chunk) = chunk else { return Err("stream ended before the last chunk".to_string()) };
+        if first {
+            format = chunk.format;
+            if length == 0 {
+                want = chunk.total_size.saturating_sub(offset);
+                buf.reserve(want as usize);
+            }
+            first = false;
+        }
+        if chunk.offset != offset + buf.len() as u64 {
+            return Err(format!("chunk at offset {} arrived, expected {}", chunk.offset, offset + buf.len() as u64));
+        }
+        if buf.len() as u64 + chunk.data.len() as u64 > want {
+            return Err("more bytes than asked for".to_string());
+        }
+        // Checksum as chunks arrive, overlapping the transfer.
+        crc.update(&chunk.data);
+        buf.extend_from_slice(&chunk.data);
+        if chunk.last {
+            if buf.len() as u64 != want {
+                return Err(format!("got {} of {want} bytes", buf.len()));
+            }
+            let got = crc.finalize();
+            if got != chunk.crc32 {
+                return Err(format!("checksum mismatch: {got:08x} != {:08x}", chunk.crc32));
+            }
+            return Ok((format, buf));
+        }
+    }
+}
 
 /// Transfer statistics.
 #[derive(Default)]
@@ -26,6 +84,8 @@ pub(crate) struct TransferStats {
     pub pulled_objects: AtomicU64,
     pub served_bytes: AtomicU64,
     pub served_objects: AtomicU64,
+    /// Microseconds spent in successful pulls.
+    pub pull_micros: AtomicU64,
 }
 
 type Waiters = Vec<oneshot::Sender<Result<(), String>>>;
@@ -98,7 +158,7 @@ impl ObjectManager {
         let _permit = self.budget.acquire_many(chunks).await.map_err(|e| e.to_string())?;
         let mut errors = Vec::new();
         for loc in locations {
-            match self.transfer_from(id, loc).await {
+            match self.transfer_from(id, loc, size_hint).await {
                 Ok(()) => return Ok(()),
                 Err(e) => errors.push(format!("{}: {e}", loc.address)),
             }
@@ -106,86 +166,104 @@ impl ObjectManager {
         Err(errors.join("; "))
     }
 
-    async fn transfer_from(&self, id: ObjectId, loc: &pb::Location) -> Result<(), String> {
-        let mut client = self.peers.client(&loc.address).ok_or_else(|| format!("bad address {}", loc.address))?;
-        let mut stream = client
-            .pull_object(pb::PullObjectRequest { object_id: id.to_bytes() })
-            .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
-        let mut buf = BytesMut::new();
-        let mut crc = crc32fast::Hasher::new();
-        let mut format = 0;
-        let mut total = 0u64;
-        let mut first = true;
-        loop {
-            let chunk = stream.message().await.map_err(|s| s.message().to_string())?;
-            let Some(chunk) = chunk else { return Err("stream ended before the last chunk".to_string()) };
-            if first {
-                total = chunk.total_size;
-                format = chunk.format;
-                buf.reserve(total as usize);
-                first = false;
+    async fn transfer_from(&self, id: ObjectId, loc: &pb::Location, size_hint: u64) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let client = self.peers.client(&loc.address).ok_or_else(|| format!("bad address {}", loc.address))?;
+        let ranges = (size_hint / PARALLEL_RANGE_BYTES).clamp(1, MAX_PARALLEL_RANGES);
+        let (format, data) = if ranges <= 1 {
+            pull_range(client, id, 0, 0, BytesMut::new()).await?
+        } else {
+            // Each range fills its own slice of one buffer; the slices are
+            // joined back without copying.
+            let total = size_hint as usize;
+            let part = total.div_ceil(ranges as usize);
+            let mut rest = BytesMut::with_capacity(total);
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut offset = 0usize;
+            let mut index = 0usize;
+            while offset < total {
+                let len = part.min(total - offset);
+                let tail = rest.split_off(len);
+                let buf = std::mem::replace(&mut rest, tail);
+                let c = client.clone();
+                let at = offset as u64;
+                tasks.spawn(async move { (index, pull_range(c, id, at, len as u64, buf).await) });
+                offset += len;
+                index += 1;
             }
-            if chunk.offset != buf.len() as u64 {
-                return Err(format!("chunk at offset {} arrived, expected {}", chunk.offset, buf.len()));
+            let mut parts: Vec<Option<(i32, BytesMut)>> = (0..index).map(|_| None).collect();
+            while let Some(done) = tasks.join_next().await {
+                let (i, r) = done.map_err(|e| format!("range transfer failed: {e}"))?;
+                parts[i] = Some(r?);
             }
-            if buf.len() as u64 + chunk.data.len() as u64 > total {
-                return Err("more bytes than announced".to_string());
+            let mut joined = BytesMut::new();
+            let mut format = 0;
+            for p in parts {
+                let (f, b) = p.ok_or("a range is missing")?;
+                format = f;
+                joined.unsplit(b);
             }
-            // Checksum as chunks arrive, overlapping the transfer.
-            crc.update(&chunk.data);
-            buf.extend_from_slice(&chunk.data);
-            if chunk.last {
-                if buf.len() as u64 != total {
-                    return Err(format!("got {} of {total} bytes", buf.len()));
-                }
-                let got = crc.clone().finalize();
-                if got != chunk.crc32 {
-                    return Err(format!("checksum mismatch: {got:08x} != {:08x}", chunk.crc32));
-                }
-                break;
+            if joined.len() != total {
+                return Err(format!(
+                    "got {} of {total} bytes (the object's size differs from its owner's record)",
+                    joined.len()
+                ));
             }
-        }
-        let len = buf.len() as u64;
-        let value = pb::ObjectValue { format, data: buf.freeze() };
+            (format, joined)
+        };
+        let len = data.len() as u64;
+        let value = pb::ObjectValue { format, data: data.freeze() };
         self.store.put(id, value, false).map_err(|e| e.to_string())?;
         self.stats.pulled_bytes.fetch_add(len, Ordering::Relaxed);
         self.stats.pulled_objects.fetch_add(1, Ordering::Relaxed);
+        self.stats.pull_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The chunks of a local object, for a peer's pull: produced lazily,
-    /// with the checksum computed as the chunks go out.
-    pub(crate) fn serve(&self, id: &ObjectId) -> Option<impl Iterator<Item = pb::ObjectChunk> + Send + 'static> {
-        let v = self.store.get(id)?;
+    /// The chunks of a range of a local object (`length` 0: to the end), for
+    /// a peer's pull: produced lazily, with the range's checksum computed as
+    /// the chunks go out.
+    pub(crate) fn serve(
+        &self,
+        id: &ObjectId,
+        offset: u64,
+        length: u64,
+    ) -> Result<impl Iterator<Item = pb::ObjectChunk> + Send + 'static, String> {
+        let v = self.store.get(id).ok_or_else(|| format!("object {id} is not here"))?;
         let total = v.data.len() as u64;
+        if offset > total || length > total - offset {
+            return Err(format!("range {offset}+{length} is outside object {id} of {total} bytes"));
+        }
+        let end_at = if length == 0 { total } else { offset + length } as usize;
         let chunk = self.chunk_size;
         let mut crc = crc32fast::Hasher::new();
-        let mut off = 0usize;
+        let mut off = offset as usize;
+        let mut first = true;
         let mut done = false;
         let iter = std::iter::from_fn(move || {
             if done {
                 return None;
             }
-            let end = (off + chunk).min(v.data.len());
-            let last = end == v.data.len();
+            let end = (off + chunk).min(end_at);
+            let last = end == end_at;
             let data = v.data.slice(off..end);
             crc.update(&data);
             let c = pb::ObjectChunk {
-                total_size: if off == 0 { total } else { 0 },
+                total_size: if first { total } else { 0 },
                 format: v.format,
                 offset: off as u64,
                 data,
                 crc32: if last { crc.clone().finalize() } else { 0 },
                 last,
             };
+            first = false;
             off = end;
             done = last;
             Some(c)
         });
+        let total = (end_at as u64) - offset;
         self.stats.served_bytes.fetch_add(total, Ordering::Relaxed);
         self.stats.served_objects.fetch_add(1, Ordering::Relaxed);
-        Some(iter)
+        Ok(iter)
     }
 }

@@ -546,12 +546,13 @@ impl pb::raylet_server::Raylet for RayletService {
         &self,
         req: Request<pb::PullObjectRequest>,
     ) -> Result<Response<Self::PullObjectStream>, Status> {
-        let id = object_id(&req.get_ref().object_id)?;
+        let r = req.into_inner();
+        let id = object_id(&r.object_id)?;
         let chunks = self
             .inner
             .objects
-            .serve(&id)
-            .ok_or_else(|| Status::not_found(format!("object {id} is not on node {}", self.inner.node_id)))?;
+            .serve(&id, r.offset, r.length)
+            .map_err(|e| Status::not_found(format!("{e} (node {})", self.inner.node_id)))?;
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.map(Ok)))))
     }
 
@@ -581,6 +582,7 @@ impl pb::raylet_server::Raylet for RayletService {
         s.pulled_bytes = t.pulled_bytes.load(Relaxed);
         s.pulled_objects = t.pulled_objects.load(Relaxed);
         s.served_bytes = t.served_bytes.load(Relaxed);
+        s.pull_micros = t.pull_micros.load(Relaxed);
         Ok(Response::new(s))
     }
 }
