@@ -1,7 +1,7 @@
 //! Errors of the runtime.
 //!
 //! [`TaskError`] is the failure of one task as every component reports it: its
-//! kind, message, and which task, function, node and attempt. [`Error`] is what
+//! kind, message, and which task, function, node and attempt. [`Error`](enum@Error) is what
 //! the client and the processes return; it maps to gRPC status codes so that
 //! an error keeps its meaning across the wire.
 

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 /// A string or byte slice that is not a valid id.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("invalid {kind} id `{input}`: expected {len} hex digits")]
+#[error("invalid {kind} id `{input}`: expected {len} hex digits ({} bytes)", .len / 2)]
 pub struct IdParseError {
     kind: &'static str,
     input: String,

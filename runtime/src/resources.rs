@@ -2,7 +2,9 @@
 //! point with 1/10000 precision, so that adding and releasing fractions never
 //! drifts.
 //!
-//! Names are lowercase; `CPU`, `GPU` and `Memory` are accepted and folded.
+//! The well-known names are folded to lowercase (`CPU`, `num_gpus`,
+//! `Memory`, `nvidia.com/gpu`...); custom names are kept as written and are
+//! case-sensitive.
 //! Quantities parse from plain numbers (`1`, `0.5`) and, for every resource,
 //! Kubernetes-style suffixes (`500m`, `256Mi`, `2G`).
 
@@ -275,7 +277,8 @@ impl fmt::Display for ResourceSet {
                 write!(f, ", ")?;
             }
             if k == MEMORY {
-                write!(f, "{k}: {}", human_bytes((*v / UNIT) as u64))?;
+                let sign = if *v < 0 { "-" } else { "" };
+                write!(f, "{k}: {sign}{}", human_bytes((*v / UNIT).unsigned_abs()))?;
             } else {
                 let whole = *v as f64 / UNIT as f64;
                 write!(f, "{k}: {whole}")?;
