@@ -315,3 +315,24 @@ async fn a_large_object_moves_in_parallel_ranges_intact() {
     let stats = shoal::node_stats(&cluster.raylets[1].address).await.unwrap();
     assert_eq!(stats.pulled_bytes, size);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_tasks_see_their_own_devices_in_cuda_visible_devices() {
+    let cluster = common::cluster_with(vec![vec!["--num-cpus", "4", "--num-gpus", "2"]]).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let show = |gpus: f64| {
+        Task::exec(["sh", "-c", "sleep 0.3; echo \"[$CUDA_VISIBLE_DEVICES]\""])
+            .output_text(true)
+            .resources(ResourceSet::new().with("cpu", 1.0).with("gpu", gpus))
+    };
+    // Two one-GPU tasks at once get different devices.
+    let a = c.submit(show(1.0)).await.unwrap();
+    let b = c.submit(show(1.0)).await.unwrap();
+    let mut got = vec![c.get::<String>(&a).await.unwrap(), c.get::<String>(&b).await.unwrap()];
+    got.sort();
+    assert_eq!(got, vec!["[0]", "[1]"]);
+    let both = c.submit(show(2.0)).await.unwrap();
+    assert_eq!(c.get::<String>(&both).await.unwrap(), "[0,1]");
+    let none = c.submit(show(0.0)).await.unwrap();
+    assert_eq!(c.get::<String>(&none).await.unwrap(), "[]");
+}

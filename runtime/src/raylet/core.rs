@@ -170,6 +170,11 @@ struct Running {
 struct Lease {
     class: ResourceSet,
     in_flight: VecDeque<TaskId>,
+    /// GPU ids lent to the lease's tasks.
+    gpu_ids: Vec<u32>,
+    /// Whether the ids are the lease's alone (whole GPUs) rather than shared
+    /// (a fraction of one GPU).
+    gpus_exclusive: bool,
 }
 
 struct WorkerSlot {
@@ -220,6 +225,8 @@ pub(crate) struct Core {
     idle: Vec<WorkerId>,
     starting: usize,
     start_failures: u32,
+    /// GPU ids not lent to any lease, lowest first.
+    gpus_free: Vec<u32>,
     pub stats: CoreStats,
     pub events: TaskEvents,
 }
@@ -265,6 +272,7 @@ impl Core {
         store: Arc<ObjectStore>,
     ) -> Self {
         let total = config.resources.clone();
+        let gpus = (total.units(crate::resources::GPU) / crate::resources::UNIT).max(0) as u32;
         let labels = config.labels.clone();
         Core {
             node_id,
@@ -291,6 +299,7 @@ impl Core {
             idle: Vec::new(),
             starting: 0,
             start_failures: 0,
+            gpus_free: (0..gpus).collect(),
             stats: CoreStats::default(),
             events: TaskEvents::default(),
         }
@@ -1335,8 +1344,14 @@ impl Core {
                             break;
                         };
                         self.available.subtract(&class);
+                        let (gpu_ids, gpus_exclusive) = self.take_gpus(&class);
                         if let Some(slot) = self.workers.get_mut(&w) {
-                            slot.lease = Some(Lease { class: class.clone(), in_flight: VecDeque::new() });
+                            slot.lease = Some(Lease {
+                                class: class.clone(),
+                                in_flight: VecDeque::new(),
+                                gpu_ids,
+                                gpus_exclusive,
+                            });
                         }
                         self.run_on(w, t);
                         continue;
@@ -1416,6 +1431,12 @@ impl Core {
                 args,
                 num_returns: spec.num_returns,
                 attempt: spec.attempt,
+                gpu_ids: self
+                    .workers
+                    .get(&w)
+                    .and_then(|s| s.lease.as_ref())
+                    .map(|l| l.gpu_ids.clone())
+                    .unwrap_or_default(),
             })),
         };
         let Some(slot) = self.workers.get_mut(&w) else { return };
@@ -1440,6 +1461,28 @@ impl Core {
         }
     }
 
+    /// GPU ids for a new lease of `class`: whole GPUs are taken from the
+    /// free list; a fraction of a GPU shares the lowest id.
+    fn take_gpus(&mut self, class: &ResourceSet) -> (Vec<u32>, bool) {
+        let units = class.units(crate::resources::GPU);
+        if units <= 0 {
+            return (Vec::new(), false);
+        }
+        if units % crate::resources::UNIT != 0 && units < crate::resources::UNIT {
+            return (vec![self.gpus_free.first().copied().unwrap_or(0)], false);
+        }
+        let whole = (units + crate::resources::UNIT - 1) / crate::resources::UNIT;
+        let n = (whole as usize).min(self.gpus_free.len());
+        (self.gpus_free.drain(..n).collect(), true)
+    }
+
+    fn return_gpus(&mut self, l: &Lease) {
+        if l.gpus_exclusive {
+            self.gpus_free.extend(l.gpu_ids.iter().copied());
+            self.gpus_free.sort_unstable();
+        }
+    }
+
     fn release_if_done(&mut self, w: WorkerId) {
         let Some(slot) = self.workers.get_mut(&w) else { return };
         if slot.lease.as_ref().is_some_and(|l| l.in_flight.is_empty()) {
@@ -1447,6 +1490,7 @@ impl Core {
                 if !slot.blocked {
                     self.available.add(&l.class);
                 }
+                self.return_gpus(&l);
             }
             self.idle.push(w);
         }
@@ -1515,6 +1559,7 @@ impl Core {
             if !slot.blocked {
                 self.available.add(&l.class);
             }
+            self.return_gpus(&l);
             for task_id in l.in_flight {
                 let Some(run) = self.running.remove(&task_id) else { continue };
                 let err = TaskError {

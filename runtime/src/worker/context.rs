@@ -26,19 +26,21 @@ pub struct TaskContext {
     task_id: Option<TaskId>,
     job_id: JobId,
     attempt: u32,
+    gpu_ids: Vec<u32>,
     nested: Option<Nested>,
 }
 
 impl TaskContext {
     /// A context for the worker `worker_id`.
     pub fn new(worker_id: WorkerId) -> Self {
-        TaskContext { worker_id, task_id: None, job_id: JobId(0), attempt: 0, nested: None }
+        TaskContext { worker_id, task_id: None, job_id: JobId(0), attempt: 0, gpu_ids: Vec::new(), nested: None }
     }
 
     pub(crate) fn begin(&mut self, task: &pb::ExecuteTask) {
         self.task_id = TaskId::from_slice(&task.task_id).ok();
         self.job_id = JobId(task.job_id);
         self.attempt = task.attempt;
+        self.gpu_ids.clone_from(&task.gpu_ids);
     }
 
     pub(crate) fn end(&mut self) {
@@ -48,6 +50,12 @@ impl TaskContext {
     /// The running task.
     pub fn task_id(&self) -> Option<TaskId> {
         self.task_id
+    }
+
+    /// The GPUs of this node lent to the running task (empty when it asked
+    /// for none); `exec` tasks see them as `CUDA_VISIBLE_DEVICES`.
+    pub fn gpu_ids(&self) -> &[u32] {
+        &self.gpu_ids
     }
 
     /// The attempt number of the running task (0 for the first).

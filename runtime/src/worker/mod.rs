@@ -125,6 +125,12 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
             }
             None => Err(TaskError::new("UnknownFunction", format!("no builtin named `{name}` in this worker"))),
         },
+        Some(pb::function_descriptor::Kind::Exec(e)) if !task.gpu_ids.is_empty() => {
+            let mut e = e.clone();
+            let ids: Vec<String> = task.gpu_ids.iter().map(u32::to_string).collect();
+            e.env.insert("CUDA_VISIBLE_DEVICES".to_string(), ids.join(","));
+            exec::run_exec(&e, &args, task.num_returns)
+        }
         Some(pb::function_descriptor::Kind::Exec(e)) => exec::run_exec(e, &args, task.num_returns),
         None => Err(TaskError::new("InvalidTask", "the task names no function")),
     };
