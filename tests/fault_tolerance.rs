@@ -251,3 +251,49 @@ async fn using_evicted_lineage_is_a_clear_error() {
     let text = err.to_string();
     assert!(text.contains("ObjectLost") && text.contains("lineage"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
+    let cluster = cluster(2, 1.0, "256Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let before = c.submit(Task::builtin("identity").arg(5)).await.unwrap();
+    assert_eq!(c.get::<i64>(&before).await.unwrap(), 5);
+    let port = cluster.gcs_address.rsplit_once(':').unwrap().1.to_string();
+    // SAFETY: kill(2) on the head this test's cluster started.
+    unsafe {
+        libc::kill(cluster.head_pid as i32, libc::SIGKILL);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::File::create(cluster.session_dir.join("logs/head-2.log")).unwrap();
+    let head = std::process::Command::new(common::binary())
+        .args(["head", "--host", "127.0.0.1", "--gcs-port", &port, "--port", "0"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _head = Kill(head);
+    let back = common::eventually(Duration::from_secs(20), || async {
+        cluster.nodes().await.map(|n| n.iter().filter(|n| n.state == 0).count() == 2).unwrap_or(false)
+    })
+    .await;
+    assert!(back, "both raylets registered with the new head under their ids");
+    let ids: Vec<String> =
+        cluster.nodes().await.unwrap().iter().map(|n| n.node_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    for r in &cluster.raylets {
+        assert!(ids.contains(&r.node_id), "{} kept its id", r.node_id);
+    }
+    // The old session and its objects survived; new sessions work too.
+    assert_eq!(c.get::<i64>(&before).await.unwrap(), 5);
+    let again = c.submit(Task::builtin("add").arg(&before).arg(1)).await.unwrap();
+    assert_eq!(c.get::<i64>(&again).await.unwrap(), 6);
+    let fresh = Client::connect(&cluster.raylets[1].address).await.unwrap();
+    let r = fresh.submit(Task::builtin("identity").arg(9).strategy(Strategy::Spread)).await.unwrap();
+    assert_eq!(fresh.get::<i64>(&r).await.unwrap(), 9);
+}

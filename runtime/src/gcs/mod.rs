@@ -276,11 +276,9 @@ impl pb::gcs_server::Gcs for Gcs {
                         st.pending.loads.insert(id);
                     }
                 }
-                _ => {
-                    return Err(Status::failed_precondition(format!(
-                        "node {id} is not registered or was declared dead"
-                    )))
-                }
+                Some(_) => return Err(Status::failed_precondition(format!("node {id} was declared dead"))),
+                // A GCS that restarted does not know the node yet: it registers again.
+                None => return Err(Status::not_found(format!("node {id} is not registered"))),
             }
             st.subscribers.push((id, tx));
         }

@@ -379,6 +379,16 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                 tracing::error!(error = %s.message(), "the GCS declared this node dead");
                 rejoin(&inner);
             }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                // The GCS restarted and lost its node table: register again
+                // under the same id, keeping this node's tasks and objects.
+                tracing::warn!("the GCS does not know this node (it restarted?); registering again");
+                if let Err(e) = register(&inner).await {
+                    tracing::warn!(error = %e, "registering again failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                continue;
+            }
             Err(s) => {
                 tracing::warn!(error = %s.message(), "heartbeat to the GCS failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
