@@ -25,6 +25,10 @@ use crate::raylet::peers::Peers;
 const PARALLEL_RANGE_BYTES: u64 = 16 << 20;
 /// Most ranges pulled at once for one object.
 const MAX_PARALLEL_RANGES: u64 = 4;
+/// Largest buffer allocated up front from a size another process reported.
+const UPFRONT_RESERVE: u64 = 1 << 30;
+/// Largest object pulled into a buffer sized in advance.
+const MAX_PREALLOCATED: u64 = 16 << 30;
 
 /// Pulls `length` bytes (0: all) of `id` from `offset` into `buf` over one
 /// stream, checking offsets, sizes and the range's checksum.
@@ -51,7 +55,9 @@ async fn pull_range(
             format = chunk.format;
             if length == 0 {
                 want = chunk.total_size.saturating_sub(offset);
-                buf.reserve(want as usize);
+                // The size comes from the peer: reserve a bounded amount up
+                // front and let a larger object grow the buffer as it arrives.
+                buf.reserve(want.min(UPFRONT_RESERVE) as usize);
             }
             first = false;
         }
@@ -169,7 +175,13 @@ impl ObjectManager {
     async fn transfer_from(&self, id: ObjectId, loc: &pb::Location, size_hint: u64) -> Result<(), String> {
         let started = std::time::Instant::now();
         let client = self.peers.client(&loc.address).ok_or_else(|| format!("bad address {}", loc.address))?;
-        let ranges = (size_hint / PARALLEL_RANGE_BYTES).clamp(1, MAX_PARALLEL_RANGES);
+        // The owner's record of the size sizes the buffer; past a sane bound,
+        // fall back to one stream that grows as bytes arrive.
+        let ranges = if size_hint > MAX_PREALLOCATED {
+            1
+        } else {
+            (size_hint / PARALLEL_RANGE_BYTES).clamp(1, MAX_PARALLEL_RANGES)
+        };
         let (format, data) = if ranges <= 1 {
             pull_range(client, id, 0, 0, BytesMut::new()).await?
         } else {
