@@ -297,3 +297,31 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     let r = fresh.submit(Task::builtin("identity").arg(9).strategy(Strategy::Spread)).await.unwrap();
     assert_eq!(fresh.get::<i64>(&r).await.unwrap(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drivers_unfinished_tasks_die_with_its_session() {
+    let cluster = cluster(1, 1.0, "256Mi").await;
+    {
+        let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+        for _ in 0..4 {
+            let _ = c.submit(Task::builtin("sleep").arg(30.0)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
+        assert_eq!(s.running_tasks + s.queued_tasks, 4, "{s:?}");
+    }
+    // The client is gone: nothing it started keeps running or waiting.
+    let addr = cluster.raylets[0].address.clone();
+    let idle = common::eventually(Duration::from_secs(10), || {
+        let addr = addr.clone();
+        async move {
+            let s = shoal::node_stats(&addr).await.unwrap();
+            s.running_tasks == 0 && s.queued_tasks == 0 && s.owned_tasks == 0
+        }
+    })
+    .await;
+    assert!(idle, "{:?}", shoal::node_stats(&addr).await.unwrap());
+    let c = Client::connect(&addr).await.unwrap();
+    let r = c.submit(Task::builtin("identity").arg(2)).await.unwrap();
+    assert_eq!(c.get::<i64>(&r).await.unwrap(), 2);
+}

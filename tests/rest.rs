@@ -201,7 +201,9 @@ async fn stop_ends_a_running_entrypoint_and_terminal_states_never_change() {
     let mut driver_done = false;
     for _ in 0..200 {
         let t = a.client.tasks(&format!("job={id}")).await.unwrap().tasks;
-        if t.iter().any(|t| t.name == "entrypoint" && t.state == "FAILED") {
+        // Stopped by the driver's own stop signal (FAILED) or cancelled with
+        // the job's session (CANCELLED): either way it ended.
+        if t.iter().any(|t| t.name == "entrypoint" && (t.state == "FAILED" || t.state == "CANCELLED")) {
             driver_done = true;
             break;
         }

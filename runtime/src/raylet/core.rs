@@ -146,8 +146,11 @@ pub(crate) struct Session {
     seq: watch::Sender<u64>,
     refs: HashMap<ObjectId, u32>,
     /// Tasks this session submitted that may still be running (for
-    /// recursive cancellation); pruned of finished ones as it grows.
+    /// recursive cancellation, and to cancel when the session ends); pruned
+    /// of finished ones as it grows.
     submitted: Vec<TaskId>,
+    /// Length at which `submitted` is next pruned.
+    prune_at: usize,
 }
 
 struct LocalTask {
@@ -323,7 +326,8 @@ impl Core {
         let id = self.next_session;
         self.next_session += 1;
         let (tx, rx) = watch::channel(0);
-        self.sessions.insert(id, Session { worker_id, seq: tx, refs: HashMap::new(), submitted: Vec::new() });
+        self.sessions
+            .insert(id, Session { worker_id, seq: tx, refs: HashMap::new(), submitted: Vec::new(), prune_at: 1024 });
         (id, rx)
     }
 
@@ -341,8 +345,19 @@ impl Core {
         }
     }
 
+    /// Ends a session: its tasks that have not finished are cancelled (a
+    /// driver's work dies with it, as a job's does) and its references are
+    /// released.
     pub(crate) fn close_session(&mut self, session: u64) {
         let Some(s) = self.sessions.remove(&session) else { return };
+        let unfinished: Vec<TaskId> =
+            s.submitted.iter().copied().filter(|t| self.tasks.get(t).is_some_and(|t| !t.state.terminal())).collect();
+        if !unfinished.is_empty() {
+            tracing::info!(session, tasks = unfinished.len(), "session closed; cancelling its unfinished tasks");
+        }
+        for t in unfinished {
+            self.cancel_task(t, true, true);
+        }
         for (id, n) in s.refs {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.refs = o.refs.saturating_sub(n);
@@ -478,8 +493,11 @@ impl Core {
                 }
             }
             if let Some(s) = self.sessions.get_mut(&session) {
-                if s.worker_id.is_some() {
-                    s.submitted.push(task_id);
+                s.submitted.push(task_id);
+                if s.submitted.len() >= s.prune_at {
+                    let tasks = &self.tasks;
+                    s.submitted.retain(|t| tasks.get(t).is_some_and(|t| !t.state.terminal()));
+                    s.prune_at = (s.submitted.len() * 2).max(1024);
                 }
             }
             let function = describe_function(&spec.function);
@@ -1756,9 +1774,19 @@ impl Core {
             }
             if force {
                 if let Some(pid) = self.workers.get(&w).map(|s| s.pid).filter(|p| *p > 0) {
-                    // SAFETY: kill(2) on a worker process this raylet tracks.
-                    unsafe {
-                        libc::kill(pid as i32, libc::SIGKILL);
+                    // The worker and whatever its task started (commands and
+                    // their children), deepest first.
+                    let mut tree = vec![pid];
+                    let mut i = 0;
+                    while i < tree.len() {
+                        tree.extend(crate::local_cluster::children_of(tree[i]));
+                        i += 1;
+                    }
+                    for p in tree.into_iter().rev() {
+                        // SAFETY: kill(2) on the worker this raylet tracks and its descendants.
+                        unsafe {
+                            libc::kill(p as i32, libc::SIGKILL);
+                        }
                     }
                 }
             }
