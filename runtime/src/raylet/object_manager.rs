@@ -24,7 +24,7 @@ use crate::raylet::peers::Peers;
 /// Objects at least this large (per range) are pulled as parallel ranges.
 const PARALLEL_RANGE_BYTES: u64 = 16 << 20;
 /// Most ranges pulled at once for one object.
-const MAX_PARALLEL_RANGES: u64 = 4;
+const MAX_PARALLEL_RANGES: u64 = 2;
 /// Largest buffer allocated up front from a size another process reported.
 const UPFRONT_RESERVE: u64 = 1 << 30;
 /// Largest object pulled into a buffer sized in advance.
