@@ -94,22 +94,6 @@ fn raylet_reports_every_bad_flag_at_once() {
     assert!(err.contains("--resources") && err.contains("--labels") && err.contains("--memory"), "{err}");
 }
 
-/// Every process below `pid`, children first found.
-fn descendants(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let mut i = 0;
-    while i < all.len() {
-        for c in shoal::local_cluster::children_of(all[i]) {
-            if !all.contains(&c) {
-                all.push(c);
-            }
-        }
-        i += 1;
-    }
-    all.remove(0);
-    all
-}
-
 fn alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; count it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -144,7 +128,7 @@ fn start_up() -> (std::process::Child, Vec<u32>) {
     std::thread::spawn(move || for _ in lines {});
     // Let the raylets start their workers.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let procs = descendants(child.id());
+    let procs = shoal::process::descendants(child.id());
     assert!(procs.len() >= 5, "head, two raylets and their workers: {procs:?}");
     (child, procs)
 }

@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use shoal::local_cluster::{ClusterOptions, LocalCluster};
 use shoal::{Client, NodeId, Strategy, Task, Value};
 
-fn pattern(size: u64) -> Vec<u8> {
-    (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect()
-}
-
 async fn cluster(nodes: usize, cpus: f64, store: &str) -> LocalCluster {
     let mut o = ClusterOptions::new(common::binary(), nodes);
     o.cpus_per_node = Some(cpus);
@@ -94,7 +90,7 @@ async fn killed_workers_never_lose_or_duplicate_a_result() {
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(150));
                 let r = raylets[fastrand::usize(..raylets.len())];
-                let workers = shoal::local_cluster::children_of(r);
+                let workers = shoal::process::children_of(r);
                 if let Some(w) = workers.get(fastrand::usize(..workers.len().max(1))) {
                     // SAFETY: kill(2) on a worker of a raylet this test started.
                     unsafe {
@@ -134,14 +130,14 @@ async fn three_times_the_store_budget_spills_and_reads_back_intact() {
         }
         v
     };
-    let expected = format!("{:08x}", crc32fast::hash(&pattern(8 << 20)));
+    let expected = format!("{:08x}", crc32fast::hash(&common::pattern(8 << 20)));
     for s in &sums {
         let v: serde_json::Value = c.get(s).await.unwrap();
         assert_eq!(v["crc32"], expected);
     }
     for r in refs.iter().step_by(5) {
         match c.get_value(r).await.unwrap() {
-            Value::Bytes(b) => assert_eq!(crc32fast::hash(&b), crc32fast::hash(&pattern(8 << 20))),
+            Value::Bytes(b) => assert_eq!(crc32fast::hash(&b), crc32fast::hash(&common::pattern(8 << 20))),
             other => panic!("{other:?}"),
         }
     }
@@ -178,7 +174,7 @@ async fn lost_object_is_rebuilt_recursively_from_lineage() {
     cluster.kill_raylet(1);
     let v = tokio::time::timeout(Duration::from_secs(60), c.get_value(&b)).await.expect("no hang").unwrap();
     match v {
-        Value::Bytes(bytes) => assert_eq!(&bytes[..], &pattern(2 << 20)[..]),
+        Value::Bytes(bytes) => assert_eq!(&bytes[..], &common::pattern(2 << 20)[..]),
         other => panic!("{other:?}"),
     }
     let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
@@ -263,7 +259,15 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     unsafe {
         libc::kill(cluster.head_pid as i32, libc::SIGKILL);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The GCS is really gone before a new one takes its port.
+    let gcs = cluster.gcs_address.clone();
+    let gone = common::eventually(Duration::from_secs(5), || {
+        let gcs = gcs.clone();
+        async move { shoal::net::connect(&gcs).await.is_err() }
+    })
+    .await;
+    assert!(gone, "the old head still answers");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let log = std::fs::File::create(cluster.session_dir.join("logs/head-2.log")).unwrap();
     let head = std::process::Command::new(common::binary())
         .args(["head", "--host", "127.0.0.1", "--gcs-port", &port, "--port", "0"])
@@ -284,8 +288,7 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     })
     .await;
     assert!(back, "both raylets registered with the new head under their ids");
-    let ids: Vec<String> =
-        cluster.nodes().await.unwrap().iter().map(|n| n.node_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let ids: Vec<String> = cluster.nodes().await.unwrap().iter().map(|n| common::node_hex(&n.node_id)).collect();
     for r in &cluster.raylets {
         assert!(ids.contains(&r.node_id), "{} kept its id", r.node_id);
     }

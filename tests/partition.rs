@@ -125,15 +125,11 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     // The old node is dead; the raylet came back under a new id.
     let rejoined = common::eventually(Duration::from_secs(30), || async {
         let nodes = cluster.nodes().await.unwrap();
-        let old_dead = nodes.iter().any(|n| hex(&n.node_id) == old_id && n.state == 1);
+        let old_dead = nodes.iter().any(|n| common::node_hex(&n.node_id) == old_id && n.state == 1);
         old_dead && alive(&nodes) == 3
     })
     .await;
     assert!(rejoined, "nodes: {:?}", cluster.nodes().await.unwrap());
     let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
     assert!(stats.task_retries > 0, "tasks on the lost node were retried");
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

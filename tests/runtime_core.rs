@@ -32,22 +32,9 @@ async fn seed_pipeline_trains_and_evaluates_on_three_raylets() {
 async fn five_mib_result_crosses_nodes_through_the_object_manager() {
     let cluster = common::cluster(3, 2.0).await;
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
-    let a: NodeId = cluster.raylets[1].node_id.parse().unwrap();
-    let b: NodeId = cluster.raylets[2].node_id.parse().unwrap();
     let size: u64 = 5 << 20;
-    let data = c
-        .submit(Task::builtin("bytes").arg(size).strategy(Strategy::NodeAffinity { node: a, soft: false }))
-        .await
-        .unwrap();
-    let sum = c
-        .submit(Task::builtin("checksum").arg(&data).strategy(Strategy::NodeAffinity { node: b, soft: false }))
-        .await
-        .unwrap();
-    let got: serde_json::Value = c.get(&sum).await.unwrap();
-    // The same pattern computed here.
-    let expected: Vec<u8> = (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect();
-    assert_eq!(got["len"], size);
-    assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&expected)));
+    let data = common::bytes_checked_across(&c, common::node(&cluster, 1), common::node(&cluster, 2), size).await;
+    let expected = common::pattern(size);
     let stats = shoal::node_stats(&cluster.raylets[2].address).await.unwrap();
     assert!(stats.pulled_bytes >= size, "node B pulled {} bytes", stats.pulled_bytes);
     assert!(stats.pulled_objects >= 1);
@@ -296,22 +283,9 @@ async fn a_killed_worker_is_replaced_and_its_task_retried() {
 async fn a_large_object_moves_in_parallel_ranges_intact() {
     let cluster = common::cluster(2, 2.0).await;
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
-    let a: NodeId = cluster.raylets[0].node_id.parse().unwrap();
-    let b: NodeId = cluster.raylets[1].node_id.parse().unwrap();
     // Not a multiple of the range or chunk size, so the last range is short.
     let size: u64 = (40 << 20) + 12_345;
-    let data = c
-        .submit(Task::builtin("bytes").arg(size).strategy(Strategy::NodeAffinity { node: a, soft: false }))
-        .await
-        .unwrap();
-    let sum = c
-        .submit(Task::builtin("checksum").arg(&data).strategy(Strategy::NodeAffinity { node: b, soft: false }))
-        .await
-        .unwrap();
-    let got: serde_json::Value = c.get(&sum).await.unwrap();
-    let expected: Vec<u8> = (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect();
-    assert_eq!(got["len"], size);
-    assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&expected)));
+    common::bytes_checked_across(&c, common::node(&cluster, 0), common::node(&cluster, 1), size).await;
     let stats = shoal::node_stats(&cluster.raylets[1].address).await.unwrap();
     assert_eq!(stats.pulled_bytes, size);
 }

@@ -28,44 +28,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Resident memory of a process and all its descendants, in bytes.
-pub fn tree_rss(roots: &[u32]) -> u64 {
-    let mut parents: Vec<(u32, u32)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            // The command may contain spaces; fields after the last ')' are fixed.
-            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-            let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-            parents.push((pid, ppid));
-        }
-    }
-    let mut all: Vec<u32> = roots.to_vec();
-    let mut i = 0;
-    while i < all.len() {
-        let p = all[i];
-        for (c, pp) in &parents {
-            if *pp == p && !all.contains(c) {
-                all.push(*c);
-            }
-        }
-        i += 1;
-    }
-    all.iter().map(|pid| rss_of(*pid)).sum()
-}
-
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 async fn noop_batch(c: &Client, n: usize) -> Result<Duration, Error> {
     let t = Instant::now();
     let mut refs = Vec::with_capacity(n);
@@ -92,7 +54,7 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     }
     // Idle memory of the whole tree (head, raylets, their idle workers).
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let rss = tree_rss(&cluster.pids());
+    let rss = crate::process::tree_rss(&cluster.pids());
 
     // Sync round trip.
     let mut lat = Vec::with_capacity(2000);

@@ -36,10 +36,7 @@ pub struct Head {
 /// Starts the GCS (and the HTTP endpoint when `http_port` is given).
 pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let (listener, bound) = crate::net::bind(&cfg.host, cfg.gcs_port).await?;
-    let ip = match cfg.host.as_str() {
-        "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
-        h => h.to_string(),
-    };
+    let ip = crate::net::advertise_ip(&cfg.host);
     let gcs = Gcs::new(cfg.gcs.clone());
     gcs.spawn_background();
     let svc = crate::gcs::service(gcs.clone());

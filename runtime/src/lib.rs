@@ -26,6 +26,7 @@ pub mod job;
 pub mod local_cluster;
 pub mod metrics;
 pub mod net;
+pub mod process;
 pub mod raylet;
 pub mod resources;
 pub mod rest;

@@ -92,20 +92,11 @@ pub fn write_ready_file(path: &Path, body: &serde_json::Value) -> Result<(), Err
 }
 
 fn spawn_child(binary: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
-    use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| Error::io("log file", e))?;
     let mut cmd = Command::new(binary);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::process::die_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| Error::io(format!("starting {}", binary.display()), e))
 }
 
@@ -277,7 +268,7 @@ impl LocalCluster {
     /// Process ids of the workers raylet `i` started.
     pub fn worker_pids(&self, i: usize) -> Vec<u32> {
         let Some(raylet) = self.raylets.get(i) else { return Vec::new() };
-        children_of(raylet.pid)
+        crate::process::children_of(raylet.pid)
     }
 
     /// Sends SIGKILL to raylet `i` (for fault tests).
@@ -293,21 +284,6 @@ impl LocalCluster {
         let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, Duration::from_secs(5)).await?;
         Ok(gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("nodes", s))?.into_inner().nodes)
     }
-}
-
-/// Process ids whose parent is `pid`.
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
-    for e in dir.flatten() {
-        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
 }
 
 impl Drop for LocalCluster {

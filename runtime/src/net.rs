@@ -84,6 +84,15 @@ pub fn incoming(
     })
 }
 
+/// The address others reach a process listening on `host` at: the host
+/// itself, or 127.0.0.1 for a wildcard.
+pub fn advertise_ip(host: &str) -> String {
+    match host {
+        "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+        h => h.to_string(),
+    }
+}
+
 /// The full `source()` chain of an error on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

@@ -48,18 +48,11 @@ pub fn run(args: &WorkerArgs) -> ExitCode {
 }
 
 fn supervise(args: &WorkerArgs, n: usize) -> ExitCode {
-    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"));
     let spawn = || {
         let mut cmd = std::process::Command::new(&exe);
         cmd.arg("worker").arg("--raylet-socket").arg(&args.raylet_socket).env_remove("SHOAL_WORKER_ID");
-        // SAFETY: prctl is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc_prctl();
-                Ok(())
-            });
-        }
+        shoal::process::die_with_parent(&mut cmd);
         cmd.spawn()
     };
     let mut children: Vec<Option<std::process::Child>> = (0..n).map(|_| spawn().ok()).collect();
@@ -76,9 +69,4 @@ fn supervise(args: &WorkerArgs, n: usize) -> ExitCode {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn libc_prctl() {
-    // The supervisor's children die with it.
-    shoal::raylet::set_parent_death_signal();
 }

@@ -56,3 +56,42 @@ pub fn as_u64s(values: Vec<Result<shoal::Value, shoal::Error>>) -> Vec<u64> {
         })
         .collect()
 }
+
+/// The bytes `builtin:bytes` makes: byte i is (i * 31 + 7) % 251.
+pub fn pattern(size: u64) -> Vec<u8> {
+    (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect()
+}
+
+/// The node id of raylet `i`.
+pub fn node(cluster: &LocalCluster, i: usize) -> shoal::NodeId {
+    cluster.raylets[i].node_id.parse().expect("raylets report hex node ids")
+}
+
+/// Hex form of a node id as the GCS reports it.
+pub fn node_hex(id: &[u8]) -> String {
+    shoal::NodeId::from_slice(id).map(|n| n.to_string()).unwrap_or_default()
+}
+
+/// Makes `size` bytes on `from`, checksums them on `to` (so they cross
+/// through the object manager) and checks length and CRC against the
+/// pattern computed here. Returns the data's reference.
+pub async fn bytes_checked_across(
+    c: &shoal::Client,
+    from: shoal::NodeId,
+    to: shoal::NodeId,
+    size: u64,
+) -> shoal::ObjectRef {
+    use shoal::{Strategy, Task};
+    let data = c
+        .submit(Task::builtin("bytes").arg(size).strategy(Strategy::NodeAffinity { node: from, soft: false }))
+        .await
+        .unwrap();
+    let sum = c
+        .submit(Task::builtin("checksum").arg(&data).strategy(Strategy::NodeAffinity { node: to, soft: false }))
+        .await
+        .unwrap();
+    let got: serde_json::Value = c.get(&sum).await.unwrap();
+    assert_eq!(got["len"], size);
+    assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&pattern(size))));
+    data
+}

@@ -1773,21 +1773,9 @@ impl Core {
                 }
             }
             if force {
+                // The worker and whatever its task started (commands and their children).
                 if let Some(pid) = self.workers.get(&w).map(|s| s.pid).filter(|p| *p > 0) {
-                    // The worker and whatever its task started (commands and
-                    // their children), deepest first.
-                    let mut tree = vec![pid];
-                    let mut i = 0;
-                    while i < tree.len() {
-                        tree.extend(crate::local_cluster::children_of(tree[i]));
-                        i += 1;
-                    }
-                    for p in tree.into_iter().rev() {
-                        // SAFETY: kill(2) on the worker this raylet tracks and its descendants.
-                        unsafe {
-                            libc::kill(p as i32, libc::SIGKILL);
-                        }
-                    }
+                    crate::process::kill_tree(pid);
                 }
             }
         }

@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::ids::NodeId;
 use crate::resources::ResourceSet;
 
-pub use workers::{die_with_parent, set_parent_death_signal, ENV_ADDRESS, ENV_SOCKET, ENV_WORKER_ID};
+pub use workers::{ENV_ADDRESS, ENV_SOCKET, ENV_WORKER_ID};
 
 /// Settings of one raylet. Each has a default in [`RayletConfig::new`].
 #[derive(Clone, Debug)]
@@ -174,10 +174,7 @@ impl Raylet {
     pub async fn start(config: RayletConfig) -> Result<Raylet, Error> {
         let config = Arc::new(config);
         let (listener, bound) = crate::net::bind(&config.host, config.port).await?;
-        let ip = config.node_ip.clone().unwrap_or_else(|| match config.host.as_str() {
-            "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
-            h => h.to_string(),
-        });
+        let ip = config.node_ip.clone().unwrap_or_else(|| crate::net::advertise_ip(&config.host));
         let address = format!("{ip}:{}", bound.port());
         let node_id = NodeId::random();
 
@@ -268,18 +265,20 @@ impl Raylet {
 
     /// Stops every worker process (the raylet is about to exit).
     pub fn shutdown(&self) {
-        let pids = self.inner.core().worker_pids();
-        for pid in pids {
-            // SAFETY: kill(2) on a pid this raylet started.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
-        }
-        let _ = std::fs::remove_file(&self.inner.config.worker_socket);
-        self.inner.store.remove_spill_files();
-        if let Some(dir) = &self.inner.config.spill_dir {
-            let _ = std::fs::remove_dir(dir);
-        }
+        release_local_resources(&self.inner);
+    }
+}
+
+/// Kills this raylet's workers and removes its socket and spill files.
+fn release_local_resources(inner: &Inner) {
+    let pids = inner.core().worker_pids();
+    for pid in pids {
+        crate::process::kill_tree(pid);
+    }
+    let _ = std::fs::remove_file(&inner.config.worker_socket);
+    inner.store.remove_spill_files();
+    if let Some(dir) = &inner.config.spill_dir {
+        let _ = std::fs::remove_dir(dir);
     }
 }
 
@@ -348,15 +347,7 @@ fn hostname() -> String {
 fn rejoin(inner: &Arc<Inner>) -> ! {
     use std::os::unix::process::CommandExt;
     tracing::warn!(node = %inner.node_id, "rejoining the cluster as a new node");
-    let pids = inner.core().worker_pids();
-    for pid in pids {
-        // SAFETY: kill(2) on a worker this raylet started.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
-    inner.store.remove_spill_files();
-    let _ = std::fs::remove_file(&inner.config.worker_socket);
+    release_local_resources(inner);
     let mut args = std::env::args_os();
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal"));
     let _ = args.next();

@@ -27,19 +27,6 @@ pub const ENV_WORKER_ID: &str = "SHOAL_WORKER_ID";
 /// Environment variable with the raylet's gRPC address (for nested tasks).
 pub const ENV_ADDRESS: &str = "SHOAL_ADDRESS";
 
-/// Makes a child process die when its parent does.
-pub fn die_with_parent(cmd: &mut tokio::process::Command) {
-    // SAFETY: prctl is async-signal-safe and touches only this process.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Starts one worker process; returns its pid.
 pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
     let cfg = &inner.config;
@@ -52,7 +39,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
         .env("SHOAL_GCS_ADDRESS", &cfg.gcs_address)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
-    die_with_parent(&mut cmd);
+    crate::process::die_with_parent(cmd.as_std_mut());
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
     let weak = Arc::downgrade(inner);
@@ -177,14 +164,5 @@ async fn handle(inner: std::sync::Weak<Inner>, stream: UnixStream) {
     writer.abort();
     if let Some(i) = inner.upgrade() {
         i.core().on_worker_exit(id, &reason);
-    }
-}
-
-/// Asks the kernel to SIGKILL this process when its parent exits (call it in
-/// a child between fork and exec).
-pub fn set_parent_death_signal() {
-    // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's settings.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
 }

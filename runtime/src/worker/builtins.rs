@@ -222,13 +222,7 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    crate::process::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| format!("entrypoint: cannot start `sh -c {command}`: {e}"))?;
     let pgid = child.id() as i32;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);

@@ -111,9 +111,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
     let parent = std::process::id();
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            crate::process::parent_death_signal()?;
             // The worker may have died before prctl took effect.
             if libc::getppid() as u32 != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
