@@ -34,6 +34,22 @@ fn object_id(b: &[u8]) -> Result<ObjectId, Status> {
 /// node is declared dead and the object rebuilt first.
 const LOST_OBJECT_PATIENCE: Duration = Duration::from_secs(6);
 
+/// What a `get` does next with an object it looked up.
+enum Next {
+    Wait,
+    Answer(pb::get_result::Kind),
+    Fetch(u64, Vec<pb::Location>),
+}
+
+fn next_step(id: ObjectId, l: Lookup, unknown: &str) -> Next {
+    match l {
+        Lookup::Pending => Next::Wait,
+        Lookup::Inline(v) => Next::Answer(pb::get_result::Kind::Value(v)),
+        Lookup::Stored { size, locations } => Next::Fetch(size, locations),
+        Lookup::Unknown => Next::Answer(pb::get_result::Kind::Value(lost(id, unknown))),
+    }
+}
+
 fn deadline(timeout_ms: u64) -> Option<Instant> {
     (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms))
 }
@@ -76,18 +92,16 @@ impl RayletService {
                     idx.push(i);
                     continue;
                 }
-                match core.lookup(ids[i], Some(&tx)) {
-                    Lookup::Pending => {
+                match next_step(
+                    ids[i],
+                    core.lookup(ids[i], Some(&tx)),
+                    "unknown to its owner (freed, or never created)",
+                ) {
+                    Next::Wait => {
                         pending.insert(ids[i], vec![i]);
                     }
-                    Lookup::Inline(v) => results[i] = Some(pb::get_result::Kind::Value(v)),
-                    Lookup::Stored { size, locations } => stored.push((i, size, locations)),
-                    Lookup::Unknown => {
-                        results[i] = Some(pb::get_result::Kind::Value(lost(
-                            ids[i],
-                            "unknown to its owner (freed, or never created)",
-                        )))
-                    }
+                    Next::Answer(kind) => results[i] = Some(kind),
+                    Next::Fetch(size, locations) => stored.push((i, size, locations)),
                 }
             }
         }
@@ -128,22 +142,14 @@ impl RayletService {
             let mut core = self.inner.core();
             for id in woken.drain(..) {
                 let Some(idx) = pending.remove(&id) else { continue };
-                let kind = match core.lookup(id, notified.then_some(&tx)) {
-                    Lookup::Pending => {
+                match next_step(id, core.lookup(id, notified.then_some(&tx)), "freed while waiting") {
+                    Next::Wait => {
                         pending.insert(id, idx);
-                        continue;
                     }
-                    Lookup::Inline(v) => pb::get_result::Kind::Value(v),
-                    Lookup::Stored { size, locations } => {
-                        for i in idx {
-                            stored.push((i, size, locations.clone()));
-                        }
-                        continue;
+                    Next::Answer(kind) => idx.into_iter().for_each(|i| results[i] = Some(kind.clone())),
+                    Next::Fetch(size, locations) => {
+                        idx.into_iter().for_each(|i| stored.push((i, size, locations.clone())))
                     }
-                    Lookup::Unknown => pb::get_result::Kind::Value(lost(id, "freed while waiting")),
-                };
-                for i in idx {
-                    results[i] = Some(kind.clone());
                 }
             }
         }
@@ -391,59 +397,79 @@ impl pb::raylet_server::Raylet for RayletService {
         let until = deadline(r.timeout_ms);
         let (tx, mut rx) = mpsc::channel::<ObjectId>(ids.len().max(1));
         let mut ready = vec![false; ids.len()];
-        let mut first = true;
-        loop {
-            {
-                let mut core = self.inner.core();
-                for (i, id) in ids.iter().enumerate() {
-                    if ready[i] {
-                        continue;
-                    }
-                    let owner = &r.refs[i].owner_address;
-                    if !owner.is_empty() && owner != &self.inner.address {
-                        // Objects owned elsewhere are asked for below.
-                        continue;
-                    }
-                    ready[i] = !matches!(core.lookup(*id, if first { Some(&tx) } else { None }), Lookup::Pending);
+        // Objects owned elsewhere, by owner: asked for in one call per owner.
+        let mut foreign: HashMap<&str, Vec<usize>> = HashMap::new();
+        // Objects owned here and still pending, each with the positions naming it.
+        let mut pending: HashMap<ObjectId, Vec<usize>> = HashMap::new();
+        {
+            let mut core = self.inner.core();
+            for (i, id) in ids.iter().enumerate() {
+                let owner = r.refs[i].owner_address.as_str();
+                if !owner.is_empty() && owner != self.inner.address {
+                    foreign.entry(owner).or_default().push(i);
+                } else if let Some(idx) = pending.get_mut(id) {
+                    idx.push(i);
+                } else if matches!(core.lookup(*id, Some(&tx)), Lookup::Pending) {
+                    pending.insert(*id, vec![i]);
+                } else {
+                    ready[i] = true;
                 }
             }
-            first = false;
-            for (i, id) in ids.iter().enumerate() {
-                let owner = &r.refs[i].owner_address;
-                if ready[i] || owner.is_empty() || owner == &self.inner.address {
+        }
+        let mut woken: Vec<ObjectId> = Vec::new();
+        loop {
+            for (owner, idx) in foreign.iter_mut() {
+                idx.retain(|&i| !ready[i]);
+                if idx.is_empty() {
                     continue;
                 }
-                if let Some(mut c) = self.inner.peers.client(owner) {
-                    let q = pb::GetObjectStatusRequest { object_ids: vec![id.to_bytes()], wait_for: 0, timeout_ms: 0 };
-                    ready[i] = match c.get_object_status(q).await {
-                        Ok(s) => s
-                            .into_inner()
-                            .statuses
-                            .first()
-                            .is_some_and(|s| s.kind != pb::ObjectStatusKind::ObjectPending as i32),
-                        Err(_) => true,
-                    };
+                let Some(mut c) = self.inner.peers.client(owner) else { continue };
+                let object_ids = idx.iter().map(|&i| ids[i].to_bytes()).collect();
+                let q = pb::GetObjectStatusRequest { object_ids, wait_for: 0, timeout_ms: 0 };
+                match c.get_object_status(q).await {
+                    Ok(s) => {
+                        for (&i, st) in idx.iter().zip(s.into_inner().statuses) {
+                            ready[i] = st.kind != pb::ObjectStatusKind::ObjectPending as i32;
+                        }
+                    }
+                    // An unreachable owner will not make them ready: they
+                    // count as ready so that `get` reports the failure.
+                    Err(_) => idx.iter().for_each(|&i| ready[i] = true),
                 }
             }
             if ready.iter().filter(|r| **r).count() >= want {
                 break;
             }
-            let has_foreign =
-                r.refs.iter().any(|x| !x.owner_address.is_empty() && x.owner_address != self.inner.address);
+            // Local objects wake us; objects owned elsewhere are polled.
+            let polling = foreign.values().any(|idx| idx.iter().any(|&i| !ready[i]));
             let tick = async {
-                if has_foreign {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Some(())
+                if polling {
+                    tokio::select! {
+                        id = rx.recv() => id.map(Some),
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => Some(None),
+                    }
                 } else {
-                    rx.recv().await.map(|_| ())
+                    rx.recv().await.map(Some)
                 }
             };
             let woke = match until {
                 Some(d) => tokio::time::timeout_at(d.into(), tick).await.ok().flatten(),
                 None => tick.await,
             };
-            if woke.is_none() {
-                break;
+            let Some(first) = woke else { break };
+            woken.clear();
+            woken.extend(first);
+            while let Ok(id) = rx.try_recv() {
+                woken.push(id);
+            }
+            let mut core = self.inner.core();
+            for id in woken.drain(..) {
+                let Some(idx) = pending.remove(&id) else { continue };
+                if matches!(core.lookup(id, Some(&tx)), Lookup::Pending) {
+                    pending.insert(id, idx);
+                } else {
+                    idx.into_iter().for_each(|i| ready[i] = true);
+                }
             }
         }
         Ok(Response::new(pb::WaitObjectsReply { ready }))
