@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::v1 as pb;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod job_logs;
@@ -305,7 +305,7 @@ impl pb::gcs_server::Gcs for Gcs {
             let mut st = gcs.lock();
             mark_dead(&mut st, id, reason);
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(|u| u))))
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn get_nodes(&self, _req: Request<pb::GetNodesRequest>) -> Result<Response<pb::GetNodesReply>, Status> {

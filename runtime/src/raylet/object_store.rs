@@ -356,11 +356,6 @@ impl ObjectStore {
         self.lock().entries.contains_key(id)
     }
 
-    /// Size of the copy held here.
-    pub fn size_of(&self, id: &ObjectId) -> Option<u64> {
-        self.lock().entries.get(id).map(|e| e.size)
-    }
-
     /// Drops the copy held here, if any.
     pub fn delete(&self, id: &ObjectId) -> bool {
         let mut guard = self.lock();
