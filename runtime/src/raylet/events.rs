@@ -80,7 +80,7 @@ pub(crate) async fn run_reporter(inner: Weak<Inner>) {
     loop {
         tick.tick().await;
         let Some(i) = inner.upgrade() else { return };
-        let batch = i.core().events.take();
+        let batch = i.core().owner.events.take();
         let Some(batch) = batch else { continue };
         let mut gcs = i.gcs.clone();
         drop(i);

@@ -12,12 +12,16 @@
 
 pub(crate) mod cluster_view;
 pub(crate) mod core;
+pub(crate) mod effects;
 pub(crate) mod events;
+pub(crate) mod executor;
 pub(crate) mod object_manager;
 pub mod object_store;
+pub(crate) mod owner;
 pub(crate) mod peers;
 pub mod scheduler;
 pub(crate) mod service;
+pub(crate) mod stats;
 pub(crate) mod workers;
 
 use std::collections::HashMap;
@@ -130,11 +134,56 @@ pub(crate) struct Inner {
     pub gcs: GcsClient<Channel>,
     /// The metrics/health HTTP address, once serving.
     pub http_address: std::sync::OnceLock<String>,
+    /// Starts worker processes from one long-lived thread.
+    pub spawner: workers::Spawner,
 }
 
 impl Inner {
-    pub(crate) fn core(&self) -> MutexGuard<'_, core::Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    /// Locks the core. What the call asks for (sends, process starts,
+    /// store reads) is carried out when the guard drops, after the lock is
+    /// released.
+    pub(crate) fn core(self: &Arc<Self>) -> CoreGuard<'_> {
+        CoreGuard { guard: Some(self.core.lock().unwrap_or_else(|p| p.into_inner())), inner: self }
+    }
+
+    /// The core if nobody holds it now.
+    pub(crate) fn try_core(self: &Arc<Self>) -> Option<CoreGuard<'_>> {
+        let guard = match self.core.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(CoreGuard { guard: Some(guard), inner: self })
+    }
+}
+
+/// The locked core; carries out its effects once unlocked.
+pub(crate) struct CoreGuard<'a> {
+    guard: Option<MutexGuard<'a, core::Core>>,
+    inner: &'a Arc<Inner>,
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = core::Core;
+    fn deref(&self) -> &core::Core {
+        self.guard.as_deref().expect("the guard is held until drop")
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut core::Core {
+        self.guard.as_deref_mut().expect("the guard is held until drop")
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else { return };
+        let effects = guard.take_effects();
+        drop(guard);
+        if !effects.is_empty() {
+            effects::run(self.inner, effects);
+        }
     }
 }
 
@@ -200,7 +249,8 @@ impl Raylet {
                 node_id,
                 address: address.clone(),
                 config: config.clone(),
-                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), me.clone(), store.clone())),
+                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), store.clone())),
+                spawner: workers::Spawner::start(me.clone()),
                 objects: object_manager::ObjectManager::new(
                     store.clone(),
                     peers.clone(),
@@ -245,7 +295,7 @@ impl Raylet {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                inner.core().retry_infeasible();
+                inner.core().expire_infeasible();
             }
         });
         inner.core().prestart(config.prestart_workers);
@@ -270,7 +320,7 @@ impl Raylet {
 }
 
 /// Kills this raylet's workers and removes its socket and spill files.
-fn release_local_resources(inner: &Inner) {
+fn release_local_resources(inner: &Arc<Inner>) {
     let pids = inner.core().worker_pids();
     for pid in pids {
         crate::process::kill_tree(pid);
@@ -289,7 +339,7 @@ fn metrics_refresh(inner: std::sync::Weak<Inner>) -> crate::http::Refresh {
         let Some(inner) = inner.upgrade() else { return };
         let (mut stats, core_stats) = {
             let core = inner.core();
-            (core.node_stats(), core.stats)
+            (core.node_stats(), (core.owner.stats, core.exec.pool.started_total))
         };
         let t = &inner.objects.stats;
         stats.pulled_bytes = t.pulled_bytes.load(Relaxed);
@@ -297,10 +347,10 @@ fn metrics_refresh(inner: std::sync::Weak<Inner>) -> crate::http::Refresh {
         let store = inner.store.stats();
         crate::metrics::raylet().refresh(&crate::metrics::RayletSnapshot {
             stats,
-            tasks_submitted: core_stats.tasks_submitted,
-            tasks_failed: core_stats.tasks_failed,
-            retries: core_stats.retries,
-            workers_started: core_stats.workers_started,
+            tasks_submitted: core_stats.0.tasks_submitted,
+            tasks_failed: core_stats.0.tasks_failed,
+            retries: core_stats.0.retries,
+            workers_started: core_stats.1,
             pinned_objects: store.pinned,
             evictions: store.evicted,
             pulled_objects: t.pulled_objects.load(Relaxed),
@@ -316,8 +366,8 @@ async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
             node_id: inner.node_id.to_bytes(),
             address: inner.address.clone(),
             metrics_address: inner.http_address.get().cloned().unwrap_or_default(),
-            total: Some((&core.total).into()),
-            labels: core.labels.clone(),
+            total: Some(core.exec.ledger.total().into()),
+            labels: inner.config.labels.clone(),
             state: pb::NodeState::NodeAlive as i32,
             hostname: hostname(),
             start_time_ms: crate::net::now_ms(),
@@ -332,7 +382,7 @@ async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
         .into_inner();
     let mut core = inner.core();
     let me = inner.node_id;
-    core.view.apply_snapshot(&reply.nodes, &reply.loads, me);
+    core.owner.view.apply_snapshot(&reply.nodes, &reply.loads, me);
     Ok(())
 }
 
@@ -394,7 +444,15 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             loop {
                 tick.tick().await;
                 let Some(inner) = sender_inner.upgrade() else { return };
-                let load = inner.core().load();
+                // Never wait for the core: a busy core sends the last load
+                // (the heartbeat itself is what keeps the node alive).
+                let load = match inner.try_core() {
+                    Some(core) => core.load(),
+                    None => match &last {
+                        Some(l) => l.clone(),
+                        None => continue,
+                    },
+                };
                 let changed = last.as_ref() != Some(&load);
                 if changed || since.elapsed() >= Duration::from_secs(1) {
                     let hb =
@@ -410,7 +468,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
         while let Ok(Some(u)) = updates.message().await {
             let mut core = inner.core();
             let me = inner.node_id;
-            let dead = core.view.apply_update(&u, me);
+            let dead = core.owner.view.apply_update(&u, me);
             if dead.contains(&me) {
                 tracing::error!("the GCS declared this node dead");
                 drop(core);

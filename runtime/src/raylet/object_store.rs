@@ -11,14 +11,16 @@
 //! spill directory, disk full), the put fails with a [`StoreError`] naming
 //! the object.
 //!
-//! Disk I/O happens under the store's lock, on the caller's thread; spills
-//! are rare and batched, so this trades a pause for simplicity.
+//! Disk I/O happens on the caller's thread (callers run on the blocking
+//! pool), never under the store's lock: a spill marks its batch, writes
+//! the file with the lock released, then switches the batch to disk, so
+//! that `stats`, `contains` and other callers never wait for a disk.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use shoal_proto::v1 as pb;
 use thiserror::Error;
@@ -65,6 +67,8 @@ struct Entry {
     primary: bool,
     /// Position in the LRU order of its kind (in-memory copies only).
     tick: u64,
+    /// Being written to a spill file (out of the LRU until that ends).
+    spilling: bool,
 }
 
 struct SpillFile {
@@ -89,6 +93,8 @@ struct Inner {
     restored_total: u64,
     files: HashMap<u64, SpillFile>,
     next_file: u64,
+    /// Bytes of spills in progress (written with the lock released).
+    spilling_bytes: u64,
 }
 
 /// A snapshot of the store's use.
@@ -117,6 +123,8 @@ pub struct StoreStats {
 /// The object store of one raylet. All methods take `&self`.
 pub struct ObjectStore {
     inner: Mutex<Inner>,
+    /// Signalled when a spill ends.
+    spilled: Condvar,
     capacity: u64,
     spill_dir: Option<PathBuf>,
 }
@@ -124,12 +132,12 @@ pub struct ObjectStore {
 impl ObjectStore {
     /// An empty store holding at most `capacity` bytes in memory, with no spilling.
     pub fn new(capacity: u64) -> Self {
-        ObjectStore { inner: Mutex::new(Inner::default()), capacity, spill_dir: None }
+        ObjectStore { inner: Mutex::new(Inner::default()), spilled: Condvar::new(), capacity, spill_dir: None }
     }
 
     /// An empty store that spills primaries into files under `dir`.
     pub fn with_spill_dir(capacity: u64, dir: PathBuf) -> Self {
-        ObjectStore { inner: Mutex::new(Inner::default()), capacity, spill_dir: Some(dir) }
+        ObjectStore { inner: Mutex::new(Inner::default()), spilled: Condvar::new(), capacity, spill_dir: Some(dir) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -137,18 +145,22 @@ impl ObjectStore {
     }
 
     /// Stores a copy. Storing an object already held upgrades it to primary
-    /// when asked and otherwise keeps the existing copy.
+    /// when asked and otherwise keeps the existing copy. May spill to disk:
+    /// blocking, so call it off async threads; the store's lock is not held
+    /// while files are written.
     pub fn put(&self, id: ObjectId, value: pb::ObjectValue, primary: bool) -> Result<(), StoreError> {
         let size = value.data.len() as u64;
-        let mut guard = self.lock();
-        let st = &mut *guard;
+        let mut st = self.lock();
         if let Some(e) = st.entries.get_mut(&id) {
             if primary && !e.primary {
                 e.primary = true;
-                if matches!(e.place, Place::Memory(_)) {
-                    st.lru.remove(&e.tick);
-                    st.primary_lru.insert(e.tick, id);
-                    st.pinned += e.size;
+                if matches!(e.place, Place::Memory(_)) && !e.spilling {
+                    let tick = e.tick;
+                    st.lru.remove(&tick);
+                    st.primary_lru.insert(tick, id);
+                }
+                if matches!(st.entries.get(&id).map(|e| &e.place), Some(Place::Memory(_))) {
+                    st.pinned += size;
                 }
             }
             return Ok(());
@@ -156,15 +168,21 @@ impl ObjectStore {
         if size > self.capacity {
             // Larger than the whole budget: a primary goes straight to disk.
             if primary && self.spill_dir.is_some() {
-                let (file, offsets) =
-                    self.write_spill_file(st, &[(id, &value)]).map_err(|reason| self.spill_error(id, reason))?;
+                let n = st.next_file;
+                st.next_file += 1;
+                drop(st);
+                let (path, offsets) =
+                    self.write_spill_file(n, &[(id, &value)]).map_err(|reason| self.spill_error(id, reason))?;
+                let mut st = self.lock();
+                st.files.insert(n, SpillFile { path, live: size });
                 st.entries.insert(
                     id,
                     Entry {
-                        place: Place::Disk { file, offset: offsets[0], format: value.format },
+                        place: Place::Disk { file: n, offset: offsets[0], format: value.format },
                         size,
                         primary,
                         tick: 0,
+                        spilling: false,
                     },
                 );
                 st.spilled_bytes += size;
@@ -174,7 +192,11 @@ impl ObjectStore {
             }
             return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
         }
-        self.make_room(st, id, size, primary)?;
+        st = self.make_room(st, id, size, primary)?;
+        if st.entries.contains_key(&id) {
+            // Stored by another caller while this one made room.
+            return Ok(());
+        }
         let tick = st.next_tick;
         st.next_tick += 1;
         if primary {
@@ -184,7 +206,7 @@ impl ObjectStore {
             st.lru.insert(tick, id);
         }
         st.used += size;
-        st.entries.insert(id, Entry { place: Place::Memory(value), size, primary, tick });
+        st.entries.insert(id, Entry { place: Place::Memory(value), size, primary, tick, spilling: false });
         Ok(())
     }
 
@@ -193,97 +215,133 @@ impl ObjectStore {
         StoreError::SpillFailed { object, dir, reason }
     }
 
-    /// Evicts secondaries, then spills primaries, until `size` more bytes fit.
-    fn make_room(&self, st: &mut Inner, id: ObjectId, size: u64, primary: bool) -> Result<(), StoreError> {
-        while st.used + size > self.capacity {
-            let Some((&tick, &victim)) = st.lru.iter().next() else { break };
-            st.lru.remove(&tick);
-            if let Some(e) = st.entries.remove(&victim) {
-                st.used -= e.size;
-                st.evicted += 1;
+    /// Evicts secondaries, then spills primaries, until `size` more bytes
+    /// fit. The lock is released while a spill file is written (and while
+    /// waiting for another caller's spill), and taken again to return.
+    fn make_room<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, Inner>,
+        id: ObjectId,
+        size: u64,
+        primary: bool,
+    ) -> Result<MutexGuard<'a, Inner>, StoreError> {
+        loop {
+            while st.used + size > self.capacity {
+                let Some((&tick, &victim)) = st.lru.iter().next() else { break };
+                st.lru.remove(&tick);
+                if let Some(e) = st.entries.remove(&victim) {
+                    st.used -= e.size;
+                    st.evicted += 1;
+                }
             }
-        }
-        if st.used + size <= self.capacity {
-            return Ok(());
-        }
-        if self.spill_dir.is_none() || !primary && st.primary_lru.is_empty() {
-            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
-        }
-        // Spill a batch: enough for this object plus an eighth of the budget of
-        // headroom, so that a stream of puts does not spill once per put.
-        let target = (st.used + size).saturating_sub(self.capacity) + self.capacity / 8;
-        let mut batch: Vec<ObjectId> = Vec::new();
-        let mut freed = 0u64;
-        for (_, oid) in st.primary_lru.iter() {
-            if freed >= target {
-                break;
+            if st.used + size <= self.capacity {
+                return Ok(st);
             }
-            if let Some(e) = st.entries.get(oid) {
+            let full = |st: &Inner| StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity };
+            if self.spill_dir.is_none() || !primary {
+                return Err(full(&st));
+            }
+            if st.primary_lru.is_empty() {
+                if st.spilling_bytes == 0 {
+                    return Err(full(&st));
+                }
+                // Another caller's spill will free room: wait for it.
+                st = self.spilled.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Spill a batch: enough for this object plus an eighth of the
+            // budget of headroom, so that a stream of puts does not spill
+            // once per put.
+            let target = (st.used + size).saturating_sub(self.capacity) + self.capacity / 8;
+            let mut values: Vec<(ObjectId, pb::ObjectValue)> = Vec::new();
+            let mut freed = 0u64;
+            let candidates: Vec<(u64, ObjectId)> = st.primary_lru.iter().map(|(t, o)| (*t, *o)).collect();
+            for (tick, oid) in candidates {
+                if freed >= target {
+                    break;
+                }
+                let Some(e) = st.entries.get_mut(&oid) else { continue };
+                let Place::Memory(v) = &e.place else { continue };
+                e.spilling = true;
                 freed += e.size;
-                batch.push(*oid);
+                values.push((oid, v.clone()));
+                st.primary_lru.remove(&tick);
+            }
+            st.spilling_bytes += freed;
+            let n = st.next_file;
+            st.next_file += 1;
+            drop(st);
+            let refs: Vec<(ObjectId, &pb::ObjectValue)> = values.iter().map(|(o, v)| (*o, v)).collect();
+            let written = self.write_spill_file(n, &refs);
+            let mut guard = self.lock();
+            guard.spilling_bytes -= freed;
+            let s = &mut *guard;
+            match written {
+                Ok((path, offsets)) => {
+                    let mut live = 0;
+                    for ((oid, v), offset) in values.iter().zip(offsets) {
+                        // Deleted while it was being written: its bytes in the file are dead.
+                        let Some(e) = s.entries.get_mut(oid) else { continue };
+                        if !e.spilling {
+                            continue;
+                        }
+                        e.spilling = false;
+                        e.place = Place::Disk { file: n, offset, format: v.format };
+                        live += e.size;
+                        s.used -= e.size;
+                        if e.primary {
+                            s.pinned -= e.size;
+                        }
+                        s.spilled_bytes += e.size;
+                        s.spilled_objects += 1;
+                        s.spilled_total += e.size;
+                    }
+                    if live > 0 {
+                        s.files.insert(n, SpillFile { path, live });
+                    } else {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    tracing::debug!(objects = values.len(), bytes = live, "spilled primary copies to disk");
+                    self.spilled.notify_all();
+                    st = guard;
+                }
+                Err(reason) => {
+                    for (oid, _) in &values {
+                        if let Some(e) = s.entries.get_mut(oid) {
+                            if e.spilling {
+                                e.spilling = false;
+                                s.primary_lru.insert(e.tick, *oid);
+                            }
+                        }
+                    }
+                    self.spilled.notify_all();
+                    return Err(self.spill_error(id, reason));
+                }
             }
         }
-        if batch.is_empty() {
-            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
-        }
-        let values: Vec<(ObjectId, pb::ObjectValue)> = batch
-            .iter()
-            .filter_map(|o| match st.entries.get(o).map(|e| &e.place) {
-                Some(Place::Memory(v)) => Some((*o, v.clone())),
-                _ => None,
-            })
-            .collect();
-        let refs: Vec<(ObjectId, &pb::ObjectValue)> = values.iter().map(|(o, v)| (*o, v)).collect();
-        let (file, offsets) = self.write_spill_file(st, &refs).map_err(|reason| self.spill_error(id, reason))?;
-        for ((oid, v), offset) in values.iter().zip(offsets) {
-            if let Some(e) = st.entries.get_mut(oid) {
-                st.primary_lru.remove(&e.tick);
-                e.place = Place::Disk { file, offset, format: v.format };
-                st.used -= e.size;
-                st.pinned -= e.size;
-                st.spilled_bytes += e.size;
-                st.spilled_objects += 1;
-                st.spilled_total += e.size;
-            }
-        }
-        tracing::debug!(objects = values.len(), bytes = freed, "spilled primary copies to disk");
-        if st.used + size > self.capacity {
-            return Err(StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity });
-        }
-        Ok(())
     }
 
-    /// Writes objects one after another into a new spill file.
-    fn write_spill_file(
-        &self,
-        st: &mut Inner,
-        objects: &[(ObjectId, &pb::ObjectValue)],
-    ) -> Result<(u64, Vec<u64>), String> {
+    /// Writes objects one after another into spill file number `n`, with no
+    /// lock held.
+    fn write_spill_file(&self, n: u64, objects: &[(ObjectId, &pb::ObjectValue)]) -> Result<(PathBuf, Vec<u64>), String> {
         let dir = self.spill_dir.as_ref().ok_or("spilling is off")?;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let n = st.next_file;
-        st.next_file += 1;
         let path = dir.join(format!("spill-{n:06}.bin"));
-        let result = (|| -> std::io::Result<(u64, Vec<u64>)> {
+        let result = (|| -> std::io::Result<Vec<u64>> {
             let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
             let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
             let mut offsets = Vec::with_capacity(objects.len());
             let mut off = 0u64;
-            let mut live = 0u64;
             for (_, v) in objects {
                 offsets.push(off);
                 w.write_all(&v.data)?;
                 off += v.data.len() as u64;
-                live += v.data.len() as u64;
             }
             w.flush()?;
-            Ok((live, offsets))
+            Ok(offsets)
         })();
         match result {
-            Ok((live, offsets)) => {
-                st.files.insert(n, SpillFile { path, live });
-                Ok((n, offsets))
-            }
+            Ok(offsets) => Ok((path, offsets)),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 Err(e.to_string())
@@ -291,9 +349,8 @@ impl ObjectStore {
         }
     }
 
-    fn read_spilled(&self, st: &Inner, file: u64, offset: u64, size: u64) -> Option<Vec<u8>> {
-        let f = st.files.get(&file)?;
-        let mut h = File::open(&f.path).ok()?;
+    fn read_spilled(path: &std::path::Path, offset: u64, size: u64) -> Option<Vec<u8>> {
+        let mut h = File::open(path).ok()?;
         h.seek(SeekFrom::Start(offset)).ok()?;
         let mut buf = vec![0u8; size as usize];
         h.read_exact(&mut buf).ok()?;
@@ -301,7 +358,8 @@ impl ObjectStore {
     }
 
     /// The value, marking it recently used; a spilled value is read back
-    /// from disk (and kept in memory again when it fits without spilling).
+    /// from disk (with the lock released) and kept in memory again when it
+    /// fits without spilling. May read a file: call it off async threads.
     pub fn get(&self, id: &ObjectId) -> Option<pb::ObjectValue> {
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -309,6 +367,10 @@ impl ObjectStore {
         let (file, offset, format, size, primary) = match &e.place {
             Place::Memory(v) => {
                 let v = v.clone();
+                if e.spilling {
+                    // Being written out: readable, but out of the LRU.
+                    return Some(v);
+                }
                 let (old, primary) = (e.tick, e.primary);
                 let tick = st.next_tick;
                 st.next_tick += 1;
@@ -326,12 +388,17 @@ impl ObjectStore {
             }
             Place::Disk { file, offset, format } => (*file, *offset, *format, e.size, e.primary),
         };
-        let data = self.read_spilled(st, file, offset, size)?;
-        st.restored_total += size;
+        let path = st.files.get(&file)?.path.clone();
+        drop(guard);
+        let data = Self::read_spilled(&path, offset, size)?;
         let value = pb::ObjectValue { format, data: bytes::Bytes::from(data) };
-        // Bring it back into memory if that needs no further spilling.
-        let fits = st.used + size <= self.capacity;
-        if fits {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        st.restored_total += size;
+        // Bring it back into memory if it is still the spilled copy read and
+        // that needs no further spilling.
+        let same = matches!(st.entries.get(id).map(|e| &e.place), Some(Place::Disk { file: f, offset: o, .. }) if *f == file && *o == offset);
+        if same && st.used + size <= self.capacity {
             let tick = st.next_tick;
             st.next_tick += 1;
             if let Some(e) = st.entries.get_mut(id) {
@@ -366,7 +433,9 @@ impl ObjectStore {
                 st.used -= e.size;
                 if e.primary {
                     st.pinned -= e.size;
-                    st.primary_lru.remove(&e.tick);
+                    if !e.spilling {
+                        st.primary_lru.remove(&e.tick);
+                    }
                 } else {
                     st.lru.remove(&e.tick);
                 }

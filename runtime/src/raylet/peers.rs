@@ -4,16 +4,27 @@
 //!
 //! One sender task per peer drains its outbox: whatever accumulated while the
 //! previous call was in flight goes out as one call of each kind, so a burst
-//! of thousands of tasks costs a handful of RPCs. The outbox channel is
-//! unbounded in type; what it holds is bounded by the tasks and objects this
-//! raylet owns, which the owner tables already hold.
+//! of thousands of tasks costs a handful of RPCs.
+//!
+//! Bounds: the outbox holds at most [`OUTBOX_BOUND`] messages. When a
+//! stalled peer fills it, a task to execute there fails over to another
+//! node (the owner retries it), a cancel or a free is dropped and counted
+//! (a cancelled task's results are ignored by its owner anyway; a copy not
+//! freed is at worst held until that peer restarts). Results are never
+//! dropped: they wait in their own queue, which holds at most one result
+//! per attempt this node ran for that owner, and are retried until the
+//! owner acknowledges them or is declared dead — an owner that cannot be
+//! reached for a while is either back soon or declared dead by the GCS,
+//! and then its tasks fail with `OwnerDied` where their results are read.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raylet_client::RayletClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
 use crate::ids::{NodeId, TaskId};
@@ -21,6 +32,10 @@ use crate::raylet::Inner;
 
 /// Most items of one kind sent in one call.
 const BATCH: usize = 4096;
+/// Most messages (other than results) queued for one peer.
+pub(crate) const OUTBOX_BOUND: usize = 65_536;
+/// Longest pause between two tries of delivering results.
+const MAX_RESULT_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Something to send to a peer raylet.
 pub(crate) enum PeerMsg {
@@ -30,8 +45,16 @@ pub(crate) enum PeerMsg {
     Cancel(pb::CancelTaskRequest),
 }
 
+/// Results waiting for one owner.
+#[derive(Default)]
+struct ResultQueue {
+    items: Mutex<Vec<pb::TaskResult>>,
+    ready: Notify,
+}
+
 struct Peer {
-    tx: mpsc::UnboundedSender<PeerMsg>,
+    tx: mpsc::Sender<PeerMsg>,
+    results: Arc<ResultQueue>,
     client: RayletClient<Channel>,
 }
 
@@ -39,6 +62,8 @@ struct Peer {
 pub(crate) struct Peers {
     map: Mutex<HashMap<String, Peer>>,
     me: Weak<Inner>,
+    /// Frees and cancels dropped because a peer's outbox was full.
+    pub dropped: AtomicU64,
 }
 
 /// A raylet client with shoal's message limits.
@@ -48,9 +73,28 @@ pub(crate) fn raylet_client(channel: Channel) -> RayletClient<Channel> {
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
 }
 
+/// What the owner of undelivered results looks like from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnerState {
+    /// Alive in the cluster view.
+    Alive,
+    /// Declared dead, or unknown to the view.
+    Gone,
+}
+
+/// How long to wait before the next try at delivering results, or `None`
+/// to give them up (their owner is gone, and with it everyone who could
+/// read them).
+pub(crate) fn result_retry(owner: OwnerState, tries: u32) -> Option<Duration> {
+    match owner {
+        OwnerState::Gone => None,
+        OwnerState::Alive => Some((Duration::from_millis(100) * 2u32.saturating_pow(tries.min(8))).min(MAX_RESULT_BACKOFF)),
+    }
+}
+
 impl Peers {
     pub(crate) fn new(me: Weak<Inner>) -> Self {
-        Peers { map: Mutex::new(HashMap::new()), me }
+        Peers { map: Mutex::new(HashMap::new()), me, dropped: AtomicU64::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Peer>> {
@@ -61,18 +105,42 @@ impl Peers {
         if !map.contains_key(addr) {
             let channel = crate::net::connect_lazy(addr).ok()?;
             let client = raylet_client(channel);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(OUTBOX_BOUND);
+            let results = Arc::new(ResultQueue::default());
             tokio::spawn(run_outbox(addr.to_string(), client.clone(), rx, self.me.clone()));
-            map.insert(addr.to_string(), Peer { tx, client });
+            tokio::spawn(run_results(addr.to_string(), client.clone(), results.clone(), self.me.clone()));
+            map.insert(addr.to_string(), Peer { tx, results, client });
         }
         map.get(addr)
     }
 
-    /// Queues `msg` for the raylet at `addr`.
-    pub(crate) fn send(&self, addr: &str, msg: PeerMsg) {
+    /// Queues `msg` for the raylet at `addr`. A task that cannot be queued
+    /// is returned (the caller fails it over).
+    pub(crate) fn send(&self, addr: &str, msg: PeerMsg) -> Result<(), pb::TaskSpec> {
         let mut map = self.lock();
-        if let Some(p) = self.ensure(&mut map, addr) {
-            let _ = p.tx.send(msg);
+        let Some(p) = self.ensure(&mut map, addr) else {
+            return match msg {
+                PeerMsg::Execute(t) => Err(t),
+                _ => Ok(()),
+            };
+        };
+        if let PeerMsg::Result(r) = msg {
+            p.results.items.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            p.results.ready.notify_one();
+            return Ok(());
+        }
+        match p.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => match m {
+                PeerMsg::Execute(t) => Err(t),
+                _ => {
+                    let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+                    if n.is_power_of_two() {
+                        tracing::warn!(peer = %addr, dropped = n + 1, "outbox full: dropping frees and cancels");
+                    }
+                    Ok(())
+                }
+            },
         }
     }
 
@@ -88,14 +156,62 @@ impl Peers {
     }
 }
 
-async fn run_outbox(
-    addr: String,
-    mut client: RayletClient<Channel>,
-    mut rx: mpsc::UnboundedReceiver<PeerMsg>,
-    me: Weak<Inner>,
-) {
+fn owner_state(inner: &Arc<Inner>, addr: &str) -> OwnerState {
+    let alive = inner.core().owner.view.nodes().any(|n| n.address == addr && n.alive);
+    if alive {
+        OwnerState::Alive
+    } else {
+        OwnerState::Gone
+    }
+}
+
+/// Delivers results to the owner at `addr` until it acknowledges them or
+/// is gone.
+async fn run_results(addr: String, mut client: RayletClient<Channel>, q: Arc<ResultQueue>, me: Weak<Inner>) {
+    loop {
+        q.ready.notified().await;
+        let mut tries = 0;
+        loop {
+            let batch: Vec<pb::TaskResult> = {
+                let mut items = q.items.lock().unwrap_or_else(|e| e.into_inner());
+                let n = items.len().min(BATCH);
+                items.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            match client.report_results(pb::ReportResultsRequest { results: batch.clone() }).await {
+                Ok(_) => tries = 0,
+                Err(status) => {
+                    let Some(inner) = me.upgrade() else { return };
+                    match result_retry(owner_state(&inner, &addr), tries) {
+                        Some(pause) => {
+                            tracing::warn!(owner = %addr, tries, error = %status.message(), "reporting results failed; retrying");
+                            drop(inner);
+                            // Put them back in front, in order.
+                            {
+                                let mut items = q.items.lock().unwrap_or_else(|e| e.into_inner());
+                                let rest = std::mem::replace(&mut *items, batch);
+                                items.extend(rest);
+                            }
+                            tries += 1;
+                            tokio::time::sleep(pause).await;
+                        }
+                        None => {
+                            tracing::warn!(owner = %addr, results = batch.len(), "the owner is gone; dropping its results");
+                            // Results of a gone owner: nobody can read them; drop the rest too.
+                            q.items.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_outbox(addr: String, mut client: RayletClient<Channel>, mut rx: mpsc::Receiver<PeerMsg>, me: Weak<Inner>) {
     let mut execute = Vec::new();
-    let mut results = Vec::new();
     let mut frees = Vec::new();
     let mut cancels = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -103,11 +219,12 @@ async fn run_outbox(
         while let Some(m) = next.take() {
             match m {
                 PeerMsg::Execute(t) => execute.push(t),
-                PeerMsg::Result(r) => results.push(r),
+                // Results go through their own queue; never here.
+                PeerMsg::Result(_) => {}
                 PeerMsg::Free(id) => frees.push(id.to_bytes()),
                 PeerMsg::Cancel(c) => cancels.push(c),
             }
-            if execute.len() + results.len() + frees.len() >= BATCH {
+            if execute.len() + frees.len() >= BATCH {
                 break;
             }
             next = rx.try_recv().ok();
@@ -121,36 +238,18 @@ async fn run_outbox(
             drop(inner);
             let reply = client.execute_tasks(pb::ExecuteTasksRequest { owner_node_id, tasks }).await;
             let Some(inner) = me.upgrade() else { return };
-            let node = inner.core().view.nodes().find(|n| n.address == addr).map(|n| n.id);
+            let mut core = inner.core();
+            let node = core.owner.view.nodes().find(|n| n.address == addr).map(|n| n.id);
             match reply {
                 Ok(r) => {
-                    let spilled = r.into_inner().spilled;
-                    if !spilled.is_empty() {
-                        let from = node.unwrap_or(NodeId([0; 8]));
-                        let mut core = inner.core();
-                        core.stats.spilled_back += spilled.len() as u64;
-                        for s in spilled {
-                            core.on_spillback(from, s);
-                        }
+                    let from = node.unwrap_or(NodeId([0; 8]));
+                    for s in r.into_inner().spilled {
+                        core.on_spillback(from, s);
                     }
                 }
                 Err(status) => {
                     tracing::warn!(peer = %addr, error = %status.message(), "sending tasks failed");
-                    inner.core().on_dispatch_failed(node, ids, status.message());
-                }
-            }
-        }
-        if !results.is_empty() {
-            let batch = std::mem::take(&mut results);
-            // The owner may be briefly unreachable; try a few times before
-            // giving up (the owner then sees the node's death and retries).
-            for attempt in 0..3 {
-                match client.report_results(pb::ReportResultsRequest { results: batch.clone() }).await {
-                    Ok(_) => break,
-                    Err(status) => {
-                        tracing::warn!(peer = %addr, attempt, error = %status.message(), "reporting results failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-                    }
+                    core.on_dispatch_failed(node, ids, status.message());
                 }
             }
         }
@@ -165,5 +264,23 @@ async fn run_outbox(
                 tracing::debug!(peer = %addr, error = %status.message(), "freeing objects failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_retried_with_growing_pauses_while_their_owner_lives() {
+        let pauses: Vec<Duration> = (0..12).map(|t| result_retry(OwnerState::Alive, t).unwrap()).collect();
+        assert_eq!(pauses[0], Duration::from_millis(100));
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), MAX_RESULT_BACKOFF);
+    }
+
+    #[test]
+    fn results_of_a_gone_owner_are_given_up() {
+        assert_eq!(result_retry(OwnerState::Gone, 0), None);
     }
 }

@@ -13,7 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::TaskError;
 use crate::ids::{ObjectId, WorkerId};
-use crate::raylet::core::Lookup;
+use crate::raylet::owner::reference_counter::PutError;
+use crate::raylet::owner::Lookup;
+use crate::value::INLINE_LIMIT;
 use crate::raylet::Inner;
 use crate::value::error_value;
 
@@ -58,7 +60,50 @@ fn lost(id: ObjectId, why: &str) -> pb::ObjectValue {
     error_value(&TaskError::new("ObjectLost", format!("object {id}: {why}")))
 }
 
+/// A `get`/`wait` call's registration as a waiter of the objects it looks
+/// up: removed when the call ends, however it ends (answered, timed out, or
+/// dropped by a client that went away).
+struct Watch<'a> {
+    inner: &'a Arc<Inner>,
+    tx: mpsc::Sender<ObjectId>,
+    ids: Vec<ObjectId>,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            self.inner.core().unwatch(&self.ids, &self.tx);
+        }
+    }
+}
+
+/// A worker's `get` that has to wait: the worker's CPUs are lent out until
+/// the guard drops, on every exit path.
+struct Blocked<'a> {
+    inner: &'a Arc<Inner>,
+    worker: WorkerId,
+}
+
+impl<'a> Blocked<'a> {
+    fn new(inner: &'a Arc<Inner>, worker: WorkerId) -> Self {
+        inner.core().worker_blocked(worker);
+        Blocked { inner, worker }
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.inner.core().worker_unblocked(self.worker);
+    }
+}
+
 impl RayletService {
+    /// Reads a stored value off the async threads (it may be spilled to disk).
+    async fn store_get(&self, id: ObjectId) -> Option<pb::ObjectValue> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.get(&id)).await.ok().flatten()
+    }
+
     async fn wait_seq(&self, session: u64, after: u64) -> Result<(), Status> {
         if after == 0 {
             return Ok(());
@@ -72,11 +117,20 @@ impl RayletService {
     }
 
     /// Resolves objects to values, waiting up to the deadline.
-    async fn resolve(&self, refs: &[pb::ObjectRef], until: Option<Instant>) -> Result<Vec<pb::GetResult>, Status> {
+    ///
+    /// `worker` is the worker making the call, if any: its CPUs are lent out
+    /// while the call has to wait (not when every value is at hand).
+    async fn resolve(
+        &self,
+        refs: &[pb::ObjectRef],
+        until: Option<Instant>,
+        worker: Option<WorkerId>,
+    ) -> Result<Vec<pb::GetResult>, Status> {
         let n = refs.len();
         let mut results: Vec<Option<pb::get_result::Kind>> = vec![None; n];
         let ids: Vec<ObjectId> = refs.iter().map(|r| object_id(&r.object_id)).collect::<Result<_, _>>()?;
         let (tx, mut rx) = mpsc::channel::<ObjectId>(n.max(1) + 64);
+        let _watch = Watch { inner: &self.inner, tx: tx.clone(), ids: ids.clone() };
         // Pending objects by id, each with the request positions naming it.
         let mut pending: HashMap<ObjectId, Vec<usize>> = HashMap::new();
         let mut stored: Vec<(usize, u64, Vec<pb::Location>)> = Vec::new();
@@ -105,6 +159,8 @@ impl RayletService {
                 }
             }
         }
+        let waits = !pending.is_empty() || !stored.is_empty() || !foreign.is_empty();
+        let _blocked = worker.filter(|_| waits).map(|w| Blocked::new(&self.inner, w));
         let mut woken: Vec<ObjectId> = Vec::new();
         while !pending.is_empty() {
             // Wake on a readiness notice; re-check everything now and then in
@@ -167,7 +223,7 @@ impl RayletService {
 
     /// Brings a stored object here and returns its value.
     async fn fetch(&self, id: ObjectId, size: u64, locations: &[pb::Location], owned: bool) -> pb::ObjectValue {
-        if let Some(v) = self.inner.store.get(&id) {
+        if let Some(v) = self.store_get(id).await {
             return v;
         }
         match crate::metrics::timed_transfer(self.inner.objects.pull(id, locations, size)).await {
@@ -175,7 +231,7 @@ impl RayletService {
                 if owned {
                     self.inner.core().add_copy_here(id);
                 }
-                self.inner.store.get(&id).unwrap_or_else(|| lost(id, "evicted right after arriving"))
+                self.store_get(id).await.unwrap_or_else(|| lost(id, "evicted right after arriving"))
             }
             Err(e) => lost(id, &format!("could not be fetched: {e}")),
         }
@@ -200,6 +256,7 @@ impl RayletService {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             let (tx, mut rx) = mpsc::channel::<ObjectId>(1);
+            let _watch = Watch { inner: &self.inner, tx: tx.clone(), ids: vec![id] };
             let now = self.inner.core().lookup(id, Some(&tx));
             match now {
                 Lookup::Inline(v) => return Some(v),
@@ -368,7 +425,29 @@ impl pb::raylet_server::Raylet for RayletService {
         let r = req.into_inner();
         let id = object_id(&r.object_id)?;
         let value = r.value.ok_or_else(|| Status::invalid_argument("put without a value"))?;
-        self.inner.core().put(r.session_id, id, value).map_err(Status::resource_exhausted)?;
+        let put_status = |e: PutError| match e {
+            PutError::SessionClosed(_) => Status::failed_precondition(e.to_string()),
+            PutError::Exists(_) => Status::already_exists(e.to_string()),
+        };
+        let size = value.data.len() as u64;
+        if value.data.len() <= INLINE_LIMIT {
+            self.inner.core().put(r.session_id, id, size, Some(value)).map_err(put_status)?;
+            return Ok(Response::new(pb::PutReply {}));
+        }
+        self.inner.core().check_put(r.session_id, id).map_err(put_status)?;
+        // Into the store first, off the async threads (it may spill), then
+        // recorded by the owner.
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.put(id, value, true))
+            .await
+            .map_err(|e| Status::internal(format!("storing {id} failed: {e}")))?
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        if let Err(e) = self.inner.core().put(r.session_id, id, size, None) {
+            if matches!(e, PutError::SessionClosed(_)) {
+                self.inner.store.delete(&id);
+            }
+            return Err(put_status(e));
+        }
         Ok(Response::new(pb::PutReply {}))
     }
 
@@ -376,14 +455,8 @@ impl pb::raylet_server::Raylet for RayletService {
         let r = req.into_inner();
         self.wait_seq(r.session_id, r.after_seq).await?;
         let worker = self.inner.core().session_worker(r.session_id);
-        if let Some(w) = worker {
-            self.inner.core().worker_blocked(w);
-        }
-        let results = self.resolve(&r.refs, deadline(r.timeout_ms)).await;
-        if let Some(w) = worker {
-            self.inner.core().worker_unblocked(w);
-        }
-        Ok(Response::new(pb::GetObjectsReply { results: results? }))
+        let results = self.resolve(&r.refs, deadline(r.timeout_ms), worker).await?;
+        Ok(Response::new(pb::GetObjectsReply { results }))
     }
 
     async fn wait_objects(
@@ -396,6 +469,7 @@ impl pb::raylet_server::Raylet for RayletService {
         let want = (r.num_ready as usize).min(ids.len());
         let until = deadline(r.timeout_ms);
         let (tx, mut rx) = mpsc::channel::<ObjectId>(ids.len().max(1));
+        let _watch = Watch { inner: &self.inner, tx: tx.clone(), ids: ids.clone() };
         let mut ready = vec![false; ids.len()];
         // Objects owned elsewhere, by owner: asked for in one call per owner.
         let mut foreign: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -483,7 +557,7 @@ impl pb::raylet_server::Raylet for RayletService {
         let mut spilled = Vec::new();
         let mut core = self.inner.core();
         for t in r.tasks {
-            match core.should_spill(&t) {
+            match core.should_spillback(&t) {
                 Some(reason) => spilled.push(pb::Spillback { task_id: t.task_id.clone(), attempt: t.attempt, reason }),
                 None => core.enqueue_local(t),
             }
@@ -510,6 +584,7 @@ impl pb::raylet_server::Raylet for RayletService {
         let ids: Vec<ObjectId> = r.object_ids.iter().map(|b| object_id(b)).collect::<Result<_, _>>()?;
         let until = deadline(r.timeout_ms);
         let (tx, mut rx) = mpsc::channel::<ObjectId>(ids.len().max(1));
+        let _watch = Watch { inner: &self.inner, tx: tx.clone(), ids: ids.clone() };
         let mut first = true;
         loop {
             let statuses: Vec<pb::ObjectStatus> = {

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 
 use crate::frame;
 use crate::ids::WorkerId;
+use crate::raylet::executor::{store_returns, Done};
 use crate::raylet::Inner;
+use crate::value::INLINE_LIMIT;
 
 /// Environment variable naming the raylet's worker socket.
 pub const ENV_SOCKET: &str = "SHOAL_RAYLET_SOCKET";
@@ -26,6 +28,47 @@ pub const ENV_SOCKET: &str = "SHOAL_RAYLET_SOCKET";
 pub const ENV_WORKER_ID: &str = "SHOAL_WORKER_ID";
 /// Environment variable with the raylet's gRPC address (for nested tasks).
 pub const ENV_ADDRESS: &str = "SHOAL_ADDRESS";
+
+/// Starts worker processes on one thread that lives as long as the raylet.
+///
+/// Forking is blocking work, so it is kept off the async threads; and it
+/// must not happen on a pool thread that may exit when idle, because a
+/// worker's parent-death signal fires when the *thread* that forked it ends.
+pub(crate) struct Spawner {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<WorkerId>>,
+}
+
+impl Spawner {
+    /// Starts the spawning thread; it ends with the raylet.
+    pub(crate) fn start(inner: std::sync::Weak<Inner>) -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel::<WorkerId>();
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let body = move || {
+            let _entered = rt.as_ref().map(|h| h.enter());
+            while let Ok(id) = rx.recv() {
+                let Some(inner) = inner.upgrade() else { return };
+                let res = spawn(&inner, id);
+                let mut core = inner.core();
+                match res {
+                    Ok(pid) => core.worker_spawned(id, pid),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a worker process");
+                        core.worker_spawn_failed(id);
+                    }
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("shoal-spawner".into()).spawn(body) {
+            tracing::error!(error = %e, "cannot start the worker spawning thread");
+        }
+        Spawner { tx: std::sync::Mutex::new(tx) }
+    }
+
+    /// Asks for worker `id` to be started.
+    pub(crate) fn spawn(&self, id: WorkerId) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(id).is_ok()
+    }
+}
 
 /// Starts one worker process; returns its pid.
 pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
@@ -138,8 +181,27 @@ async fn handle(inner: std::sync::Weak<Inner>, stream: UnixStream) {
                 Ok(None) => {
                     if !done.is_empty() {
                         let Some(i) = inner.upgrade() else { return };
+                        let batch = std::mem::take(&mut done);
+                        let large = batch.iter().any(|d| d.returns.iter().any(|v| v.data.len() > INLINE_LIMIT));
+                        let store = i.store.clone();
+                        let stored = move || -> Vec<Done> {
+                            batch.into_iter().filter_map(|d| store_returns(&store, d)).collect()
+                        };
+                        // Large values go into the store, which may spill:
+                        // off the async threads and before taking the core.
+                        let finished = if large {
+                            match tokio::task::spawn_blocking(stored).await {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    tracing::error!(worker = %id, error = %e, "storing task results failed");
+                                    Vec::new()
+                                }
+                            }
+                        } else {
+                            stored()
+                        };
                         let mut core = i.core();
-                        for d in done.drain(..) {
+                        for d in finished {
                             core.on_task_done(id, d);
                         }
                     }

@@ -44,7 +44,8 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
         let msg: Option<pb::ToWorker> = frame::read_blocking(&mut reader, &mut buf)?;
         let Some(msg) = msg else { return Ok(()) };
         let Some(pb::to_worker::Kind::Execute(task)) = msg.kind else { continue };
-        let done = execute(&mut ctx, registry, task);
+        let attempt = task.attempt;
+        let done = pb::TaskDone { attempt, ..execute(&mut ctx, registry, task) };
         frame::write_blocking(&mut writer, &pb::FromWorker { kind: Some(pb::from_worker::Kind::Done(done)) })?;
         // Flush unless another task is already waiting to be read.
         if buf.is_empty() {
@@ -136,11 +137,11 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
     };
     ctx.end();
     match result.and_then(|v| split_returns(v, task.num_returns.max(1))) {
-        Ok(returns) => pb::TaskDone { task_id, returns, error: None, stderr_tail: String::new() },
+        Ok(returns) => pb::TaskDone { task_id, returns, attempt: task.attempt, ..Default::default() },
         Err(e) => done_err(task_id, e),
     }
 }
 
 fn done_err(task_id: Bytes, e: TaskError) -> pb::TaskDone {
-    pb::TaskDone { task_id, returns: Vec::new(), stderr_tail: e.stderr_tail.clone(), error: Some((&e).into()) }
+    pb::TaskDone { task_id, stderr_tail: e.stderr_tail.clone(), error: Some((&e).into()), ..Default::default() }
 }

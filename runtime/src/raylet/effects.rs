@@ -1,0 +1,145 @@
+//! What the raylet's state machine asks the world to do.
+//!
+//! The owner and the executor never block, spawn or send while they hold
+//! the core lock: each call records [`Effect`]s, and the coordinator
+//! ([`CoreGuard`](super::CoreGuard)) carries them out after the lock is
+//! released — sends on channels at once, process starts, process-tree kills
+//! and store reads that may touch disk on the blocking pool.
+//!
+//! Lock order, where two locks meet: the core lock, then the object store's
+//! or the peers' (never the other way). Effects run with no lock held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::error::TaskError;
+use crate::ids::{ObjectId, TaskId, WorkerId};
+use crate::raylet::executor::worker_pool::Attempt;
+use crate::raylet::peers::PeerMsg;
+use crate::raylet::Inner;
+
+/// One thing to do once the lock is released.
+pub(crate) enum Effect {
+    /// Queue a message for a peer raylet.
+    Peer { addr: String, msg: PeerMsg },
+    /// Drop the connection to a dead peer.
+    ForgetPeer(String),
+    /// Drop this node's copy of an object.
+    Delete(ObjectId),
+    /// Pull an argument of a local attempt into the store.
+    Pull { attempt: Attempt, object: ObjectId, locations: Vec<pb::Location>, size: u64 },
+    /// Start a worker process.
+    SpawnWorker(WorkerId),
+    /// Kill a worker's process tree (a forced cancel).
+    KillTree(u32),
+    /// Send an attempt to a worker, reading its stored arguments first.
+    Dispatch(Dispatch),
+    /// Schedule a retried task again after a back-off.
+    RetryLater { task: TaskId, attempt: u32, delay: Duration },
+}
+
+/// An attempt on its way to a worker.
+pub(crate) struct Dispatch {
+    pub worker: WorkerId,
+    pub attempt: Attempt,
+    pub tx: mpsc::UnboundedSender<pb::ToWorker>,
+    pub task: pb::ExecuteTask,
+    /// Arguments to read from the store: position in `task.args`, object.
+    pub stored: Vec<(usize, ObjectId)>,
+}
+
+/// Carries out `effects` with no lock held.
+pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
+    let rt = tokio::runtime::Handle::try_current().ok();
+    let mut deletes = Vec::new();
+    for e in effects {
+        match e {
+            Effect::Peer { addr, msg } => {
+                if let Err(task) = inner.peers.send(&addr, msg) {
+                    // The peer's outbox is full (or its address is bad): fail over.
+                    let mut core = inner.core();
+                    let node = core.owner.view.nodes().find(|n| n.address == addr).map(|n| n.id);
+                    if let Ok(id) = TaskId::from_slice(&task.task_id) {
+                        core.on_dispatch_failed(node, vec![(id, task.attempt)], "the node's outbox is full");
+                    }
+                }
+            }
+            Effect::ForgetPeer(addr) => inner.peers.forget(&addr),
+            Effect::Delete(id) => deletes.push(id),
+            Effect::Pull { attempt, object, locations, size } => {
+                let Some(rt) = &rt else { continue };
+                let inner = inner.clone();
+                rt.spawn(async move {
+                    let res = crate::metrics::timed_transfer(inner.objects.pull(object, &locations, size)).await;
+                    inner.core().arg_pulled(attempt, object, res);
+                });
+            }
+            Effect::SpawnWorker(id) => {
+                if !inner.spawner.spawn(id) {
+                    inner.core().worker_spawn_failed(id);
+                }
+            }
+            Effect::KillTree(pid) => match &rt {
+                Some(rt) => drop(rt.spawn_blocking(move || crate::process::kill_tree(pid))),
+                None => crate::process::kill_tree(pid),
+            },
+            Effect::Dispatch(d) if d.stored.is_empty() => send_to_worker(inner, d),
+            Effect::Dispatch(d) => {
+                let inner = inner.clone();
+                let read = move || {
+                    let mut d = d;
+                    for (pos, id) in std::mem::take(&mut d.stored) {
+                        // May read a spilled object back from disk.
+                        match inner.store.get(&id) {
+                            Some(v) => d.task.args[pos] = v,
+                            None => {
+                                let err = TaskError::new(
+                                    "ObjectLost",
+                                    format!("argument {id} was evicted before the task started"),
+                                );
+                                inner.core().dispatch_failed(d.worker, d.attempt, err);
+                                return;
+                            }
+                        }
+                    }
+                    send_to_worker(&inner, d);
+                };
+                match &rt {
+                    Some(rt) => drop(rt.spawn_blocking(read)),
+                    None => read(),
+                }
+            }
+            Effect::RetryLater { task, attempt, delay } => {
+                let Some(rt) = &rt else { continue };
+                let inner = inner.clone();
+                rt.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    inner.core().schedule_retry(task, attempt);
+                });
+            }
+        }
+    }
+    if !deletes.is_empty() {
+        let inner = inner.clone();
+        // Deleting a spilled object may remove its spill file.
+        let delete = move || {
+            for id in deletes {
+                inner.store.delete(&id);
+            }
+        };
+        match &rt {
+            Some(rt) => drop(rt.spawn_blocking(delete)),
+            None => delete(),
+        }
+    }
+}
+
+fn send_to_worker(inner: &Arc<Inner>, d: Dispatch) {
+    let msg = pb::ToWorker { kind: Some(pb::to_worker::Kind::Execute(d.task)) };
+    if d.tx.send(msg).is_err() {
+        inner.core().on_worker_exit(d.worker, "its connection closed");
+    }
+}
