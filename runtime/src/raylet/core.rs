@@ -252,3 +252,6 @@ impl Core {
         self.exec.pool.pids()
     }
 }
+
+#[cfg(test)]
+mod tests;

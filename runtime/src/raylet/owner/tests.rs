@@ -1,0 +1,213 @@
+//! The owner on plain data: no runtime, no sockets; what it asks for is
+//! read from its effects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::ids::JobId;
+use crate::raylet::effects::Effect;
+use crate::resources::{ResourceSet, CPU};
+
+const PEER: &str = "10.0.0.2:1";
+
+fn config() -> Arc<RayletConfig> {
+    let mut c = RayletConfig::new("127.0.0.1:1", ResourceSet::new());
+    c.infeasible_timeout = Duration::from_millis(0);
+    Arc::new(c)
+}
+
+/// An owner on a node with no CPUs, beside a peer with two.
+fn owner_beside_a_peer() -> (Owner, NodeId) {
+    let me = NodeId([1; 8]);
+    let peer = NodeId([2; 8]);
+    let mut o = Owner::new(me, "10.0.0.1:1".into(), config());
+    let two = ResourceSet::new().with(CPU, 2.0);
+    let info = pb::NodeInfo {
+        node_id: peer.to_bytes(),
+        address: PEER.into(),
+        total: Some((&two).into()),
+        state: pb::NodeState::NodeAlive as i32,
+        ..Default::default()
+    };
+    o.view.apply_snapshot(&[info], &[], me);
+    o.view.set_local(me, "10.0.0.1:1", &ResourceSet::new(), &ResourceSet::new(), 0, &HashMap::new());
+    (o, peer)
+}
+
+fn spec(task: TaskId, cpus: f64, max_retries: i32) -> pb::TaskSpec {
+    pb::TaskSpec {
+        task_id: task.to_bytes(),
+        name: format!("t{task}"),
+        function: Some(pb::FunctionDescriptor { kind: Some(pb::function_descriptor::Kind::Builtin("add".into())) }),
+        num_returns: 1,
+        resources: Some((&ResourceSet::new().with(CPU, cpus)).into()),
+        max_retries,
+        ..Default::default()
+    }
+}
+
+fn peer_cpus(o: &Owner, peer: NodeId) -> f64 {
+    o.view.get(&peer).map(|n| n.available.get(CPU)).unwrap_or(-1.0)
+}
+
+fn executes(o: &mut Owner) -> Vec<pb::TaskSpec> {
+    std::mem::take(&mut o.out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Peer { msg: PeerMsg::Execute(t), .. } => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failure(task: TaskId, attempt: u32, node: NodeId) -> pb::TaskResult {
+    pb::TaskResult {
+        task_id: task.to_bytes(),
+        attempt,
+        node_id: node.to_bytes(),
+        node_address: PEER.into(),
+        error: Some((&crate::error::TaskError::new("TaskFailed", "boom")).into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_placement_reserves_the_peer_until_it_answers_on_every_path() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+
+    // Failure with no retries left.
+    let a = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(a, 1.0, 0)]);
+    assert_eq!(executes(&mut o).len(), 1);
+    assert_eq!(peer_cpus(&o, peer), 1.0, "reserved while it runs");
+    o.apply_result(failure(a, 0, peer));
+    assert_eq!(peer_cpus(&o, peer), 2.0, "released when it failed");
+
+    // Spillback, then rescheduled on the same peer: one reservation, not two.
+    let b = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(b, 1.0, 0)]);
+    executes(&mut o);
+    o.on_spillback(peer, pb::Spillback { task_id: b.to_bytes(), attempt: 0, reason: "busy".into() });
+    let resent = executes(&mut o);
+    assert_eq!(resent.len(), 1, "the only feasible node gets it again");
+    assert_eq!(peer_cpus(&o, peer), 1.0);
+
+    // Cancelled while there.
+    o.cancel(&[b.return_id(0).to_bytes()], false, false);
+    assert_eq!(peer_cpus(&o, peer), 2.0, "released when cancelled");
+
+    // Sending failed.
+    let c = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(c, 1.0, 0)]);
+    executes(&mut o);
+    o.on_dispatch_failed(Some(peer), vec![(c, 0)], "connection refused");
+    assert_eq!(peer_cpus(&o, peer), 2.0, "released when it could not be sent");
+}
+
+#[test]
+fn a_retry_is_an_effect_with_a_back_off_not_a_spawned_task() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    let mut s = spec(t, 1.0, 2);
+    s.retry_exceptions = true;
+    o.submit(session, vec![s]);
+    executes(&mut o);
+    o.apply_result(failure(t, 0, peer));
+    let retry = o.out.iter().find_map(|e| match e {
+        Effect::RetryLater { task, attempt, delay } => Some((*task, *attempt, *delay)),
+        _ => None,
+    });
+    let (task, attempt, delay) = retry.expect("a retry is scheduled");
+    assert_eq!((task, attempt), (t, 1));
+    assert!(delay > Duration::ZERO);
+    o.out.clear();
+    o.schedule_retry(t, 1);
+    assert_eq!(executes(&mut o).iter().map(|s| s.attempt).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn waiters_of_a_call_are_removed_when_it_ends() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(t, 1.0, 0)]);
+    let id = t.return_id(0);
+    let (tx, _rx) = mpsc::channel(4);
+    for _ in 0..100 {
+        assert!(matches!(o.lookup(id, Some(&tx)), Lookup::Pending));
+    }
+    assert_eq!(o.objects[&id].waiters.len(), 1, "one call, one waiter");
+    o.unwatch(&[id], &tx);
+    assert!(o.objects[&id].waiters.is_empty());
+
+    // Calls that ended without unwatching (their receiver is gone) are pruned.
+    for _ in 0..100 {
+        let (tx, rx) = mpsc::channel(1);
+        o.lookup(id, Some(&tx));
+        drop(rx);
+    }
+    let (tx, _rx) = mpsc::channel(1);
+    o.lookup(id, Some(&tx));
+    assert_eq!(o.objects[&id].waiters.len(), 1);
+}
+
+#[test]
+fn an_infeasible_task_fails_with_its_reason_and_is_only_replaced_on_membership_change() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(t, 64.0, 0)]);
+    assert!(executes(&mut o).is_empty());
+    o.expire_infeasible();
+    let value = match o.lookup(t.return_id(0), None) {
+        Lookup::Inline(v) => v,
+        _ => panic!("the task must have failed"),
+    };
+    let e = crate::value::decode_error(&value);
+    assert_eq!(e.kind, "Infeasible");
+    assert!(e.message.contains("cpu"), "{}", e.message);
+}
+
+#[test]
+fn a_task_placed_here_goes_to_the_local_queue() {
+    let me = NodeId([1; 8]);
+    let mut o = Owner::new(me, "10.0.0.1:1".into(), config());
+    let one = ResourceSet::new().with(CPU, 1.0);
+    o.view.set_local(me, "10.0.0.1:1", &one, &one, 0, &HashMap::new());
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(t, 1.0, 0)]);
+    assert_eq!(o.local.len(), 1);
+    assert_eq!(o.local[0].owner_address, "10.0.0.1:1");
+    assert!(executes(&mut o).is_empty());
+}
+
+#[test]
+fn freeing_the_last_reference_deletes_everywhere_and_drops_the_task() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(t, 1.0, 0)]);
+    executes(&mut o);
+    let id = t.return_id(0);
+    o.apply_result(pb::TaskResult {
+        task_id: t.to_bytes(),
+        node_id: peer.to_bytes(),
+        node_address: PEER.into(),
+        returns: vec![pb::ReturnObject { object_id: id.to_bytes(), inline_value: None, stored_size: 1 << 20 }],
+        ..Default::default()
+    });
+    assert!(matches!(o.lookup(id, None), Lookup::Stored { .. }));
+    o.update_refs(session, &[], &[Bytes::from(id.to_bytes())]);
+    assert!(o.objects.is_empty() && o.tasks.is_empty());
+    let freed_at_peer = o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Free(x) } if addr == PEER && *x == id));
+    assert!(freed_at_peer);
+}
