@@ -488,7 +488,7 @@ impl Client {
             strategy: strategy_to_pb(&task.strategy),
             owner_address: self.inner.address.clone(),
             attempt: 0,
-            spill_count: 0,
+            spillback_count: 0,
         };
         let n = task.num_returns;
         self.inner.ops.send(Op::Submit(spec)).await?;

@@ -31,7 +31,7 @@ impl Core {
             queued_tasks: e.local.queued() as u32,
             running_tasks: e.local.running.len() as u32,
             workers: e.pool.workers.len() as u32,
-            idle_workers: e.pool.idle.len() as u32,
+            idle_workers: e.pool.idle_count() as u32,
             object_store_used: s.used,
             object_store_capacity: s.capacity,
             object_count: s.count,

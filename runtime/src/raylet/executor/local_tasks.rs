@@ -11,13 +11,18 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use shoal_proto::v1 as pb;
 
 use crate::ids::{TaskId, WorkerId};
-use crate::raylet::executor::worker_pool::Attempt;
+use crate::raylet::executor::worker_pool::{Attempt, WorkerKind};
 use crate::resources::ResourceSet;
+
+/// What an attempt needs to run: a worker of a kind and a lease of a
+/// resource shape. Ready attempts queue by it.
+pub(crate) type Shape = (WorkerKind, ResourceSet);
 
 /// An attempt granted to this node.
 pub(crate) struct LocalTask {
     pub spec: pb::TaskSpec,
     pub task_id: TaskId,
+    pub kind: WorkerKind,
     pub resources: ResourceSet,
     /// Arguments not yet in the local store.
     pub missing: u32,
@@ -43,7 +48,7 @@ pub(crate) struct Running {
 #[derive(Default)]
 pub(crate) struct LocalTasks {
     pub waiting_args: HashMap<Attempt, LocalTask>,
-    ready: BTreeMap<ResourceSet, VecDeque<LocalTask>>,
+    ready: BTreeMap<Shape, VecDeque<LocalTask>>,
     ready_len: usize,
     pub running: HashMap<Attempt, Running>,
 }
@@ -58,27 +63,27 @@ impl LocalTasks {
         self.ready_len
     }
 
-    /// The resource shapes with ready attempts.
-    pub(crate) fn ready_classes(&self) -> Vec<ResourceSet> {
+    /// The shapes with ready attempts.
+    pub(crate) fn ready_classes(&self) -> Vec<Shape> {
         self.ready.keys().cloned().collect()
     }
 
     /// Attempts ready in `class`.
-    pub(crate) fn ready_in(&self, class: &ResourceSet) -> usize {
+    pub(crate) fn ready_in(&self, class: &Shape) -> usize {
         self.ready.get(class).map_or(0, VecDeque::len)
     }
 
     /// Whether `class` is the only shape with ready attempts.
-    pub(crate) fn only_class_ready(&self, class: &ResourceSet) -> bool {
+    pub(crate) fn only_class_ready(&self, class: &Shape) -> bool {
         self.ready.len() == 1 && self.ready.contains_key(class)
     }
 
     pub(crate) fn push_ready(&mut self, t: LocalTask) {
         self.ready_len += 1;
-        self.ready.entry(t.resources.clone()).or_default().push_back(t);
+        self.ready.entry((t.kind, t.resources.clone())).or_default().push_back(t);
     }
 
-    pub(crate) fn pop_ready(&mut self, class: &ResourceSet) -> Option<LocalTask> {
+    pub(crate) fn pop_ready(&mut self, class: &Shape) -> Option<LocalTask> {
         let q = self.ready.get_mut(class)?;
         let t = q.pop_front();
         if q.is_empty() {
@@ -124,6 +129,7 @@ mod tests {
         LocalTask {
             spec: pb::TaskSpec { task_id: id.to_bytes(), attempt, ..Default::default() },
             task_id: id,
+            kind: WorkerKind::Native,
             resources: ResourceSet::new().with(crate::resources::CPU, cpus),
             missing: 0,
         }
@@ -138,7 +144,7 @@ mod tests {
         q.push_ready(task(TaskId::random(JobId(1)), 0, 2.0));
         assert_eq!((q.queued(), q.ready_classes().len()), (3, 2));
         assert!(q.remove_queued((t, 1)), "the retry is removed, not the first attempt");
-        let one = ResourceSet::new().with(crate::resources::CPU, 1.0);
+        let one = (WorkerKind::Native, ResourceSet::new().with(crate::resources::CPU, 1.0));
         assert_eq!(q.pop_ready(&one).map(|t| t.spec.attempt), Some(0));
         assert!(q.pop_ready(&one).is_none());
         assert_eq!(q.ready_len(), 1);

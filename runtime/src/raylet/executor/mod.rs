@@ -36,7 +36,7 @@ use crate::value::INLINE_LIMIT;
 
 use ledger::ResourceLedger;
 use local_tasks::{LocalTask, LocalTasks, Running};
-use worker_pool::{Attempt, Lease, WorkerPool, MAX_START_FAILURES};
+use worker_pool::{Attempt, Lease, WorkerKind, WorkerPool, MAX_START_FAILURES};
 
 /// Times a task may be sent back (spillback) before a feasible node must queue it.
 pub(crate) const MAX_SPILLBACKS: u32 = 4;
@@ -143,7 +143,7 @@ impl Executor {
         if !self.ledger.feasible(&res) {
             return Some(format!("node {} has {} in total, the task needs {res}", self.node_id, self.ledger.total()));
         }
-        if spec.spill_count >= MAX_SPILLBACKS || self.ledger.fits(&res) {
+        if spec.spillback_count >= MAX_SPILLBACKS || self.ledger.fits(&res) {
             return None;
         }
         if matches!(strategy_of(&spec.strategy), Ok(Strategy::NodeAffinity { soft: false, .. })) {
@@ -172,7 +172,8 @@ impl Executor {
             missing += 1;
             self.out.push(Effect::Pull { attempt, object: id, locations: r.locations.clone(), size: r.size });
         }
-        let t = LocalTask { spec, task_id, resources, missing };
+        let kind = WorkerKind::of(&spec.function);
+        let t = LocalTask { spec, task_id, kind, resources, missing };
         if missing == 0 {
             self.local.push_ready(t);
             self.try_dispatch(events);
@@ -243,21 +244,22 @@ impl Executor {
         if self.local.ready_len() == 0 {
             return;
         }
-        for class in self.local.ready_classes() {
+        for shape in self.local.ready_classes() {
+            let (kind, class) = (shape.0, &shape.1);
             loop {
-                let queued = self.local.ready_in(&class);
+                let queued = self.local.ready_in(&shape);
                 if queued == 0 {
                     break;
                 }
-                if self.ledger.fits(&class) {
-                    if let Some(w) = self.pool.idle.pop() {
-                        let Some(grant) = self.ledger.acquire(&class) else {
-                            self.pool.idle.push(w);
+                if self.ledger.fits(class) {
+                    if let Some(w) = self.pool.take_idle(kind) {
+                        let Some(grant) = self.ledger.acquire(class) else {
+                            self.pool.put_idle(w);
                             break;
                         };
-                        let Some(t) = self.local.pop_ready(&class) else {
-                            self.ledger.release(&class, &grant);
-                            self.pool.idle.push(w);
+                        let Some(t) = self.local.pop_ready(&shape) else {
+                            self.ledger.release(class, &grant);
+                            self.pool.put_idle(w);
                             break;
                         };
                         if let Some(slot) = self.pool.workers.get_mut(&w) {
@@ -269,17 +271,17 @@ impl Executor {
                     if self.can_start_worker() {
                         // A new lease is possible: wait for a worker rather
                         // than queueing behind a busy one.
-                        if self.pool.starting < queued {
-                            self.start_worker();
+                        if self.pool.starting_of(kind) < queued {
+                            self.start_worker(kind);
                         }
                         break;
                     }
                 }
                 // Every resource is taken (or workers are starting): keep
                 // leased workers of this shape fed.
-                match self.pool.pipeline_candidate(&class, self.config.pipeline_depth) {
+                match self.pool.pipeline_candidate(kind, class, self.config.pipeline_depth) {
                     Some(w) => {
-                        let Some(t) = self.local.pop_ready(&class) else { break };
+                        let Some(t) = self.local.pop_ready(&shape) else { break };
                         self.run_on(w, t, events);
                     }
                     None => break,
@@ -377,15 +379,13 @@ impl Executor {
                 }
                 self.ledger.release(&l.class, &l.grant);
             }
-            if slot.tx.is_some() && !self.pool.idle.contains(&w) {
-                self.pool.idle.push(w);
-            }
+            self.pool.put_idle(w);
         }
     }
 
-    fn start_worker(&mut self) {
+    fn start_worker(&mut self, kind: WorkerKind) {
         let id = WorkerId::random();
-        self.pool.starting(id);
+        self.pool.starting(id, kind);
         self.out.push(Effect::SpawnWorker(id));
     }
 
@@ -393,7 +393,7 @@ impl Executor {
     pub(crate) fn prestart(&mut self, n: usize) {
         for _ in 0..n {
             if self.can_start_worker() {
-                self.start_worker();
+                self.start_worker(WorkerKind::Native);
             }
         }
     }
@@ -525,10 +525,12 @@ impl Executor {
         // other shape is waiting; otherwise give the resources back.
         let Some(slot) = self.pool.workers.get_mut(&w) else { return };
         let mut refill = None;
+        let kind = slot.kind;
         if let Some(l) = slot.lease.as_mut() {
             l.in_flight.retain(|a| *a != done.attempt);
-            if l.in_flight.is_empty() && slot.blocks == 0 && self.local.only_class_ready(&l.class) {
-                refill = Some(l.class.clone());
+            let shape = (kind, l.class.clone());
+            if l.in_flight.is_empty() && slot.blocks == 0 && self.local.only_class_ready(&shape) {
+                refill = Some(shape);
             }
         }
         if let Some(class) = refill {

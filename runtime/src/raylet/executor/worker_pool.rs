@@ -19,6 +19,27 @@ use crate::ids::{TaskId, WorkerId};
 use crate::raylet::executor::ledger::Grant;
 use crate::resources::ResourceSet;
 
+/// The kind of process a task runs in. Today every task runs in a native
+/// `shoal worker` (builtins, and the programs of `exec` tasks, which it
+/// starts); the pool keeps idle and starting workers by kind so that other
+/// kinds (a Python interpreter) get workers of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum WorkerKind {
+    /// `shoal worker`: builtins and `exec` tasks.
+    Native,
+}
+
+impl WorkerKind {
+    /// The kind of worker that runs `f`.
+    pub(crate) fn of(f: &Option<pb::FunctionDescriptor>) -> WorkerKind {
+        match f.as_ref().and_then(|f| f.kind.as_ref()) {
+            Some(pb::function_descriptor::Kind::Builtin(_) | pb::function_descriptor::Kind::Exec(_)) | None => {
+                WorkerKind::Native
+            }
+        }
+    }
+}
+
 /// Consecutive worker start failures after which queued tasks fail.
 pub(crate) const MAX_START_FAILURES: u32 = 5;
 
@@ -36,6 +57,7 @@ pub(crate) struct Lease {
 }
 
 pub(crate) struct WorkerSlot {
+    pub kind: WorkerKind,
     pub pid: u32,
     pub tx: Option<mpsc::UnboundedSender<pb::ToWorker>>,
     pub lease: Option<Lease>,
@@ -53,10 +75,10 @@ impl WorkerSlot {
 #[derive(Default)]
 pub(crate) struct WorkerPool {
     pub workers: HashMap<WorkerId, WorkerSlot>,
-    /// Connected workers without a lease.
-    pub idle: Vec<WorkerId>,
-    /// Workers started and not yet connected.
-    pub starting: usize,
+    /// Connected workers without a lease, by kind.
+    idle: HashMap<WorkerKind, Vec<WorkerId>>,
+    /// Workers started and not yet connected, by kind.
+    starting: HashMap<WorkerKind, usize>,
     pub start_failures: u32,
     /// Workers started since the raylet began.
     pub started_total: u64,
@@ -68,11 +90,44 @@ impl WorkerPool {
         self.workers.values().filter(|w| !w.blocked()).count()
     }
 
-    /// Records a worker about to be started.
-    pub(crate) fn starting(&mut self, id: WorkerId) {
-        self.starting += 1;
+    /// Workers of `kind` started and not yet connected.
+    pub(crate) fn starting_of(&self, kind: WorkerKind) -> usize {
+        self.starting.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Connected workers without a lease.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
+    /// An idle worker of `kind`, taken out of the idle list.
+    pub(crate) fn take_idle(&mut self, kind: WorkerKind) -> Option<WorkerId> {
+        self.idle.get_mut(&kind)?.pop()
+    }
+
+    /// Makes a connected worker idle again.
+    pub(crate) fn put_idle(&mut self, id: WorkerId) {
+        let Some(slot) = self.workers.get(&id) else { return };
+        if slot.tx.is_none() {
+            return;
+        }
+        let list = self.idle.entry(slot.kind).or_default();
+        if !list.contains(&id) {
+            list.push(id);
+        }
+    }
+
+    fn not_starting(&mut self, kind: WorkerKind) {
+        if let Some(n) = self.starting.get_mut(&kind) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Records a worker of `kind` about to be started.
+    pub(crate) fn starting(&mut self, id: WorkerId, kind: WorkerKind) {
+        *self.starting.entry(kind).or_insert(0) += 1;
         self.started_total += 1;
-        self.workers.insert(id, WorkerSlot { pid: 0, tx: None, lease: None, blocks: 0 });
+        self.workers.insert(id, WorkerSlot { kind, pid: 0, tx: None, lease: None, blocks: 0 });
     }
 
     /// The process of a worker being started is running as `pid`.
@@ -86,39 +141,43 @@ impl WorkerPool {
 
     /// Starting a worker failed before it ran.
     pub(crate) fn spawn_failed(&mut self, id: WorkerId) {
-        if self.workers.get(&id).is_some_and(|s| s.tx.is_none()) {
+        if let Some(kind) = self.workers.get(&id).filter(|s| s.tx.is_none()).map(|s| s.kind) {
             self.workers.remove(&id);
-            self.starting = self.starting.saturating_sub(1);
+            self.not_starting(kind);
             self.start_failures += 1;
         }
     }
 
-    /// A worker connected (one this raylet started, or an external one).
+    /// A worker connected (one this raylet started, or an external one,
+    /// which is native).
     pub(crate) fn connected(&mut self, id: WorkerId, pid: u32, tx: mpsc::UnboundedSender<pb::ToWorker>) {
         match self.workers.get_mut(&id) {
             Some(slot) => {
-                if slot.tx.is_none() {
-                    self.starting = self.starting.saturating_sub(1);
-                }
+                let was_starting = slot.tx.is_none();
+                let kind = slot.kind;
                 slot.tx = Some(tx);
                 slot.pid = pid;
+                if was_starting {
+                    self.not_starting(kind);
+                }
             }
             None => {
-                self.workers.insert(id, WorkerSlot { pid, tx: Some(tx), lease: None, blocks: 0 });
+                let slot = WorkerSlot { kind: WorkerKind::Native, pid, tx: Some(tx), lease: None, blocks: 0 };
+                self.workers.insert(id, slot);
             }
         }
         self.start_failures = 0;
-        if !self.idle.contains(&id) {
-            self.idle.push(id);
-        }
+        self.put_idle(id);
     }
 
     /// Removes a worker that exited; returns its slot.
     pub(crate) fn exited(&mut self, id: WorkerId) -> Option<WorkerSlot> {
         let slot = self.workers.remove(&id)?;
-        self.idle.retain(|w| *w != id);
+        if let Some(list) = self.idle.get_mut(&slot.kind) {
+            list.retain(|w| *w != id);
+        }
         if slot.tx.is_none() {
-            self.starting = self.starting.saturating_sub(1);
+            self.not_starting(slot.kind);
             self.start_failures += 1;
         }
         Some(slot)
@@ -145,10 +204,10 @@ impl WorkerPool {
 
     /// A connected, unblocked worker already leased to `class` with room
     /// for one more attempt (fewest in flight first).
-    pub(crate) fn pipeline_candidate(&self, class: &ResourceSet, depth: usize) -> Option<WorkerId> {
+    pub(crate) fn pipeline_candidate(&self, kind: WorkerKind, class: &ResourceSet, depth: usize) -> Option<WorkerId> {
         self.workers
             .iter()
-            .filter(|(_, s)| !s.blocked() && s.tx.is_some())
+            .filter(|(_, s)| s.kind == kind && !s.blocked() && s.tx.is_some())
             .filter_map(|(id, s)| s.lease.as_ref().filter(|l| &l.class == class).map(|l| (*id, l.in_flight.len())))
             .filter(|(_, n)| *n < depth)
             .min_by_key(|(n_id, n)| (*n, *n_id))
@@ -185,13 +244,14 @@ mod tests {
     fn a_worker_that_dies_before_connecting_counts_as_a_start_failure() {
         let mut p = WorkerPool::default();
         let w = WorkerId::random();
-        p.starting(w);
-        assert_eq!(p.starting, 1);
+        p.starting(w, WorkerKind::Native);
+        assert_eq!(p.starting_of(WorkerKind::Native), 1);
         assert!(p.exited(w).is_some());
-        assert_eq!((p.starting, p.start_failures), (0, 1));
+        assert_eq!((p.starting_of(WorkerKind::Native), p.start_failures), (0, 1));
         let w2 = WorkerId::random();
-        p.starting(w2);
+        p.starting(w2, WorkerKind::Native);
         p.spawn_failed(w2);
-        assert_eq!((p.starting, p.start_failures, p.workers.len()), (0, 2, 0));
+        assert_eq!((p.starting_of(WorkerKind::Native), p.start_failures, p.workers.len()), (0, 2, 0));
+        assert_eq!(p.take_idle(WorkerKind::Native), None);
     }
 }

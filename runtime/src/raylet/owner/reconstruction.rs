@@ -50,7 +50,7 @@ impl Owner {
         }
         t.retries_used += 1;
         t.spec.attempt += 1;
-        t.spec.spill_count = 0;
+        t.spec.spillback_count = 0;
         t.state = TaskState::PendingArgs;
         t.node = None;
         t.avoid = None;

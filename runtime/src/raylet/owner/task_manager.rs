@@ -49,7 +49,7 @@ impl Owner {
             spec.num_returns = num_returns;
             spec.owner_address = self.address.clone();
             spec.attempt = 0;
-            spec.spill_count = 0;
+            spec.spillback_count = 0;
             self.stats.tasks_submitted += 1;
             for i in 0..num_returns {
                 let id = task_id.return_id(i);
@@ -444,7 +444,7 @@ impl Owner {
         if retriable && (max < 0 || t.retries_used < max as u32) {
             t.retries_used += 1;
             t.spec.attempt += 1;
-            t.spec.spill_count = 0;
+            t.spec.spillback_count = 0;
             t.avoid = node;
             t.state = TaskState::PendingNode;
             self.stats.retries += 1;
@@ -484,7 +484,7 @@ impl Owner {
         self.unreserve(task_id);
         self.stats.spilled_back += 1;
         let Some(t) = self.tasks.get_mut(&task_id) else { return };
-        t.spec.spill_count += 1;
+        t.spec.spillback_count += 1;
         t.avoid = Some(from);
         t.state = TaskState::PendingNode;
         tracing::debug!(task = %task_id, node = %from, reason = %s.reason, "task sent back (spillback)");
