@@ -465,8 +465,10 @@ impl Executor {
         let (task_id, attempt_no) = done.attempt;
         let Some(run) = self.local.running.remove(&done.attempt) else {
             // Not running here (cancelled, or its worker was declared dead):
-            // nobody will read what it stored.
-            for (i, r) in done.returns.iter().enumerate() {
+            // nobody will read what it stored — unless another attempt of the
+            // task is here, whose returns have the same ids.
+            let sibling = self.local.running.keys().any(|(t, _)| *t == task_id);
+            for (i, r) in done.returns.iter().enumerate().filter(|_| !sibling) {
                 if matches!(r, Return::Stored(_)) {
                     self.out.push(Effect::Delete(task_id.return_id(i as u32)));
                 }

@@ -381,9 +381,15 @@ impl Owner {
             Some(t) => t.state.terminal() || r.attempt != t.spec.attempt,
         };
         if stale {
-            // Nobody will read what this attempt stored: free it where it is.
+            // Nobody will read what this attempt stored: free it where it is,
+            // unless the current attempt's copy has the same id on that node.
             for ret in r.returns.iter().filter(|ret| ret.inline_value.is_none()) {
                 let Some(id) = oid(&ret.object_id) else { continue };
+                let current = self.tasks.get(&task_id).is_some_and(|t| !t.state.terminal() && t.node == node)
+                    || node.is_some_and(|n| self.objects.get(&id).is_some_and(|o| o.locations.contains(&n)));
+                if current {
+                    continue;
+                }
                 if node == Some(self.node_id) || r.node_address == self.address {
                     self.out.push(Effect::Delete(id));
                 } else {
