@@ -22,6 +22,7 @@ pub mod job_logs;
 pub mod task_events;
 
 use crate::ids::NodeId;
+use crate::metrics::HeadMetrics;
 use crate::net::now_ms;
 
 /// Settings of the GCS.
@@ -82,18 +83,33 @@ pub struct Gcs {
     pub task_events: Arc<Mutex<task_events::TaskEventStore>>,
     /// Entrypoint drivers' logs, for the REST API.
     pub job_logs: Arc<job_logs::JobLogs>,
+    metrics: Arc<HeadMetrics>,
 }
 
 impl Gcs {
-    /// A GCS with an empty cluster. Call [`Gcs::spawn_background`] once to
-    /// start broadcasting and health checks.
+    /// A GCS with an empty cluster, recording into the process's head
+    /// metrics (the ones the head's `/metrics` serves today). Call
+    /// [`Gcs::spawn_background`] once to start broadcasting and health
+    /// checks.
     pub fn new(config: GcsConfig) -> Self {
+        Gcs::with_metrics(config, crate::metrics::head_shared())
+    }
+
+    /// A GCS recording into its own metrics (a test, or a head that serves
+    /// `metrics.registry()` itself).
+    pub fn with_metrics(config: GcsConfig, metrics: Arc<HeadMetrics>) -> Self {
         Gcs {
             state: Arc::new(Mutex::new(State { next_job: 1, ..Default::default() })),
             task_events: Arc::new(Mutex::new(task_events::TaskEventStore::new(config.task_history))),
             job_logs: Arc::new(job_logs::JobLogs::default()),
+            metrics,
             config,
         }
+    }
+
+    /// The metrics this GCS records into.
+    pub fn metrics(&self) -> &Arc<HeadMetrics> {
+        &self.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -369,7 +385,10 @@ impl pb::gcs_server::Gcs for Gcs {
         req: Request<pb::ReportTaskEventsRequest>,
     ) -> Result<Response<pb::ReportTaskEventsReply>, Status> {
         let batch = req.into_inner();
-        self.task_events.lock().unwrap_or_else(|p| p.into_inner()).record(batch);
+        let started = self.task_events.lock().unwrap_or_else(|p| p.into_inner()).record(batch);
+        for s in started {
+            self.metrics.observe_submit_to_start(&s.function, s.seconds);
+        }
         Ok(Response::new(pb::ReportTaskEventsReply {}))
     }
 
@@ -400,4 +419,36 @@ pub fn service(gcs: Gcs) -> pb::gcs_server::GcsServer<Gcs> {
     pb::gcs_server::GcsServer::new(gcs)
         .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::gcs_server::Gcs as _;
+
+    fn gcs() -> Gcs {
+        Gcs::with_metrics(GcsConfig::default(), Arc::new(HeadMetrics::new()))
+    }
+
+    #[tokio::test]
+    async fn task_starts_are_timed_in_this_gcs_metrics_only() {
+        let (a, b) = (gcs(), gcs());
+        let t = crate::ids::TaskId::random(crate::ids::JobId(1));
+        let ev = |state: pb::TaskState, time_ms| pb::TaskEvent {
+            task_id: t.to_bytes(),
+            job_id: 1,
+            function: "builtin:noop".into(),
+            state: state as i32,
+            time_ms,
+            ..Default::default()
+        };
+        let batch = pb::ReportTaskEventsRequest {
+            events: vec![ev(pb::TaskState::TaskPendingArgs, 1_000), ev(pb::TaskState::TaskRunning, 1_200)],
+            dropped: 0,
+        };
+        a.report_task_events(Request::new(batch)).await.expect("report");
+        let count =
+            |g: &Gcs| g.metrics().submit_to_start_seconds.with_label_values(&["builtin:noop"]).get_sample_count();
+        assert_eq!((count(&a), count(&b)), (1, 0));
+    }
 }
