@@ -156,7 +156,13 @@ impl Gcs {
         st.version += 1;
         let pending = std::mem::take(&mut st.pending);
         let loads = pending.loads.iter().filter_map(|id| st.nodes.get(id).and_then(|e| e.load.clone())).collect();
-        let update = pb::ClusterViewUpdate { version: st.version, joined: pending.joined, dead: pending.dead, loads };
+        let update = pb::ClusterViewUpdate {
+            version: st.version,
+            joined: pending.joined,
+            dead: pending.dead,
+            loads,
+            full: false,
+        };
         st.subscribers.retain(|(node, tx)| match tx.try_send(Ok(update.clone())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
