@@ -441,10 +441,8 @@ impl pb::gcs_server::Gcs for Gcs {
         st.pending.joined.push(info);
         // Alive nodes only: dead ones are of no use to a raylet that is
         // joining, and the full view on its heartbeat stream settles the rest.
-        let alive = || st.nodes.values().filter(|e| e.is_alive());
-        let nodes = alive().map(|e| e.info.clone()).collect();
-        let loads = alive().filter_map(|e| e.load.clone()).collect();
-        Ok(Response::new(pb::RegisterNodeReply { nodes, loads, version: st.version }))
+        let view = st.full_view();
+        Ok(Response::new(pb::RegisterNodeReply { nodes: view.joined, loads: view.loads, version: view.version }))
     }
 
     type HeartbeatStream = UpdateStream;
