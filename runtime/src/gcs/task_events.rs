@@ -15,6 +15,10 @@
 //! tasks are remembered, and when one must go, the oldest task in a terminal
 //! state goes first (the oldest of all only when none has finished). The
 //! number evicted, the events raylets dropped and the capacity are reported.
+//!
+//! The store is plain data: it records no metrics itself, it returns what
+//! happened ([`StartLatency`]) for its caller to record, so that metrics
+//! depend on this module and never the other way round.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -157,6 +161,16 @@ pub struct StoreSummary {
     pub by_state: [u64; STATES],
 }
 
+/// A task's first start, reported by [`TaskEventStore::record`]: the time
+/// from its submission to the start of its first run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartLatency {
+    /// The task's function descriptor.
+    pub function: String,
+    /// Seconds from submission to start.
+    pub seconds: f64,
+}
+
 /// Latest state per task, indexed; oldest finished evicted first.
 pub struct TaskEventStore {
     tasks: HashMap<TaskId, TaskRecord>,
@@ -201,13 +215,18 @@ impl TaskEventStore {
         }
     }
 
-    /// Merges a batch of events.
-    pub fn record(&mut self, batch: pb::ReportTaskEventsRequest) {
+    /// Merges a batch of events; returns the submit-to-start latency of
+    /// every start in it whose submission is known.
+    pub fn record(&mut self, batch: pb::ReportTaskEventsRequest) -> Vec<StartLatency> {
         self.dropped += batch.dropped;
+        let mut started = Vec::new();
         for e in batch.events {
             let Ok(id) = TaskId::from_slice(&e.task_id) else { continue };
-            self.apply(id, e);
+            if let Some(s) = self.apply(id, e) {
+                started.push(s);
+            }
         }
+        started
     }
 
     fn insert_new(&mut self, id: TaskId, e: &pb::TaskEvent) {
@@ -271,11 +290,12 @@ impl TaskEventStore {
         }
     }
 
-    fn apply(&mut self, id: TaskId, e: pb::TaskEvent) {
+    fn apply(&mut self, id: TaskId, e: pb::TaskEvent) -> Option<StartLatency> {
         if !self.tasks.contains_key(&id) {
             self.insert_new(id, &e);
         }
-        let Some(rec) = self.tasks.get_mut(&id) else { return };
+        let mut started = None;
+        let rec = self.tasks.get_mut(&id)?;
         let seq = rec.seq;
         if !e.function.is_empty() && rec.function != e.function {
             if !rec.function.is_empty() {
@@ -320,8 +340,8 @@ impl TaskEventStore {
                         rec.end_ms = 0;
                         // Only once the owner's submission event is in (it names the function).
                         if !rec.function.is_empty() && rec.created_ms > 0 && e.time_ms >= rec.created_ms {
-                            let secs = (e.time_ms - rec.created_ms) as f64 / 1000.0;
-                            crate::metrics::observe_submit_to_start(&rec.function, secs);
+                            let seconds = (e.time_ms - rec.created_ms) as f64 / 1000.0;
+                            started = Some(StartLatency { function: rec.function.clone(), seconds });
                         }
                     }
                     s if is_terminal(s) => rec.end_ms = e.time_ms,
@@ -352,6 +372,7 @@ impl TaskEventStore {
             rec.events.push(e);
             rec.events_dropped += 1;
         }
+        started
     }
 
     /// A task's record.
@@ -463,6 +484,23 @@ mod tests {
         assert_eq!(s.get(&t).unwrap().state(), pb::TaskState::TaskFinished);
         assert_eq!(s.job_counts(1)[pb::TaskState::TaskFinished as usize], 1);
         assert_eq!(s.summary().by_state.iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn a_start_reports_its_latency_from_submission() {
+        let mut s = TaskEventStore::new(10);
+        let t = TaskId::random(JobId(1));
+        let started = s.record(batch(vec![
+            ev(t, pb::TaskState::TaskPendingArgs, 0, 1_000),
+            ev(t, pb::TaskState::TaskRunning, 0, 3_500),
+        ]));
+        assert_eq!(started, vec![StartLatency { function: "builtin:noop".into(), seconds: 2.5 }]);
+        // A late RUNNING after the end is not a start.
+        let late = s.record(batch(vec![
+            ev(t, pb::TaskState::TaskFinished, 0, 4_000),
+            ev(t, pb::TaskState::TaskRunning, 0, 3_600),
+        ]));
+        assert!(late.is_empty());
     }
 
     #[test]

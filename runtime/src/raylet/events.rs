@@ -5,14 +5,16 @@
 //! background task ships the buffer every [`FLUSH_INTERVAL`]. When the GCS is
 //! slow or away, events beyond [`MAX_BUFFERED`] are dropped and counted, and
 //! the count is reported, so the state API can say its history is partial.
+//! Each transition is also counted in the raylet's metrics.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use shoal_proto::v1 as pb;
 
 use crate::error::TaskError;
 use crate::ids::{NodeId, TaskId};
+use crate::metrics::RayletMetrics;
 use crate::net::now_ms;
 use crate::raylet::Inner;
 
@@ -22,13 +24,25 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_BUFFERED: usize = 200_000;
 
 /// The buffer of events not yet sent.
-#[derive(Default)]
 pub(crate) struct TaskEvents {
     buf: Vec<pb::TaskEvent>,
     dropped: u64,
+    metrics: Arc<RayletMetrics>,
+}
+
+impl Default for TaskEvents {
+    /// A buffer counting transitions in the process's raylet metrics.
+    fn default() -> Self {
+        TaskEvents::new(crate::metrics::raylet_shared())
+    }
 }
 
 impl TaskEvents {
+    /// A buffer counting transitions in `metrics` (its raylet's own).
+    pub(crate) fn new(metrics: Arc<RayletMetrics>) -> Self {
+        TaskEvents { buf: Vec::new(), dropped: 0, metrics }
+    }
+
     /// Records one transition.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn emit(
@@ -40,7 +54,7 @@ impl TaskEvents {
         first: Option<(&str, &str, NodeId)>,
         error: Option<&TaskError>,
     ) {
-        crate::metrics::observe_transition(state);
+        self.metrics.observe_transition(state);
         if self.buf.len() >= MAX_BUFFERED {
             self.dropped += 1;
             return;

@@ -382,7 +382,10 @@ async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
         .into_inner();
     let mut core = inner.core();
     let me = inner.node_id;
-    core.owner.view.apply_snapshot(&reply.nodes, &reply.loads, me);
+    // Merged, not replacing: a restarted GCS lists only the nodes that have
+    // registered again. The full view opening the heartbeat stream replaces
+    // the view and reports the nodes that died meanwhile (see below).
+    core.owner.view.merge(&reply.nodes, &reply.loads, me);
     Ok(())
 }
 
@@ -465,6 +468,9 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
                 }
             }
         });
+        // Deltas, and full views (`u.full`: the first update of the stream,
+        // and after this raylet fell behind) that replace the view; either way
+        // `dead` lists each node that was alive here and is not any more.
         while let Ok(Some(u)) = updates.message().await {
             let mut core = inner.core();
             let me = inner.node_id;
