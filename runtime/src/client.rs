@@ -30,7 +30,7 @@ use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::error::{Error, Result, TaskError};
+use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::raylet::scheduler::Strategy;
 use crate::resources::{ResourceSet, CPU};
@@ -567,7 +567,7 @@ impl Client {
                 Some(pb::get_result::Kind::TimedOut(_)) => {
                     Err(Error::Timeout(timeout.unwrap_or_default(), format!("object {}", oref.id())))
                 }
-                None => Err(Error::from(TaskError::new("ObjectLost", "no value returned"))),
+                None => Err(Error::from(TaskError::new(ErrorKind::ObjectLost, "no value returned"))),
             })
             .collect())
     }
@@ -688,16 +688,22 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
     }
 }
 
+/// Whether a failed call means the owner raylet could not be reached, as
+/// opposed to an answer it sent (a raylet's own `Cancelled` or `Internal`
+/// is an error of the request, not a dead owner).
 fn owner_gone(s: &tonic::Status) -> bool {
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+    crate::error::kind_of(s) == ErrorKind::NodeUnreachable
 }
 
 fn owner_gone_error(r: &ObjectRef, s: &tonic::Status) -> TaskError {
     let why = format!("its owner {} is unreachable: {}", r.owner(), s.message());
     if r.id().is_put() {
-        TaskError::new("ObjectLost", format!("put object {} is lost ({why}); put objects cannot be rebuilt", r.id()))
+        TaskError::new(
+            ErrorKind::ObjectLost,
+            format!("put object {} is lost ({why}); put objects cannot be rebuilt", r.id()),
+        )
     } else {
-        TaskError::new("OwnerDied", format!("object {}: {why}", r.id()))
+        TaskError::new(ErrorKind::OwnerDied, format!("object {}: {why}", r.id()))
     }
 }
 
@@ -720,3 +726,4 @@ pub async fn node_stats(raylet_addr: &str) -> Result<pb::NodeStatsReply> {
     let mut c = crate::raylet::peers::raylet_client(ch);
     Ok(c.node_stats(pb::NodeStatsRequest {}).await.map_err(|s| Error::rpc("node stats", s))?.into_inner())
 }
+
