@@ -727,3 +727,95 @@ pub async fn node_stats(raylet_addr: &str) -> Result<pb::NodeStatsReply> {
     Ok(c.node_stats(pb::NodeStatsRequest {}).await.map_err(|s| Error::rpc("node stats", s))?.into_inner())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n: u8) -> pb::TaskSpec {
+        pb::TaskSpec { name: format!("t{n}"), ..Default::default() }
+    }
+
+    fn oid(n: u32) -> ObjectId {
+        TaskId::random(JobId(1)).return_id(n)
+    }
+
+    /// Queues `ops` before the folder starts (so it sees them all at once, as
+    /// under load) and returns the messages it sends.
+    async fn fold(ops: Vec<Op>) -> Vec<pb::SessionRequest> {
+        let (tx, rx) = mpsc::channel(ops.len().max(1));
+        for op in ops {
+            tx.try_send(op).expect("room for every op");
+        }
+        drop(tx);
+        let (stream_tx, mut stream_rx) = mpsc::channel(1024);
+        let folder = tokio::spawn(flush_ops(rx, stream_tx));
+        let mut out = Vec::new();
+        while let Some(m) = stream_rx.recv().await {
+            out.push(m);
+        }
+        folder.await.expect("folder ends when the ops end");
+        out
+    }
+
+    fn names(m: &pb::SessionRequest) -> Vec<String> {
+        match &m.kind {
+            Some(pb::session_request::Kind::Submit(s)) => s.tasks.iter().map(|t| t.name.clone()).collect(),
+            other => panic!("not a submission: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_of_submissions_travels_as_one_message_counting_every_task() {
+        let out = fold((0..5).map(|i| Op::Submit(spec(i))).collect()).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["t0", "t1", "t2", "t3", "t4"]);
+        assert_eq!(out[0].seq, 5);
+    }
+
+    #[tokio::test]
+    async fn reference_changes_fold_together_but_never_across_a_submission() {
+        let (a, b, c) = (oid(0), oid(1), oid(2));
+        let out = fold(vec![
+            Op::AddRef(a),
+            Op::RemoveRef(b),
+            Op::Submit(spec(0)),
+            Op::Submit(spec(1)),
+            Op::RemoveRef(a),
+            Op::AddRef(c),
+        ])
+        .await;
+        assert_eq!(out.len(), 3, "{out:?}");
+        let Some(pb::session_request::Kind::Refs(u)) = &out[0].kind else { panic!("{:?}", out[0]) };
+        assert_eq!((u.add.clone(), u.remove.clone()), (vec![a.to_bytes()], vec![b.to_bytes()]));
+        assert_eq!(names(&out[1]), ["t0", "t1"]);
+        let Some(pb::session_request::Kind::Refs(u)) = &out[2].kind else { panic!("{:?}", out[2]) };
+        assert_eq!((u.add.clone(), u.remove.clone()), (vec![c.to_bytes()], vec![a.to_bytes()]));
+        // `seq` counts operations, so a `get` naming `after_seq` waits for exactly its own.
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 4, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_its_own_message_after_what_came_before() {
+        let cancel = pb::CancelTasks { object_ids: vec![oid(0).to_bytes()], force: false, recursive: false };
+        let out = fold(vec![Op::Submit(spec(0)), Op::Cancel(cancel.clone()), Op::Submit(spec(1))]).await;
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(names(&out[0]), ["t0"]);
+        assert_eq!(out[1].kind, Some(pb::session_request::Kind::Cancel(cancel)));
+        assert_eq!(names(&out[2]), ["t1"]);
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_message_holds_at_most_ops_per_message_operations() {
+        let n = OPS_PER_MESSAGE + 3;
+        let out = fold((0..n).map(|i| Op::Submit(spec((i % 200) as u8))).collect()).await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(names(&out[0]).len(), OPS_PER_MESSAGE);
+        assert_eq!(names(&out[1]).len(), 3);
+        assert_eq!(out[1].seq, n as u64);
+        let refs: Vec<Op> = (0..n as u32).map(|i| Op::AddRef(oid(i))).collect();
+        let out = fold(refs).await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].seq, OPS_PER_MESSAGE as u64);
+    }
+}
