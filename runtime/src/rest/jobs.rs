@@ -550,7 +550,7 @@ impl JobManager {
                 _ => return Err(ApiError::not_found("object", id)),
             }
         };
-        client.get_value(&r).await.map_err(|e| ApiError::unavailable(format!("object {id}: {e}")))
+        client.get_value(&r).await.map_err(|e| ApiError::object(id, &e))
     }
 }
 
