@@ -325,7 +325,9 @@ pub struct Job {
     /// When it reached a terminal state.
     #[serde(default)]
     pub ended_at_ms: Option<u64>,
-    /// Node of the raylet the job's tasks were submitted through.
+    /// Node of the raylet that owns the job's tasks: for a task graph, the
+    /// one the job manager submits through; for an entrypoint job, the node
+    /// its driver runs on (absent until the driver starts).
     #[serde(default)]
     pub driver_node_id: Option<String>,
     /// Tasks by state.
