@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use shoal_proto::v1 as pb;
 
 /// Every error answer.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -239,6 +240,33 @@ impl JobState {
     /// Parses a name (any case).
     pub fn parse(s: &str) -> Option<JobState> {
         Self::ALL.into_iter().find(|j| j.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+// The one mapping between the API's job states and the protobuf's: the same
+// names (`JOB_` + the API's name), each way, and a match on both sides so a
+// state added to one cannot be forgotten in the other.
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Pending => pb::JobState::JobPending,
+            JobState::Running => pb::JobState::JobRunning,
+            JobState::Succeeded => pb::JobState::JobSucceeded,
+            JobState::Failed => pb::JobState::JobFailed,
+            JobState::Stopped => pb::JobState::JobStopped,
+        }
+    }
+}
+
+impl From<pb::JobState> for JobState {
+    fn from(s: pb::JobState) -> Self {
+        match s {
+            pb::JobState::JobPending => JobState::Pending,
+            pb::JobState::JobRunning => JobState::Running,
+            pb::JobState::JobSucceeded => JobState::Succeeded,
+            pb::JobState::JobFailed => JobState::Failed,
+            pb::JobState::JobStopped => JobState::Stopped,
+        }
     }
 }
 
@@ -511,4 +539,25 @@ pub struct ClusterView {
     pub tasks: BTreeMap<String, u64>,
     /// The task history's bounds.
     pub history: TaskHistory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_are_one_vocabulary_in_the_api_and_the_protobuf() {
+        for s in JobState::ALL {
+            let wire = pb::JobState::from(s);
+            assert_eq!(wire.as_str_name(), format!("JOB_{}", s.as_str()));
+            assert_eq!(JobState::from(wire), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        // Every protobuf state is an API state.
+        for n in 0..16 {
+            if let Ok(wire) = pb::JobState::try_from(n) {
+                assert!(JobState::ALL.contains(&JobState::from(wire)));
+            }
+        }
+    }
 }
