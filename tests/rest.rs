@@ -175,6 +175,56 @@ async fn an_entrypoint_job_runs_a_driver_that_submits_tasks_and_its_log_follows_
 }
 
 #[tokio::test]
+async fn an_entrypoint_job_reports_the_node_whose_raylet_owns_its_drivers_tasks() {
+    // The job manager submits through the node with the most free CPU (node
+    // 0); the driver can only run on node 1, so its tasks are owned there.
+    let mut o = ClusterOptions::new(BIN, 2);
+    o.node_args = vec![
+        vec!["--num-cpus".into(), "4".into()],
+        vec!["--num-cpus".into(), "2".into(), "--resources".into(), "driver=1".into()],
+    ];
+    o.raylet_args = vec!["--object-store-memory".into(), "256Mi".into()];
+    let cluster = LocalCluster::start(o).await.expect("cluster starts");
+    let client = RestClient::new(&cluster.http_address, None).unwrap();
+    let driver_node = cluster.raylets[1].node_id.clone();
+    let spec = std::env::temp_dir().join(format!("shoal-rest-owner-{}.yaml", std::process::id()));
+    std::fs::write(&spec, example("fan.yaml")).unwrap();
+    let body =
+        serde_json::json!({"entrypoint": format!("{BIN} driver {}", spec.display()), "resources": {"driver": 1}});
+    let id = client.submit("application/json", body.to_string()).await.unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let job = loop {
+        let job = client.job(&id).await.unwrap();
+        if job.state.is_terminal() || Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = String::from_utf8_lossy(&client.logs(&id).await.unwrap()).to_string();
+    let tasks = client.tasks(&format!("job={id}")).await.unwrap().tasks;
+    assert_eq!(job.state, JobState::Succeeded, "{}\n{log}\n{tasks:?}", job.message);
+    // The node and the tasks are learnt from task events, which trail the
+    // job's end a little.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (job, tasks) = loop {
+        let job = client.job(&id).await.unwrap();
+        let tasks = client.tasks(&format!("job={id}")).await.unwrap().tasks;
+        let all_owned = tasks.iter().filter(|t| t.owner_node_id.is_some()).count() == 6;
+        if (job.driver_node_id.is_some() && all_owned) || Instant::now() > deadline {
+            break (job, tasks);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job.driver_node_id.as_deref(), Some(driver_node.as_str()), "the driver ran on node 1");
+    let driven: Vec<_> = tasks.iter().filter(|t| t.name != "entrypoint").collect();
+    assert_eq!(driven.len(), 5, "{tasks:?}");
+    for t in driven {
+        assert_eq!(t.owner_node_id.as_deref(), job.driver_node_id.as_deref(), "task {} is owned elsewhere", t.name);
+    }
+    let _ = std::fs::remove_file(spec);
+}
+
+#[tokio::test]
 async fn a_failing_entrypoint_fails_the_job_with_its_output() {
     let a = api(1).await;
     let body = serde_json::json!({"entrypoint": "echo about to fail; exit 3"});

@@ -30,7 +30,7 @@ use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::error::{Error, Result, TaskError};
+use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::raylet::scheduler::Strategy;
 use crate::resources::{ResourceSet, CPU};
@@ -567,7 +567,7 @@ impl Client {
                 Some(pb::get_result::Kind::TimedOut(_)) => {
                     Err(Error::Timeout(timeout.unwrap_or_default(), format!("object {}", oref.id())))
                 }
-                None => Err(Error::from(TaskError::new("ObjectLost", "no value returned"))),
+                None => Err(Error::from(TaskError::new(ErrorKind::ObjectLost, "no value returned"))),
             })
             .collect())
     }
@@ -688,16 +688,22 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
     }
 }
 
+/// Whether a failed call means the owner raylet could not be reached, as
+/// opposed to an answer it sent (a raylet's own `Cancelled` or `Internal`
+/// is an error of the request, not a dead owner).
 fn owner_gone(s: &tonic::Status) -> bool {
-    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+    crate::error::kind_of(s) == ErrorKind::NodeUnreachable
 }
 
 fn owner_gone_error(r: &ObjectRef, s: &tonic::Status) -> TaskError {
     let why = format!("its owner {} is unreachable: {}", r.owner(), s.message());
     if r.id().is_put() {
-        TaskError::new("ObjectLost", format!("put object {} is lost ({why}); put objects cannot be rebuilt", r.id()))
+        TaskError::new(
+            ErrorKind::ObjectLost,
+            format!("put object {} is lost ({why}); put objects cannot be rebuilt", r.id()),
+        )
     } else {
-        TaskError::new("OwnerDied", format!("object {}: {why}", r.id()))
+        TaskError::new(ErrorKind::OwnerDied, format!("object {}: {why}", r.id()))
     }
 }
 
@@ -719,4 +725,97 @@ pub async fn node_stats(raylet_addr: &str) -> Result<pb::NodeStatsReply> {
     let ch = crate::net::connect(raylet_addr).await?;
     let mut c = crate::raylet::peers::raylet_client(ch);
     Ok(c.node_stats(pb::NodeStatsRequest {}).await.map_err(|s| Error::rpc("node stats", s))?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(n: u8) -> pb::TaskSpec {
+        pb::TaskSpec { name: format!("t{n}"), ..Default::default() }
+    }
+
+    fn oid(n: u32) -> ObjectId {
+        TaskId::random(JobId(1)).return_id(n)
+    }
+
+    /// Queues `ops` before the folder starts (so it sees them all at once, as
+    /// under load) and returns the messages it sends.
+    async fn fold(ops: Vec<Op>) -> Vec<pb::SessionRequest> {
+        let (tx, rx) = mpsc::channel(ops.len().max(1));
+        for op in ops {
+            tx.try_send(op).expect("room for every op");
+        }
+        drop(tx);
+        let (stream_tx, mut stream_rx) = mpsc::channel(1024);
+        let folder = tokio::spawn(flush_ops(rx, stream_tx));
+        let mut out = Vec::new();
+        while let Some(m) = stream_rx.recv().await {
+            out.push(m);
+        }
+        folder.await.expect("folder ends when the ops end");
+        out
+    }
+
+    fn names(m: &pb::SessionRequest) -> Vec<String> {
+        match &m.kind {
+            Some(pb::session_request::Kind::Submit(s)) => s.tasks.iter().map(|t| t.name.clone()).collect(),
+            other => panic!("not a submission: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_of_submissions_travels_as_one_message_counting_every_task() {
+        let out = fold((0..5).map(|i| Op::Submit(spec(i))).collect()).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["t0", "t1", "t2", "t3", "t4"]);
+        assert_eq!(out[0].seq, 5);
+    }
+
+    #[tokio::test]
+    async fn reference_changes_fold_together_but_never_across_a_submission() {
+        let (a, b, c) = (oid(0), oid(1), oid(2));
+        let out = fold(vec![
+            Op::AddRef(a),
+            Op::RemoveRef(b),
+            Op::Submit(spec(0)),
+            Op::Submit(spec(1)),
+            Op::RemoveRef(a),
+            Op::AddRef(c),
+        ])
+        .await;
+        assert_eq!(out.len(), 3, "{out:?}");
+        let Some(pb::session_request::Kind::Refs(u)) = &out[0].kind else { panic!("{:?}", out[0]) };
+        assert_eq!((u.add.clone(), u.remove.clone()), (vec![a.to_bytes()], vec![b.to_bytes()]));
+        assert_eq!(names(&out[1]), ["t0", "t1"]);
+        let Some(pb::session_request::Kind::Refs(u)) = &out[2].kind else { panic!("{:?}", out[2]) };
+        assert_eq!((u.add.clone(), u.remove.clone()), (vec![c.to_bytes()], vec![a.to_bytes()]));
+        // `seq` counts operations, so a `get` naming `after_seq` waits for exactly its own.
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 4, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_is_its_own_message_after_what_came_before() {
+        let cancel = pb::CancelTasks { object_ids: vec![oid(0).to_bytes()], force: false, recursive: false };
+        let out = fold(vec![Op::Submit(spec(0)), Op::Cancel(cancel.clone()), Op::Submit(spec(1))]).await;
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(names(&out[0]), ["t0"]);
+        assert_eq!(out[1].kind, Some(pb::session_request::Kind::Cancel(cancel)));
+        assert_eq!(names(&out[2]), ["t1"]);
+        assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_message_holds_at_most_ops_per_message_operations() {
+        let n = OPS_PER_MESSAGE + 3;
+        let out = fold((0..n).map(|i| Op::Submit(spec((i % 200) as u8))).collect()).await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(names(&out[0]).len(), OPS_PER_MESSAGE);
+        assert_eq!(names(&out[1]).len(), 3);
+        assert_eq!(out[1].seq, n as u64);
+        let refs: Vec<Op> = (0..n as u32).map(|i| Op::AddRef(oid(i))).collect();
+        let out = fold(refs).await;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].seq, OPS_PER_MESSAGE as u64);
+    }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use prost::Message;
 use shoal_proto::v1 as pb;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 
 /// Values at or below this size travel inline with task specs and results;
 /// larger ones stay in an object store and are passed by reference.
@@ -63,12 +63,13 @@ impl Value {
         match pb::Format::try_from(v.format) {
             Ok(pb::Format::Json) => serde_json::from_slice(&v.data)
                 .map(Value::Json)
-                .map_err(|e| TaskError::new("CorruptObject", format!("object is not valid JSON: {e}"))),
+                .map_err(|e| TaskError::new(ErrorKind::CorruptObject, format!("object is not valid JSON: {e}"))),
             Ok(pb::Format::Raw) => Ok(Value::Bytes(v.data.clone())),
             Ok(pb::Format::Error) => Err(decode_error(v)),
-            Ok(pb::Format::Msgpack) | Err(_) => {
-                Err(TaskError::new("UnsupportedFormat", format!("object format {} is not supported", v.format)))
-            }
+            Ok(pb::Format::Msgpack) | Err(_) => Err(TaskError::new(
+                ErrorKind::UnsupportedFormat,
+                format!("object format {} is not supported", v.format),
+            )),
         }
     }
 
@@ -103,7 +104,7 @@ pub fn error_value(err: &TaskError) -> pb::ObjectValue {
 pub fn decode_error(v: &pb::ObjectValue) -> TaskError {
     match pb::TaskError::decode(v.data.clone()) {
         Ok(e) => TaskError::from(&e),
-        Err(e) => TaskError::new("CorruptObject", format!("error object does not decode: {e}")),
+        Err(e) => TaskError::new(ErrorKind::CorruptObject, format!("error object does not decode: {e}")),
     }
 }
 
@@ -122,11 +123,11 @@ mod tests {
         assert_eq!(Value::decode(&j.encode()).unwrap(), j);
         let b = Value::Bytes(Bytes::from_static(b"\x00\xff"));
         assert_eq!(Value::decode(&b.encode()).unwrap(), b);
-        let e = TaskError::new("TaskFailed", "boom");
+        let e = TaskError::new(ErrorKind::TaskFailed, "boom");
         let got = Value::decode(&error_value(&e)).unwrap_err();
-        assert_eq!(got.kind, "TaskFailed");
+        assert_eq!(got.kind, ErrorKind::TaskFailed);
         assert_eq!(got.message, "boom");
         let corrupt = pb::ObjectValue { format: 0, data: Bytes::from_static(b"{nope") };
-        assert_eq!(Value::decode(&corrupt).unwrap_err().kind, "CorruptObject");
+        assert_eq!(Value::decode(&corrupt).unwrap_err().kind, ErrorKind::CorruptObject);
     }
 }

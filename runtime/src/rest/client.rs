@@ -258,6 +258,7 @@ fn check(url: &str, r: &RawResponse) -> Result<(), RestError> {
     }
     let body = serde_json::from_slice::<ErrorBody>(&r.body).unwrap_or_else(|_| ErrorBody {
         error: "http_error".into(),
+        kind: crate::error::ErrorKind::Internal,
         message: format!("{url}: {}", String::from_utf8_lossy(&r.body)),
         problems: Vec::new(),
     });

@@ -89,8 +89,12 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, 
             serde_json::from_str(text).map_err(|e| ApiError::malformed_body(format!("invalid JSON: {e}")))?
         }
         Format::Yaml => {
-            let y: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(text).map_err(|e| ApiError::malformed_body(format!("invalid YAML: {e}")))?;
+            // Well-formed YAML can still hold what no JSON value can (an
+            // integer beyond 64 bits): that is a bad job (422), not a bad body.
+            serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text)
+                .map_err(|e| ApiError::malformed_body(format!("invalid YAML: {e}")))?;
+            let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)
+                .map_err(|e| ApiError::invalid_job(format!("the YAML holds a value JSON cannot: {e}"), Vec::new()))?;
             serde_json::to_value(&y)
                 .map_err(|e| ApiError::invalid_job(format!("the YAML does not map to JSON: {e}"), Vec::new()))?
         }

@@ -38,6 +38,12 @@ use crate::value::Value;
 pub const INLINE_RESULT_LIMIT: usize = 64 * 1024;
 /// How long a job waits for an alive raylet before failing.
 pub const NODE_WAIT: Duration = Duration::from_secs(30);
+/// How often the node of an entrypoint's driver is looked up until known
+/// (the pace at which raylets ship task events).
+const DRIVER_NODE_POLL: Duration = Duration::from_millis(100);
+/// How long after its job ended the driver's node is still looked for
+/// (task events lag behind the result).
+const DRIVER_NODE_GRACE: Duration = Duration::from_secs(2);
 /// Environment variable naming the job of an entrypoint driver.
 pub const ENV_JOB_ID: &str = "SHOAL_JOB_ID";
 
@@ -248,13 +254,21 @@ impl JobManager {
                 return;
             }
             e.client = Some(client.clone());
-            e.job.driver_node_id = Some(client.node_id().to_string());
+            // A task graph's tasks are owned by the raylet the job's client
+            // talks to. An entrypoint's driver runs wherever its task was
+            // placed and owns its own tasks through that node's raylet: its
+            // node is known once the task runs (see `watch_driver_node`).
+            if matches!(sub.work, Work::TaskGraph(_)) {
+                e.job.driver_node_id = Some(client.node_id().to_string());
+            }
         }
         self.log(job_id, &format!("job {} running through node {}", job_hex(job_id), client.node_id()));
         self.transition(job_id, JobState::Running, "running".into());
         let outcome = match sub.work {
             Work::TaskGraph(plan) => self.run_graph(job_id, &client, &plan, &mut stop).await,
-            Work::Entrypoint { job, resources } => self.run_entrypoint(&client, &job, resources, &mut stop).await,
+            Work::Entrypoint { job, resources } => {
+                self.run_entrypoint(job_id, &client, &job, resources, &mut stop).await
+            }
         };
         match outcome {
             Some(Ok((results, held))) => {
@@ -403,6 +417,7 @@ impl JobManager {
     /// Runs the driver task; `None` when stopped.
     async fn run_entrypoint(
         &self,
+        job_id: u32,
         client: &Client,
         job: &EntrypointJob,
         resources: ResourceSet,
@@ -419,6 +434,9 @@ impl JobManager {
             Ok(r) => r,
             Err(e) => return Some(Err(format!("submitting the driver failed: {e}"))),
         };
+        let me = self.clone();
+        let driver_task = r.id().task_id();
+        tokio::spawn(async move { me.watch_driver_node(job_id, driver_task).await });
         let v = tokio::select! {
             v = client.get_value(&r) => v,
             _ = stop.wait_for(|s| *s) => return None,
@@ -428,6 +446,49 @@ impl JobManager {
             Err(crate::Error::Task(e)) => Err(e.message),
             Err(e) => Err(e.to_string()),
         })
+    }
+
+    /// Records as the job's `driver_node_id` the node the driver task of an
+    /// entrypoint job runs on, from the task events the raylets report.
+    /// Events arrive in batches every [`DRIVER_NODE_POLL`] or so and the store
+    /// has no notification, so this looks at that pace; it gives up
+    /// [`DRIVER_NODE_GRACE`] after the job ended without the task having run.
+    async fn watch_driver_node(&self, job_id: u32, driver_task: crate::ids::TaskId) {
+        let mut ended_at = None;
+        loop {
+            // The node of its RUNNING event: the record's latest state and
+            // node may be the owner's placement, which can arrive later.
+            let node = {
+                let events = self.gcs.task_events.lock().unwrap_or_else(|p| p.into_inner());
+                events.get(&driver_task).and_then(|t| {
+                    t.events
+                        .iter()
+                        .rev()
+                        .find(|e| e.state == pb::TaskState::TaskRunning as i32)
+                        .and_then(|e| NodeId::from_slice(&e.node_id).ok())
+                })
+            };
+            if let Some(node) = node {
+                let mut t = self.lock();
+                if let Some(e) = t.jobs.get_mut(&job_id) {
+                    e.job.driver_node_id = Some(node.to_string());
+                }
+                drop(t);
+                self.notify();
+                return;
+            }
+            match self.state(job_id) {
+                None => return,
+                Some(s) if s.is_terminal() => {
+                    let since = *ended_at.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > DRIVER_NODE_GRACE {
+                        return;
+                    }
+                }
+                Some(_) => {}
+            }
+            tokio::time::sleep(DRIVER_NODE_POLL).await;
+        }
     }
 
     /// Stops a job: no further submissions, the driver is told to end, the
@@ -550,7 +611,7 @@ impl JobManager {
                 _ => return Err(ApiError::not_found("object", id)),
             }
         };
-        client.get_value(&r).await.map_err(|e| ApiError::unavailable(format!("object {id}: {e}")))
+        client.get_value(&r).await.map_err(|e| ApiError::object(id, &e))
     }
 }
 

@@ -68,6 +68,55 @@ pub enum ParamIn {
     Query,
 }
 
+/// What a parameter's value must be: the handler refuses (400, or 404 for
+/// a job id) exactly what this does not allow.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamSchema {
+    /// Exactly this many hex digits, either case (an id).
+    Hex(usize),
+    /// 1 to this many hex digits, either case (a cursor).
+    HexUpTo(usize),
+    /// An integer in `min..=max`.
+    Integer {
+        /// Smallest value.
+        min: u64,
+        /// Largest value.
+        max: u64,
+    },
+    /// `true` or `false`.
+    Boolean,
+    /// A job state name.
+    JobState,
+    /// A task state name.
+    TaskState,
+    /// Any text.
+    Text,
+}
+
+impl ParamSchema {
+    /// The JSON Schema of the value.
+    pub fn json(self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            ParamSchema::Hex(n) => json!({ "type": "string", "pattern": format!("^[0-9a-fA-F]{{{n}}}$") }),
+            ParamSchema::HexUpTo(n) => json!({ "type": "string", "pattern": format!("^[0-9a-fA-F]{{1,{n}}}$") }),
+            ParamSchema::Integer { min, max } => json!({ "type": "integer", "minimum": min, "maximum": max }),
+            ParamSchema::Boolean => json!({ "type": "boolean" }),
+            ParamSchema::JobState => {
+                json!({ "type": "string", "enum": types::JobState::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>() })
+            }
+            ParamSchema::TaskState => json!({
+                "type": "string",
+                "enum": crate::gcs::task_events::ALL_STATES
+                    .iter()
+                    .map(|s| crate::gcs::task_events::state_name(*s))
+                    .collect::<Vec<_>>(),
+            }),
+            ParamSchema::Text => json!({ "type": "string" }),
+        }
+    }
+}
+
 /// A documented parameter.
 #[derive(Clone, Copy, Debug)]
 pub struct Param {
@@ -75,8 +124,8 @@ pub struct Param {
     pub name: &'static str,
     /// Where.
     pub location: ParamIn,
-    /// JSON type.
-    pub kind: &'static str,
+    /// What its value must be.
+    pub schema: ParamSchema,
     /// What it does.
     pub description: &'static str,
 }
@@ -97,14 +146,14 @@ pub struct EndpointDoc {
     pub params: &'static [Param],
     /// Body schema.
     pub request: Option<SchemaFn>,
-    /// Success status.
-    pub success: u16,
+    /// Success statuses (the first is the usual one).
+    pub success: &'static [u16],
     /// Success body schema (none for text or bytes).
     pub response: Option<SchemaFn>,
-    /// Success media type.
-    pub response_media: &'static str,
-    /// Error statuses the route can answer.
-    pub errors: &'static [u16],
+    /// Success media types: the first carries `response`, the others any bytes.
+    pub response_media: &'static [&'static str],
+    /// Error statuses the route can answer, each with an [`types::ErrorBody`].
+    pub errors: Vec<u16>,
     /// Whether the token applies.
     pub authenticated: bool,
 }
@@ -133,9 +182,9 @@ fn api(
     summary: &'static str,
     params: &'static [Param],
     request: Option<SchemaFn>,
-    success: u16,
+    success: &'static [u16],
     response: Option<SchemaFn>,
-    errors: &'static [u16],
+    errors: &[u16],
     handler: MethodRouter<AppState>,
 ) -> Endpoint {
     Endpoint {
@@ -148,8 +197,8 @@ fn api(
             request,
             success,
             response,
-            response_media: JSON,
-            errors,
+            response_media: &[JSON],
+            errors: errors.to_vec(),
             authenticated: true,
         },
         handler,
@@ -157,15 +206,58 @@ fn api(
 }
 
 const JSON: &str = "application/json";
-const ID: Param = Param { name: "id", location: ParamIn::Path, kind: "string", description: "Id (hex)." };
-const CURSOR: Param = Param {
-    name: "cursor",
-    location: ParamIn::Query,
-    kind: "string",
-    description: "`next_cursor` of the previous page.",
-};
-const LIMIT: Param =
-    Param { name: "limit", location: ParamIn::Query, kind: "integer", description: "Page size, 1 to 1000 (100)." };
+const OK: &[u16] = &[200];
+
+const fn path_id(description: &'static str, digits: usize) -> Param {
+    Param { name: "id", location: ParamIn::Path, schema: ParamSchema::Hex(digits), description }
+}
+
+const fn query(name: &'static str, schema: ParamSchema, description: &'static str) -> Param {
+    Param { name, location: ParamIn::Query, schema, description }
+}
+
+/// Hex digits of the ids in paths and queries.
+const JOB_ID_DIGITS: usize = 8;
+const TASK_ID_DIGITS: usize = 24;
+const OBJECT_ID_DIGITS: usize = 32;
+const NODE_ID_DIGITS: usize = 16;
+/// Hex digits of a task listing's cursor (a u64).
+pub const TASK_CURSOR_DIGITS: usize = 16;
+
+const JOB_ID: Param = path_id("Job id (8 hex digits).", JOB_ID_DIGITS);
+const TASK_ID: Param = path_id("Task id (24 hex digits).", TASK_ID_DIGITS);
+const OBJECT_ID: Param = path_id("Object id (32 hex digits).", OBJECT_ID_DIGITS);
+const LIMIT: Param = query(
+    "limit",
+    ParamSchema::Integer { min: 1, max: handlers::MAX_PAGE as u64 },
+    "Page size, 1 to 1000 (100 when absent).",
+);
+const LIST_JOBS: &[Param] = &[
+    query("state", ParamSchema::JobState, "Only jobs in this state."),
+    query("cursor", ParamSchema::Hex(JOB_ID_DIGITS), "`next_cursor` of the previous page."),
+    LIMIT,
+];
+const LIST_TASKS: &[Param] = &[
+    query("job", ParamSchema::Hex(JOB_ID_DIGITS), "Only tasks of this job."),
+    query("state", ParamSchema::TaskState, "Only tasks in this state."),
+    query("node", ParamSchema::Hex(NODE_ID_DIGITS), "Only tasks last placed on this node."),
+    query("function", ParamSchema::Text, "Only tasks of this function descriptor (`builtin:add`)."),
+    query("cursor", ParamSchema::HexUpTo(TASK_CURSOR_DIGITS), "`next_cursor` of the previous page."),
+    LIMIT,
+];
+const JOB_LOGS: &[Param] = &[
+    JOB_ID,
+    query("follow", ParamSchema::Boolean, "Stream until the job ends."),
+    query("offset", ParamSchema::Integer { min: 0, max: u64::MAX }, "Byte offset to start at (0)."),
+];
+
+/// Every status a runtime error can answer with (`GET /api/v1/objects/{id}`).
+fn kind_statuses() -> Vec<u16> {
+    let mut v: Vec<u16> = crate::error::ErrorKind::ALL.iter().map(|k| k.http_status()).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
 
 /// Every route of the API. The router and the OpenAPI document are both built from it.
 pub fn endpoints() -> Vec<Endpoint> {
@@ -176,12 +268,13 @@ pub fn endpoints() -> Vec<Endpoint> {
             "POST",
             "/api/v1/jobs",
             "submitJob",
-            "Submit a task-graph job or an entrypoint job (JSON, or YAML by Content-Type).",
+            "Submit a task-graph job or an entrypoint job (JSON, or YAML by Content-Type). 201 for a new job, \
+             200 for a repeat of an earlier submission with the same `submission_id` and body.",
             &[],
             body::<t::SubmitJobRequest>(),
-            201,
+            &[201, 200],
             body::<t::SubmitJobResponse>(),
-            &[400, 401, 409, 413, 415, 422],
+            &[400, 401, 409, 413, 415, 422, 503],
             post(h::submit_job),
         ),
         api(
@@ -189,13 +282,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/jobs",
             "listJobs",
             "List jobs, oldest first.",
-            &[
-                Param { name: "state", location: ParamIn::Query, kind: "string", description: "Only this state." },
-                CURSOR,
-                LIMIT,
-            ],
+            LIST_JOBS,
             None,
-            200,
+            OK,
             body::<t::JobList>(),
             &[400, 401],
             get(h::list_jobs),
@@ -205,9 +294,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/jobs/{id}",
             "getJob",
             "One job.",
-            &[ID],
+            &[JOB_ID],
             None,
-            200,
+            OK,
             body::<t::Job>(),
             &[401, 404],
             get(h::get_job),
@@ -217,9 +306,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/jobs/{id}",
             "deleteJob",
             "Forget a terminal job and release its result objects.",
-            &[ID],
+            &[JOB_ID],
             None,
-            200,
+            OK,
             body::<t::JobAction>(),
             &[401, 404, 409],
             delete(h::delete_job),
@@ -229,9 +318,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/jobs/{id}/stop",
             "stopJob",
             "Stop a job: no further tasks start, the driver is terminated.",
-            &[ID],
+            &[JOB_ID],
             None,
-            200,
+            OK,
             body::<t::JobAction>(),
             &[401, 404, 409],
             post(h::stop_job),
@@ -240,12 +329,14 @@ pub fn endpoints() -> Vec<Endpoint> {
             "GET",
             "/api/v1/objects/{id}",
             "getObject",
-            "Download a result object held by a job (JSON, or application/octet-stream for raw bytes).",
-            &[ID],
+            "Download a result object held by a job (JSON, or application/octet-stream for raw bytes). \
+             When the object failed, the answer has the status and the `kind` of the runtime's error \
+             (424 a failed task, 410 a lost or cancelled object, 507 a full object store, ...).",
+            &[OBJECT_ID],
             None,
-            200,
+            OK,
             None,
-            &[400, 401, 404, 503],
+            &[&[400, 401, 404][..], &kind_statuses()].concat(),
             get(h::get_object),
         ),
         api(
@@ -253,21 +344,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/tasks",
             "listTasks",
             "List tasks in the order the head first heard of them, filtered and paginated.",
-            &[
-                Param { name: "job", location: ParamIn::Query, kind: "string", description: "Job id." },
-                Param { name: "state", location: ParamIn::Query, kind: "string", description: "Task state." },
-                Param { name: "node", location: ParamIn::Query, kind: "string", description: "Node id." },
-                Param {
-                    name: "function",
-                    location: ParamIn::Query,
-                    kind: "string",
-                    description: "Function descriptor.",
-                },
-                CURSOR,
-                LIMIT,
-            ],
+            LIST_TASKS,
             None,
-            200,
+            OK,
             body::<t::TaskList>(),
             &[400, 401],
             get(h::list_tasks),
@@ -277,9 +356,9 @@ pub fn endpoints() -> Vec<Endpoint> {
             "/api/v1/tasks/{id}",
             "getTask",
             "One task with its transitions, node, timings and error.",
-            &[ID],
+            &[TASK_ID],
             None,
-            200,
+            OK,
             body::<t::TaskView>(),
             &[400, 401, 404],
             get(h::get_task),
@@ -291,7 +370,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             "Every node.",
             &[],
             None,
-            200,
+            OK,
             body::<t::NodeList>(),
             &[401],
             get(h::list_nodes),
@@ -303,7 +382,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             "Resources, queues, object store use, jobs and tasks of the whole cluster.",
             &[],
             None,
-            200,
+            OK,
             body::<t::ClusterView>(),
             &[401],
             get(h::cluster),
@@ -314,29 +393,18 @@ pub fn endpoints() -> Vec<Endpoint> {
         "/api/v1/jobs/{id}/logs",
         "getJobLogs",
         "A job's log (driver output and job-manager notes); `follow=true` streams until the job ends.",
-        &[
-            ID,
-            Param {
-                name: "follow",
-                location: ParamIn::Query,
-                kind: "boolean",
-                description: "Stream until the job ends.",
-            },
-            Param {
-                name: "offset",
-                location: ParamIn::Query,
-                kind: "integer",
-                description: "Byte offset to start at.",
-            },
-        ],
+        JOB_LOGS,
         None,
-        200,
+        OK,
         None,
         &[400, 401, 404],
         get(h::job_logs),
     );
-    logs.doc.response_media = "text/plain";
+    logs.doc.response_media = &["text/plain"];
     v.push(logs);
+    if let Some(o) = v.iter_mut().find(|e| e.doc.operation_id == "getObject") {
+        o.doc.response_media = &[JSON, "application/octet-stream"];
+    }
     v.push(Endpoint {
         doc: EndpointDoc {
             method: "GET",
@@ -345,10 +413,10 @@ pub fn endpoints() -> Vec<Endpoint> {
             summary: "This document.",
             params: &[],
             request: None,
-            success: 200,
+            success: OK,
             response: None,
-            response_media: JSON,
-            errors: &[],
+            response_media: &[JSON],
+            errors: Vec::new(),
             authenticated: false,
         },
         handler: get(h::openapi),

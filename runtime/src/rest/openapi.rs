@@ -30,7 +30,7 @@ pub fn document() -> Value {
                     "in": match p.location { ParamIn::Path => "path", ParamIn::Query => "query" },
                     "required": matches!(p.location, ParamIn::Path),
                     "description": p.description,
-                    "schema": { "type": p.kind },
+                    "schema": p.schema.json(),
                 })
             })
             .collect();
@@ -51,15 +51,19 @@ pub fn document() -> Value {
             );
         }
         let mut responses = Map::new();
-        let ok = match d.response {
-            Some(resp) => {
-                json!({ "description": "success", "content": { d.response_media: { "schema": resp(&mut gen) } } })
-            }
-            None => json!({ "description": "success", "content": { d.response_media: {} } }),
-        };
-        responses.insert(d.success.to_string(), ok);
+        let mut content = Map::new();
+        for (i, media) in d.response_media.iter().enumerate() {
+            let schema = match d.response {
+                Some(resp) if i == 0 => json!({ "schema": resp(&mut gen) }),
+                _ => json!({}),
+            };
+            content.insert(media.to_string(), schema);
+        }
+        for code in d.success {
+            responses.insert(code.to_string(), json!({ "description": "success", "content": content }));
+        }
         let error = gen.subschema_for::<super::types::ErrorBody>();
-        for code in d.errors {
+        for code in &d.errors {
             responses.insert(
                 code.to_string(),
                 json!({ "description": "error", "content": { "application/json": { "schema": error } } }),

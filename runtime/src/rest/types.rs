@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use shoal_proto::v1 as pb;
 
 /// Every error answer.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -13,8 +14,12 @@ pub struct ErrorBody {
     /// Stable machine-readable code: `malformed_body`, `invalid_parameter`,
     /// `unauthorized`, `not_found`, `method_not_allowed`, `submission_conflict`,
     /// `job_not_terminal`, `job_terminal`, `payload_too_large`,
-    /// `unsupported_media_type`, `invalid_job_spec`, `unavailable`, `internal`.
+    /// `unsupported_media_type`, `invalid_job_spec`, `object_error`,
+    /// `unavailable`, `internal`.
     pub error: String,
+    /// What went wrong in the runtime's vocabulary (shared with task errors
+    /// and gRPC statuses); the HTTP status is this kind's.
+    pub kind: crate::error::ErrorKind,
     /// What went wrong.
     pub message: String,
     /// Every problem found (job-spec validation), one line each.
@@ -29,34 +34,150 @@ pub struct EntrypointJob {
     /// Shell command (`sh -c`), e.g. `python3 driver.py`. Its stdout and
     /// stderr are the job's logs; `SHOAL_ADDRESS` (the raylet) and
     /// `SHOAL_JOB_ID` are set so it can submit tasks with the client.
+    /// Not blank, no NUL byte.
+    #[schemars(regex(pattern = r"^[^\x00]*[!-~][^\x00]*$"))]
     pub entrypoint: String,
-    /// Extra environment variables of the command.
+    /// Extra environment variables of the command: names without `=` or
+    /// NUL, values without NUL.
     #[serde(default)]
+    #[schemars(schema_with = "env_schema")]
     pub env: BTreeMap<String, String>,
     /// Resources the driver holds while it runs (`{cpu: 1}`); none by default.
     #[serde(default)]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: BTreeMap<String, serde_json::Value>,
     /// A name for the job.
     #[serde(default)]
     pub name: Option<String>,
-    /// Client-chosen id making the submission idempotent.
+    /// Client-chosen id making the submission idempotent: 1 to 128 of
+    /// `A-Z a-z 0-9 . _ -`.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub submission_id: Option<String>,
 }
 
 /// A task-graph job: the job-spec format of `shoal run` (see `job.rs`),
-/// plus an optional `submission_id`.
+/// plus an optional `submission_id`. Rules the schema cannot state are
+/// checked on submission and answered 422 with every problem: task ids are
+/// unique, a `{ref: ID}` names another task of the job and references form
+/// no cycle, a `ref`'s `index` is below that task's `num_returns`, and a
+/// resource is named once (`cpu` and `cpus` are one resource).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TaskGraphJob {
     /// The job's name.
     #[serde(default)]
-    pub name: Option<String>,
-    /// Tasks: `{id, function | exec, args, resources, num_returns, max_retries,
-    /// retry_exceptions, strategy, output, env, cwd}`.
+    pub name: String,
+    /// The tasks, in any order; references decide the order they run in.
+    #[schemars(length(min = 1), schema_with = "tasks_schema")]
     pub tasks: Vec<serde_json::Value>,
-    /// Client-chosen id making the submission idempotent.
+    /// Client-chosen id making the submission idempotent: 1 to 128 of
+    /// `A-Z a-z 0-9 . _ -`.
     #[serde(default)]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,128}$"))]
     pub submission_id: Option<String>,
+}
+
+fn env_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": { "pattern": "^[^=\\x00]+$" },
+        "additionalProperties": { "type": "string", "pattern": "^[^\\x00]*$" },
+    })
+}
+
+/// A resource quantity: a number, or a string with an optional suffix
+/// (`500m`, `256Mi`, `1.5G`). The bounds keep every value below the
+/// largest amount the fixed-point units hold.
+fn quantity_schema() -> serde_json::Value {
+    serde_json::json!({
+        "oneOf": [
+            { "type": "number", "minimum": 0, "maximum": 1.0e13 },
+            { "type": "string", "pattern": "^[0-9]{1,5}(\\.[0-9]{1,4})?(Ki|Mi|Gi|k|K|M|G|m)?$" },
+        ]
+    })
+}
+
+fn resources_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": { "pattern": "^[A-Za-z0-9./_-]{1,253}$" },
+        "additionalProperties": quantity_schema(),
+    })
+}
+
+fn tasks_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
+    let builtins: Vec<String> =
+        crate::worker::builtins::Registry::standard().names().map(|n| format!("builtin:{n}")).collect();
+    let task_id = serde_json::json!({ "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,63}$" });
+    let arg = serde_json::json!({
+        "description": "A JSON literal; `{ref: ID, index: I}` for a result of another task; \
+                        `{value: X}` to pass X as is.",
+        "anyOf": [
+            { "not": { "type": "object" } },
+            {
+                "type": "object",
+                "required": ["ref"],
+                "properties": { "ref": task_id, "index": { "type": "integer", "minimum": 0, "maximum": 1023 } },
+                "additionalProperties": false,
+            },
+            { "type": "object", "required": ["value"], "properties": { "value": {} }, "additionalProperties": false },
+            { "type": "object", "not": { "anyOf": [{ "required": ["ref"] }, { "required": ["value"] }] } },
+        ]
+    });
+    let strategy = serde_json::json!({
+        "anyOf": [
+            { "type": "string", "enum": ["default", "spread", "DEFAULT", "SPREAD"] },
+            {
+                "type": "object",
+                "required": ["node"],
+                "properties": { "node": { "type": "string", "pattern": "^[0-9a-fA-F]{16}$" }, "soft": { "type": "boolean" } },
+                "additionalProperties": false,
+            },
+            {
+                "type": "object",
+                "required": ["labels"],
+                "properties": { "labels": { "type": "object", "additionalProperties": { "type": "string" } } },
+                "additionalProperties": false,
+            },
+        ]
+    });
+    let common = serde_json::json!({
+        "id": task_id,
+        "args": { "type": "array", "items": arg },
+        "resources": { "type": "object", "propertyNames": { "pattern": "^[A-Za-z0-9./_-]{1,253}$" }, "additionalProperties": quantity_schema() },
+        "num_returns": { "type": "integer", "minimum": 1, "maximum": crate::job::MAX_NUM_RETURNS },
+        "max_retries": { "type": "integer", "minimum": -1, "maximum": i32::MAX },
+        "retry_exceptions": { "type": "boolean" },
+        "strategy": strategy,
+    });
+    let mut builtin = common.clone();
+    builtin["function"] = serde_json::json!({ "type": "string", "enum": builtins });
+    let mut exec = common;
+    exec["exec"] = serde_json::json!({
+        "description": "The program and its arguments.",
+        "type": "array",
+        "minItems": 1,
+        "items": { "type": "string", "pattern": "^[^\\x00]*$" },
+        "prefixItems": [{ "type": "string", "pattern": "^[^\\x00]*[!-~][^\\x00]*$" }],
+    });
+    exec["output"] = serde_json::json!({ "type": "string", "enum": ["json", "text"] });
+    exec["env"] = serde_json::json!({
+        "type": "object",
+        "propertyNames": { "pattern": "^[^=\\x00]+$" },
+        "additionalProperties": { "type": "string", "pattern": "^[^\\x00]*$" },
+    });
+    exec["cwd"] = serde_json::json!({ "type": "string", "pattern": "^[^\\x00]*$" });
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "oneOf": [
+                { "type": "object", "required": ["id", "function"], "properties": builtin, "additionalProperties": false },
+                { "type": "object", "required": ["id", "exec"], "properties": exec, "additionalProperties": false },
+            ]
+        }
+    })
 }
 
 /// The body of `POST /api/v1/jobs` (JSON, or YAML with a YAML content type).
@@ -119,6 +240,33 @@ impl JobState {
     /// Parses a name (any case).
     pub fn parse(s: &str) -> Option<JobState> {
         Self::ALL.into_iter().find(|j| j.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+// The one mapping between the API's job states and the protobuf's: the same
+// names (`JOB_` + the API's name), each way, and a match on both sides so a
+// state added to one cannot be forgotten in the other.
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Pending => pb::JobState::JobPending,
+            JobState::Running => pb::JobState::JobRunning,
+            JobState::Succeeded => pb::JobState::JobSucceeded,
+            JobState::Failed => pb::JobState::JobFailed,
+            JobState::Stopped => pb::JobState::JobStopped,
+        }
+    }
+}
+
+impl From<pb::JobState> for JobState {
+    fn from(s: pb::JobState) -> Self {
+        match s {
+            pb::JobState::JobPending => JobState::Pending,
+            pb::JobState::JobRunning => JobState::Running,
+            pb::JobState::JobSucceeded => JobState::Succeeded,
+            pb::JobState::JobFailed => JobState::Failed,
+            pb::JobState::JobStopped => JobState::Stopped,
+        }
     }
 }
 
@@ -205,7 +353,9 @@ pub struct Job {
     /// When it reached a terminal state.
     #[serde(default)]
     pub ended_at_ms: Option<u64>,
-    /// Node of the raylet the job's tasks were submitted through.
+    /// Node of the raylet that owns the job's tasks: for a task graph, the
+    /// one the job manager submits through; for an entrypoint job, the node
+    /// its driver runs on (absent until the driver starts).
     #[serde(default)]
     pub driver_node_id: Option<String>,
     /// Tasks by state.
@@ -389,4 +539,25 @@ pub struct ClusterView {
     pub tasks: BTreeMap<String, u64>,
     /// The task history's bounds.
     pub history: TaskHistory,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_are_one_vocabulary_in_the_api_and_the_protobuf() {
+        for s in JobState::ALL {
+            let wire = pb::JobState::from(s);
+            assert_eq!(wire.as_str_name(), format!("JOB_{}", s.as_str()));
+            assert_eq!(JobState::from(wire), s);
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        // Every protobuf state is an API state.
+        for n in 0..16 {
+            if let Ok(wire) = pb::JobState::try_from(n) {
+                assert!(JobState::ALL.contains(&JobState::from(wire)));
+            }
+        }
+    }
 }

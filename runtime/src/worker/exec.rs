@@ -22,11 +22,9 @@ use std::thread::JoinHandle;
 use serde_json::Value as Json;
 use shoal_proto::v1 as pb;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 use crate::value::Value;
 
-/// The error kind of every failure of an `exec` task.
-pub const EXEC_FAILED: &str = "ExecFailed";
 /// Most stderr lines kept in a task error.
 pub const STDERR_TAIL_LINES: usize = 20;
 /// Most stderr bytes kept in a task error.
@@ -83,7 +81,7 @@ pub fn run_exec(f: &pb::ExecFunction, args: &[Value], num_returns: u32) -> Resul
 }
 
 fn failed(message: impl Into<String>) -> TaskError {
-    TaskError::new(EXEC_FAILED, message)
+    TaskError::new(ErrorKind::ExecFailed, message)
 }
 
 /// The arguments as one JSON array; raw bytes pass as text when they are UTF-8.
@@ -318,7 +316,7 @@ mod tests {
     fn non_zero_exit_fails_with_the_stderr_tail() {
         let f = sh("for i in $(seq 1 30); do echo line$i >&2; done; exit 3");
         let e = run_exec(&f, &[], 1).unwrap_err();
-        assert_eq!(e.kind, "ExecFailed");
+        assert_eq!(e.kind, ErrorKind::ExecFailed);
         assert_eq!(e.message, "`sh` exited with status 3");
         let lines: Vec<&str> = e.stderr_tail.lines().collect();
         assert_eq!(lines.len(), 20);
@@ -342,7 +340,7 @@ mod tests {
     #[test]
     fn stdout_that_is_not_json_is_an_error() {
         let e = run_exec(&sh("echo not json; echo oops >&2"), &[], 1).unwrap_err();
-        assert_eq!(e.kind, "ExecFailed");
+        assert_eq!(e.kind, ErrorKind::ExecFailed);
         assert!(e.message.starts_with("stdout is not JSON (use `output: text` to keep it as text): not json"), "{e}");
         assert_eq!(e.stderr_tail, "oops");
         let e = run_exec(&sh("true"), &[], 1).unwrap_err();
@@ -352,7 +350,7 @@ mod tests {
     #[test]
     fn a_missing_program_is_named() {
         let e = run_exec(&exec(&["shoal-no-such-program"]), &[], 1).unwrap_err();
-        assert_eq!(e.kind, "ExecFailed");
+        assert_eq!(e.kind, ErrorKind::ExecFailed);
         assert!(e.message.contains("`shoal-no-such-program`") && e.message.contains("No such file"), "{e}");
         assert!(run_exec(&exec(&[]), &[], 1).is_err());
     }

@@ -18,7 +18,7 @@ use std::path::Path;
 use bytes::{Bytes, BytesMut};
 use shoal_proto::v1 as pb;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 use crate::frame;
 use crate::ids::WorkerId;
 use crate::value::Value;
@@ -64,7 +64,7 @@ fn split_returns(v: Value, n: u32) -> Result<Vec<pb::ObjectValue>, TaskError> {
             Ok(items.into_iter().map(|i| Value::Json(i).encode()).collect())
         }
         other => Err(TaskError::new(
-            "TaskFailed",
+            ErrorKind::TaskFailed,
             format!(
                 "the task declares num_returns {n}, so its result must be an array of {n} values; got {}",
                 describe(&other)
@@ -98,7 +98,7 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
             Ok(v) => args.push(v),
             Err(mut e) => {
                 // An argument that is itself a failed object: propagate its error.
-                if e.kind != "CorruptObject" {
+                if e.kind != ErrorKind::CorruptObject {
                     return done_err(task_id, e);
                 }
                 e.message = format!("argument {i}: {}", e.message);
@@ -113,18 +113,20 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
                 let f = b.func;
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, args))) {
                     Ok(Ok(v)) => Ok(v),
-                    Ok(Err(msg)) => Err(TaskError::new("TaskFailed", msg)),
+                    Ok(Err(msg)) => Err(TaskError::new(ErrorKind::TaskFailed, msg)),
                     Err(p) => {
                         let msg = p
                             .downcast_ref::<&str>()
                             .map(|s| s.to_string())
                             .or_else(|| p.downcast_ref::<String>().cloned())
                             .unwrap_or_else(|| "panic".into());
-                        Err(TaskError::new("TaskFailed", format!("builtin:{name} panicked: {msg}")))
+                        Err(TaskError::new(ErrorKind::TaskFailed, format!("builtin:{name} panicked: {msg}")))
                     }
                 }
             }
-            None => Err(TaskError::new("UnknownFunction", format!("no builtin named `{name}` in this worker"))),
+            None => {
+                Err(TaskError::new(ErrorKind::UnknownFunction, format!("no builtin named `{name}` in this worker")))
+            }
         },
         Some(pb::function_descriptor::Kind::Exec(e)) if !task.gpu_ids.is_empty() => {
             let mut e = e.clone();
@@ -133,7 +135,7 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
             exec::run_exec(&e, &args, task.num_returns)
         }
         Some(pb::function_descriptor::Kind::Exec(e)) => exec::run_exec(e, &args, task.num_returns),
-        None => Err(TaskError::new("InvalidTask", "the task names no function")),
+        None => Err(TaskError::new(ErrorKind::InvalidTask, "the task names no function")),
     };
     ctx.end();
     match result.and_then(|v| split_returns(v, task.num_returns.max(1))) {
