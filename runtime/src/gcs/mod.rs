@@ -195,7 +195,7 @@ impl Gcs {
     /// [`Gcs::spawn_background`] once to start broadcasting and health
     /// checks.
     pub fn new(config: GcsConfig) -> Self {
-        Gcs::with_metrics(config, crate::metrics::head_shared())
+        Gcs::with_metrics(config, Arc::new(HeadMetrics::new()))
     }
 
     /// A GCS recording into its own metrics (a test, or a head that serves

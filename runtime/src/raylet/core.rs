@@ -23,6 +23,8 @@ use crate::raylet::object_store::ObjectStore;
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::{Lookup, Owner};
 use crate::raylet::peers::PeerMsg;
+use crate::metrics::RayletMetrics;
+use crate::raylet::events::TaskEvents;
 use crate::raylet::RayletConfig;
 
 pub use crate::raylet::owner::MAX_RETURNS;
@@ -36,11 +38,17 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(node_id: NodeId, address: String, config: Arc<RayletConfig>, store: Arc<ObjectStore>) -> Self {
+    pub(crate) fn new(
+        node_id: NodeId,
+        address: String,
+        config: Arc<RayletConfig>,
+        store: Arc<ObjectStore>,
+        metrics: Arc<RayletMetrics>,
+    ) -> Self {
         Core {
             node_id,
-            owner: Owner::new(node_id, address.clone(), config.clone()),
-            exec: Executor::new(node_id, address.clone(), config, store.clone()),
+            owner: Owner::new(node_id, address.clone(), config.clone(), TaskEvents::new(metrics.clone())),
+            exec: Executor::new(node_id, address.clone(), config, store.clone(), metrics),
             address,
             store,
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use shoal_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 use crate::ids::{ObjectId, TaskId, WorkerId};
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::peers::PeerMsg;
@@ -73,7 +73,7 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                 let Some(rt) = &rt else { continue };
                 let inner = inner.clone();
                 rt.spawn(async move {
-                    let res = crate::metrics::timed_transfer(inner.objects.pull(object, &locations, size)).await;
+                    let res = inner.metrics.timed_transfer(inner.objects.pull(object, &locations, size)).await;
                     inner.core().arg_pulled(attempt, object, res);
                 });
             }
@@ -96,8 +96,7 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                         match inner.store.get(&id) {
                             Some(v) => d.task.args[pos] = v,
                             None => {
-                                let err = TaskError::new(
-                                    "ObjectLost",
+                                let err = TaskError::new(ErrorKind::ObjectLost,
                                     format!("argument {id} was evicted before the task started"),
                                 );
                                 inner.core().dispatch_failed(d.worker, d.attempt, err);

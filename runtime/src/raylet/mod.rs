@@ -136,6 +136,8 @@ pub(crate) struct Inner {
     pub http_address: std::sync::OnceLock<String>,
     /// Starts worker processes from one long-lived thread.
     pub spawner: workers::Spawner,
+    /// This raylet's own metrics.
+    pub metrics: Arc<crate::metrics::RayletMetrics>,
 }
 
 impl Inner {
@@ -243,13 +245,15 @@ impl Raylet {
             }
             None => object_store::ObjectStore::new(config.object_store_memory),
         });
+        let metrics = Arc::new(crate::metrics::RayletMetrics::new());
         let inner = Arc::new_cyclic(|me| {
             let peers = Arc::new(peers::Peers::new(me.clone()));
             Inner {
                 node_id,
                 address: address.clone(),
                 config: config.clone(),
-                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), store.clone())),
+                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), store.clone(), metrics.clone())),
+                metrics: metrics.clone(),
                 spawner: workers::Spawner::start(me.clone()),
                 objects: object_manager::ObjectManager::new(
                     store.clone(),
@@ -281,7 +285,10 @@ impl Raylet {
             &config.host,
             config.metrics_port,
             &ip,
-            crate::http::health_routes(Some(metrics_refresh(Arc::downgrade(&inner)))),
+            crate::http::health_and_metrics(
+                inner.metrics.registry().clone(),
+                Some(metrics_refresh(Arc::downgrade(&inner))),
+            ),
         )
         .await?;
         let _ = inner.http_address.set(http_address.clone());
@@ -345,7 +352,7 @@ fn metrics_refresh(inner: std::sync::Weak<Inner>) -> crate::http::Refresh {
         stats.pulled_bytes = t.pulled_bytes.load(Relaxed);
         stats.served_bytes = t.served_bytes.load(Relaxed);
         let store = inner.store.stats();
-        crate::metrics::raylet().refresh(&crate::metrics::RayletSnapshot {
+        inner.metrics.refresh(&crate::metrics::RayletSnapshot {
             stats,
             tasks_submitted: core_stats.0.tasks_submitted,
             tasks_failed: core_stats.0.tasks_failed,

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::TaskError;
+use crate::error::{status, ErrorKind, TaskError};
 use crate::ids::{ObjectId, WorkerId};
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::Lookup;
@@ -28,7 +28,7 @@ pub struct RayletService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn object_id(b: &[u8]) -> Result<ObjectId, Status> {
-    ObjectId::from_slice(b).map_err(|e| Status::invalid_argument(e.to_string()))
+    ObjectId::from_slice(b).map_err(|e| status(ErrorKind::InvalidRequest, e.to_string()))
 }
 
 /// How long a `get` keeps asking for an object whose copies are unreachable
@@ -57,7 +57,7 @@ fn deadline(timeout_ms: u64) -> Option<Instant> {
 }
 
 fn lost(id: ObjectId, why: &str) -> pb::ObjectValue {
-    error_value(&TaskError::new("ObjectLost", format!("object {id}: {why}")))
+    error_value(&TaskError::new(ErrorKind::ObjectLost, format!("object {id}: {why}")))
 }
 
 /// A `get`/`wait` call's registration as a waiter of the objects it looks
@@ -110,9 +110,9 @@ impl RayletService {
         }
         let rx = self.inner.core().session_seq(session);
         let Some(mut rx) = rx else {
-            return Err(Status::failed_precondition(format!("session {session} is not open")));
+            return Err(status(ErrorKind::InvalidRequest, format!("session {session} is not open")));
         };
-        rx.wait_for(|s| *s >= after).await.map_err(|_| Status::failed_precondition("session closed"))?;
+        rx.wait_for(|s| *s >= after).await.map_err(|_| status(ErrorKind::InvalidRequest, "session closed"))?;
         Ok(())
     }
 
@@ -226,7 +226,7 @@ impl RayletService {
         if let Some(v) = self.store_get(id).await {
             return v;
         }
-        match crate::metrics::timed_transfer(self.inner.objects.pull(id, locations, size)).await {
+        match self.inner.metrics.timed_transfer(self.inner.objects.pull(id, locations, size)).await {
             Ok(()) => {
                 if owned {
                     self.inner.core().add_copy_here(id);
@@ -305,8 +305,7 @@ impl RayletService {
             let status = match client.get_object_status(req).await {
                 Ok(r) => r.into_inner().statuses.into_iter().next(),
                 Err(s) => {
-                    let e = TaskError::new(
-                        "OwnerDied",
+                    let e = TaskError::new(ErrorKind::OwnerDied,
                         format!("owner {owner} of object {} is unreachable: {}", ids[i], s.message()),
                     );
                     results[i] = Some(pb::get_result::Kind::Value(error_value(&e)));
@@ -337,14 +336,14 @@ impl pb::raylet_server::Raylet for RayletService {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
         let first =
-            inbound.message().await?.ok_or_else(|| Status::invalid_argument("session closed before opening"))?;
+            inbound.message().await?.ok_or_else(|| status(ErrorKind::InvalidRequest, "session closed before opening"))?;
         let Some(pb::session_request::Kind::Open(open)) = first.kind else {
-            return Err(Status::invalid_argument("a session must start with an open message"));
+            return Err(status(ErrorKind::InvalidRequest, "a session must start with an open message"));
         };
         let worker_id = if open.worker_id.is_empty() {
             None
         } else {
-            Some(WorkerId::from_slice(&open.worker_id).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            Some(WorkerId::from_slice(&open.worker_id).map_err(|e| status(ErrorKind::InvalidRequest, e.to_string()))?)
         };
         let (job_id, new_job) = if open.job_id == 0 {
             let mut gcs = self.inner.gcs.clone();
@@ -354,7 +353,7 @@ impl pb::raylet_server::Raylet for RayletService {
                     driver_address: self.inner.address.clone(),
                 })
                 .await
-                .map_err(|s| Status::unavailable(format!("GCS: {}", s.message())))?;
+                .map_err(|s| status(ErrorKind::Unavailable, format!("GCS: {}", s.message())))?;
             (r.into_inner().job_id, true)
         } else {
             (open.job_id, false)
@@ -424,10 +423,10 @@ impl pb::raylet_server::Raylet for RayletService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutReply>, Status> {
         let r = req.into_inner();
         let id = object_id(&r.object_id)?;
-        let value = r.value.ok_or_else(|| Status::invalid_argument("put without a value"))?;
+        let value = r.value.ok_or_else(|| status(ErrorKind::InvalidRequest, "put without a value"))?;
         let put_status = |e: PutError| match e {
-            PutError::SessionClosed(_) => Status::failed_precondition(e.to_string()),
-            PutError::Exists(_) => Status::already_exists(e.to_string()),
+            PutError::SessionClosed(_) => status(ErrorKind::InvalidRequest, e.to_string()),
+            PutError::Exists(_) => status(ErrorKind::Conflict, e.to_string()),
         };
         let size = value.data.len() as u64;
         if value.data.len() <= INLINE_LIMIT {
@@ -440,8 +439,8 @@ impl pb::raylet_server::Raylet for RayletService {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.put(id, value, true))
             .await
-            .map_err(|e| Status::internal(format!("storing {id} failed: {e}")))?
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            .map_err(|e| status(ErrorKind::Internal, format!("storing {id} failed: {e}")))?
+            .map_err(|e| status(ErrorKind::ObjectStoreFull, e.to_string()))?;
         if let Err(e) = self.inner.core().put(r.session_id, id, size, None) {
             if matches!(e, PutError::SessionClosed(_)) {
                 self.inner.store.delete(&id);
@@ -638,7 +637,7 @@ impl pb::raylet_server::Raylet for RayletService {
         &self,
         _req: Request<pb::UpdateBorrowsRequest>,
     ) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
-        Err(Status::unimplemented("borrowing objects across owners is not supported yet"))
+        Err(status(ErrorKind::InvalidRequest, "borrowing objects across owners is not supported yet"))
     }
 
     type PullObjectStream = BoxStream<pb::ObjectChunk>;
@@ -653,7 +652,7 @@ impl pb::raylet_server::Raylet for RayletService {
             .inner
             .objects
             .serve(&id, r.offset, r.length)
-            .map_err(|e| Status::not_found(format!("{e} (node {})", self.inner.node_id)))?;
+            .map_err(|e| status(ErrorKind::NotFound, format!("{e} (node {})", self.inner.node_id)))?;
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.map(Ok)))))
     }
 
@@ -671,7 +670,7 @@ impl pb::raylet_server::Raylet for RayletService {
 
     async fn cancel_task(&self, req: Request<pb::CancelTaskRequest>) -> Result<Response<pb::CancelTaskReply>, Status> {
         let r = req.into_inner();
-        let id = crate::ids::TaskId::from_slice(&r.task_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = crate::ids::TaskId::from_slice(&r.task_id).map_err(|e| status(ErrorKind::InvalidRequest, e.to_string()))?;
         self.inner.core().cancel_local(id, r.attempt, r.force, r.recursive);
         Ok(Response::new(pb::CancelTaskReply {}))
     }

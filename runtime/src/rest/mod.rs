@@ -22,7 +22,7 @@ pub mod types;
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
@@ -425,13 +425,13 @@ pub fn endpoints() -> Vec<Endpoint> {
 }
 
 /// Counts and times every request by route template, method and status.
-async fn track(req: Request, next: Next) -> Response {
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let route = route.unwrap_or_else(|| "unmatched".to_string());
     let method = req.method().as_str().to_string();
     let resp = next.run(req).await;
-    let m = crate::metrics::head();
+    let m = st.jobs.gcs().metrics();
     m.http_requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
     m.http_seconds.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
     resp
@@ -456,16 +456,18 @@ pub fn router(gcs: Gcs, config: RestConfig) -> Router {
     let api = api.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
     let refresh_state = state.clone();
     let refresh: crate::http::Refresh = std::sync::Arc::new(move || refresh_head_metrics(&refresh_state));
+    let registry = state.jobs.gcs().metrics().registry().clone();
+    let track_state = state.clone();
     api.merge(open)
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed().into_response() })
         .fallback(not_found)
         .with_state(state)
-        .merge(crate::http::health_routes(Some(refresh)))
-        .layer(axum::middleware::from_fn(track))
+        .merge(crate::http::health_and_metrics(registry, Some(refresh)))
+        .layer(axum::middleware::from_fn_with_state(track_state, track))
 }
 
 fn refresh_head_metrics(st: &AppState) {
-    let m = crate::metrics::head();
+    let m = st.jobs.gcs().metrics();
     let view = handlers::cluster_view(st);
     for s in types::JobState::ALL {
         m.jobs.with_label_values(&[s.as_str()]).set(view.jobs.get(s.as_str()).copied().unwrap_or(0) as i64);

@@ -17,7 +17,13 @@ fn core_with(resources: ResourceSet) -> Core {
     let me = NodeId([1; 8]);
     let mut c = RayletConfig::new("127.0.0.1:1", resources);
     c.max_workers = 8;
-    let mut core = Core::new(me, "10.0.0.1:1".into(), Arc::new(c), Arc::new(ObjectStore::new(1 << 20)));
+    let mut core = Core::new(
+        me,
+        "10.0.0.1:1".into(),
+        Arc::new(c),
+        Arc::new(ObjectStore::new(1 << 20)),
+        Arc::new(crate::metrics::RayletMetrics::new()),
+    );
     core.settle();
     core
 }

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use shoal_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
+use crate::metrics::RayletMetrics;
 use crate::net::now_ms;
 use crate::raylet::cluster_view::ClusterView;
 use crate::raylet::effects::{Dispatch, Effect};
@@ -87,7 +88,7 @@ pub(crate) fn store_returns(store: &ObjectStore, done: pb::TaskDone) -> Option<D
                     }
                 }
                 d.returns.clear();
-                d.error = Some(TaskError::new("ObjectStoreFull", e.to_string()));
+                d.error = Some(TaskError::new(ErrorKind::ObjectStoreFull, e.to_string()));
                 break;
             }
         }
@@ -107,6 +108,7 @@ pub(crate) struct Executor {
     address: String,
     config: Arc<RayletConfig>,
     store: Arc<ObjectStore>,
+    metrics: Arc<RayletMetrics>,
     pub ledger: ResourceLedger,
     pub pool: WorkerPool,
     pub local: LocalTasks,
@@ -120,8 +122,15 @@ pub(crate) struct Executor {
 }
 
 impl Executor {
-    pub(crate) fn new(node_id: NodeId, address: String, config: Arc<RayletConfig>, store: Arc<ObjectStore>) -> Self {
+    pub(crate) fn new(
+        node_id: NodeId,
+        address: String,
+        config: Arc<RayletConfig>,
+        store: Arc<ObjectStore>,
+        metrics: Arc<RayletMetrics>,
+    ) -> Self {
         Executor {
+            metrics,
             node_id,
             address,
             ledger: ResourceLedger::new(config.resources.clone()),
@@ -203,7 +212,7 @@ impl Executor {
             }
             Err(reason) => {
                 if let Some(t) = self.local.waiting_args.remove(&attempt) {
-                    let err = TaskError::new("ObjectLost", format!("could not fetch argument {id}: {reason}"));
+                    let err = TaskError::new(ErrorKind::ObjectLost, format!("could not fetch argument {id}: {reason}"));
                     self.report_failure(&t.spec, err, true);
                 }
             }
@@ -290,7 +299,7 @@ impl Executor {
         }
         if self.local.ready_len() > 0 && self.pool.start_failures >= MAX_START_FAILURES {
             for t in self.local.drain_ready() {
-                let err = TaskError::new("WorkerStartFailed", "workers fail to start on this node; see the raylet log");
+                let err = TaskError::new(ErrorKind::WorkerStartFailed, "workers fail to start on this node; see the raylet log");
                 self.report_failure(&t.spec, err, false);
             }
         }
@@ -434,7 +443,7 @@ impl Executor {
             for attempt in l.in_flight {
                 let Some(run) = self.local.running.remove(&attempt) else { continue };
                 let err = TaskError {
-                    kind: "WorkerDied".into(),
+                    kind: ErrorKind::WorkerDied,
                     message: format!("worker {id} (pid {}) {reason} while running the task", slot.pid),
                     task_id: attempt.0.to_string(),
                     task_name: run.name.clone(),
@@ -476,7 +485,7 @@ impl Executor {
             return;
         };
         self.stats.tasks_executed += 1;
-        crate::metrics::observe_execution(&run.function, run.start_ms, now_ms());
+        self.metrics.observe_execution(&run.function, run.start_ms, now_ms());
         let mut result = pb::TaskResult {
             task_id: task_id.to_bytes(),
             attempt: attempt_no,
@@ -508,8 +517,7 @@ impl Executor {
                     self.out.push(Effect::Delete(task_id.return_id(i as u32)));
                 }
             }
-            let e = context(TaskError::new(
-                "TaskFailed",
+            let e = context(TaskError::new(ErrorKind::TaskFailed,
                 format!("the function returned {} values but the task declares {}", done.returns.len(), run.num_returns),
             ));
             result.error = Some((&e).into());

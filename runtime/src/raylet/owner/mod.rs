@@ -220,7 +220,7 @@ pub(crate) fn strategy_of(s: &Option<pb::SchedulingStrategy>) -> Result<Strategy
 }
 
 impl Owner {
-    pub(crate) fn new(node_id: NodeId, address: String, config: Arc<RayletConfig>) -> Self {
+    pub(crate) fn new(node_id: NodeId, address: String, config: Arc<RayletConfig>, events: TaskEvents) -> Self {
         Owner {
             node_id,
             address,
@@ -234,7 +234,7 @@ impl Owner {
             view: ClusterView::default(),
             spread_cursor: 0,
             stats: OwnerStats::default(),
-            events: TaskEvents::default(),
+            events,
             out: Vec::new(),
             local: Vec::new(),
             cancel_local: Vec::new(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shoal_proto::v1 as pb;
 
-use crate::error::TaskError;
+use crate::error::{ErrorKind, TaskError};
 use crate::ids::{NodeId, ObjectId, TaskId};
 use crate::raylet::effects::Effect;
 use crate::raylet::owner::{
@@ -62,31 +62,29 @@ impl Owner {
             }
             let mut problem: Option<TaskError> = None;
             if invalid_returns {
-                problem = Some(TaskError::new(
-                    "InvalidTask",
+                problem = Some(TaskError::new(ErrorKind::InvalidTask,
                     format!("num_returns must be between 1 and {MAX_RETURNS}, got {declared}"),
                 ));
             }
             if spec.function.as_ref().and_then(|f| f.kind.as_ref()).is_none() {
-                problem = Some(TaskError::new("InvalidTask", "the task names no function"));
+                problem = Some(TaskError::new(ErrorKind::InvalidTask, "the task names no function"));
             }
             if let Err(e) = strategy_of(&spec.strategy) {
-                problem = Some(TaskError::new("InvalidTask", e));
+                problem = Some(TaskError::new(ErrorKind::InvalidTask, e));
             }
             if let Some((k, v)) = spec.resources.as_ref().and_then(|r| r.amounts.iter().find(|(_, v)| **v < 0)) {
-                problem = Some(TaskError::new("InvalidTask", format!("resource `{k}` is negative ({v})")));
+                problem = Some(TaskError::new(ErrorKind::InvalidTask, format!("resource `{k}` is negative ({v})")));
             }
             let mut pending = 0;
             for arg in &spec.args {
                 let Some(pb::arg::Kind::ObjectRef(r)) = &arg.kind else { continue };
                 let Some(id) = oid(&r.object_id) else {
-                    problem = Some(TaskError::new("InvalidTask", "an argument's object id is malformed"));
+                    problem = Some(TaskError::new(ErrorKind::InvalidTask, "an argument's object id is malformed"));
                     continue;
                 };
                 match self.objects.get_mut(&id) {
                     None => {
-                        problem = Some(TaskError::new(
-                            "ObjectLost",
+                        problem = Some(TaskError::new(ErrorKind::ObjectLost,
                             format!(
                                 "argument {id} is not known to its owner {}: it was freed, or belongs to another owner",
                                 self.address
@@ -166,15 +164,14 @@ impl Owner {
                 }
             }
             let Some(o) = self.objects.get(&id) else {
-                return ArgsCheck::Fail(TaskError::new(
-                    "ObjectLost",
+                return ArgsCheck::Fail(TaskError::new(ErrorKind::ObjectLost,
                     format!("argument {id} was freed before the task could run"),
                 ));
             };
             match o.state {
                 ObjState::Pending | ObjState::Lineage => return ArgsCheck::Wait(id),
                 ObjState::Failed => {
-                    let mut e = o.inline.as_ref().map(decode_error).unwrap_or_else(|| TaskError::new("ObjectLost", ""));
+                    let mut e = o.inline.as_ref().map(decode_error).unwrap_or_else(|| TaskError::new(ErrorKind::ObjectLost, ""));
                     e.message = format!("argument {id} failed: {}", e.message);
                     return ArgsCheck::Fail(e);
                 }
@@ -287,7 +284,7 @@ impl Owner {
                 }
                 if now.duration_since(since) >= self.config.infeasible_timeout {
                     self.infeasible.remove(&task_id);
-                    self.fail_task(task_id, TaskError::new("Infeasible", reason));
+                    self.fail_task(task_id, TaskError::new(ErrorKind::Infeasible, reason));
                 } else if let Some(t) = self.tasks.get_mut(&task_id) {
                     t.state = TaskState::PendingNode;
                 }
@@ -504,7 +501,7 @@ impl Owner {
             if t.state != TaskState::Scheduled || t.spec.attempt != attempt {
                 continue;
             }
-            let err = TaskError::new("NodeUnreachable", format!("could not send the task to its node: {reason}"));
+            let err = TaskError::new(ErrorKind::NodeUnreachable, format!("could not send the task to its node: {reason}"));
             self.retry_or_fail(id, err, true, node);
         }
     }
@@ -518,7 +515,7 @@ impl Owner {
             .map(|(id, _)| *id)
             .collect();
         for id in on_node {
-            let err = TaskError::new("NodeDied", format!("node {node} died while the task was there"));
+            let err = TaskError::new(ErrorKind::NodeDied, format!("node {node} died while the task was there"));
             self.retry_or_fail(id, err, true, Some(node));
         }
         let lost: Vec<ObjectId> = self
@@ -587,8 +584,7 @@ impl Owner {
                 }
             }
         }
-        let err = TaskError::new(
-            "Cancelled",
+        let err = TaskError::new(ErrorKind::Cancelled,
             if force { "the task was cancelled (forced)" } else { "the task was cancelled" },
         );
         self.finish_failed(task_id, err, TaskState::Cancelled);

@@ -16,6 +16,10 @@ use crate::resources::{ResourceSet, CPU};
 
 const PEER: &str = "10.0.0.2:1";
 
+fn events() -> TaskEvents {
+    TaskEvents::new(Arc::new(crate::metrics::RayletMetrics::new()))
+}
+
 fn config() -> Arc<RayletConfig> {
     let mut c = RayletConfig::new("127.0.0.1:1", ResourceSet::new());
     c.infeasible_timeout = Duration::from_millis(0);
@@ -26,7 +30,7 @@ fn config() -> Arc<RayletConfig> {
 fn owner_beside_a_peer() -> (Owner, NodeId) {
     let me = NodeId([1; 8]);
     let peer = NodeId([2; 8]);
-    let mut o = Owner::new(me, "10.0.0.1:1".into(), config());
+    let mut o = Owner::new(me, "10.0.0.1:1".into(), config(), events());
     let two = ResourceSet::new().with(CPU, 2.0);
     let info = pb::NodeInfo {
         node_id: peer.to_bytes(),
@@ -72,7 +76,7 @@ fn failure(task: TaskId, attempt: u32, node: NodeId) -> pb::TaskResult {
         attempt,
         node_id: node.to_bytes(),
         node_address: PEER.into(),
-        error: Some((&crate::error::TaskError::new("TaskFailed", "boom")).into()),
+        error: Some((&crate::error::TaskError::new(ErrorKind::TaskFailed, "boom")).into()),
         ..Default::default()
     }
 }
@@ -172,14 +176,14 @@ fn an_infeasible_task_fails_with_its_reason_and_is_only_replaced_on_membership_c
         _ => panic!("the task must have failed"),
     };
     let e = crate::value::decode_error(&value);
-    assert_eq!(e.kind, "Infeasible");
+    assert_eq!(e.kind, crate::error::ErrorKind::Infeasible);
     assert!(e.message.contains("cpu"), "{}", e.message);
 }
 
 #[test]
 fn a_task_placed_here_goes_to_the_local_queue() {
     let me = NodeId([1; 8]);
-    let mut o = Owner::new(me, "10.0.0.1:1".into(), config());
+    let mut o = Owner::new(me, "10.0.0.1:1".into(), config(), events());
     let one = ResourceSet::new().with(CPU, 1.0);
     o.view.set_local(me, "10.0.0.1:1", &one, &one, 0, &HashMap::new());
     let (session, _) = o.open_session(None);
