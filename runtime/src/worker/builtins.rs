@@ -365,14 +365,18 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
             }
         }
         // The job ends with its command, not with the last holder of its
-        // pipes: what it left running in the background goes with it.
+        // pipes: what it left running in the background goes with it (after
+        // the grace, when the job was stopped).
         if exited.is_none() {
             if let Ok(Some(status)) = child.try_wait() {
-                group.signal(libc::SIGKILL);
+                if stopped_at.is_none() {
+                    group.signal(libc::SIGKILL);
+                }
                 exited = Some((status, Instant::now()));
             }
         }
-        if exited.is_some_and(|(_, at)| at.elapsed() >= ENTRYPOINT_DRAIN) {
+        let ended_at = exited.map(|(_, at)| stopped_at.map_or(at, |stop| at.max(stop + ENTRYPOINT_GRACE)));
+        if ended_at.is_some_and(|at| at.elapsed() >= ENTRYPOINT_DRAIN) {
             done = true;
         }
     }
