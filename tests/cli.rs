@@ -1,7 +1,13 @@
 //! The `shoal` command line, run as a user would run it.
 
+mod common;
+
 use std::io::Write;
 use std::process::Command;
+use std::time::Duration;
+
+use shoal::rest::client::RestClient;
+use shoal::rest::types::JobState;
 
 fn shoal() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shoal"))
@@ -102,9 +108,17 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Starts `shoal up`, waits until it is serving, and returns it with every
-/// process below it (head, raylets, workers).
-fn start_up() -> (std::process::Child, Vec<u32>) {
+/// A running `shoal up`: the process, every process below it once it is
+/// serving (head, raylets, workers), and its REST API address.
+struct Up {
+    child: std::process::Child,
+    procs: Vec<u32>,
+    api: String,
+}
+
+/// Starts `shoal up` and waits until it is serving and every raylet has
+/// started its workers.
+fn start_up() -> Up {
     use std::io::{BufRead, BufReader};
     let mut child = shoal()
         .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
@@ -124,15 +138,45 @@ fn start_up() -> (std::process::Child, Vec<u32>) {
         }
     }
     assert!(seen.contains("raylet 1:"), "{seen}");
+    let api = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("REST API:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|url| url.trim_start_matches("http://").to_string())
+        .unwrap_or_else(|| panic!("no REST API address in {seen}"));
     // Keep draining stdout so `shoal up` never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    // Let the raylets start their workers.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let procs = shoal::process::descendants(child.id());
-    assert!(procs.len() >= 5, "head, two raylets and their workers: {procs:?}");
-    (child, procs)
+    let root = child.id();
+    common::wait_for_blocking("head, two raylets and their workers run", Duration::from_secs(20), || {
+        shoal::process::descendants(root).len() >= 5
+    });
+    let procs = shoal::process::descendants(root);
+    Up { child, procs, api }
 }
 
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number no other test's `sleep` uses: its argument marks the job's
+/// processes in `/proc`.
+fn unique_sleep() -> String {
+    format!("1000.{}{:09}", std::process::id(), fastrand_u32() % 1_000_000_000)
+}
+
+/// Submits an entrypoint job to `api` and waits until a process with
+/// `marker` in its arguments runs; returns the job id.
+fn submit_entrypoint(rt: &tokio::runtime::Runtime, api: &RestClient, command: &str, marker: &str) -> String {
+    let body = serde_json::json!({ "entrypoint": command });
+    let id = rt.block_on(api.submit("application/json", body.to_string())).unwrap().id;
+    common::wait_for_blocking("the entrypoint's command runs", Duration::from_secs(30), || {
+        !common::processes_with_arg(marker).is_empty()
+    });
+    id
+}
 fn all_gone(procs: &[u32]) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::time::Instant::now() < deadline {
@@ -146,20 +190,67 @@ fn all_gone(procs: &[u32]) -> bool {
 
 #[test]
 fn up_stops_every_process_on_sigterm() {
-    let (mut up, procs) = start_up();
+    let mut up = start_up();
+    let procs = up.procs.clone();
     // SAFETY: kill(2) on a child this test started.
     unsafe {
-        libc::kill(up.id() as i32, libc::SIGTERM);
+        libc::kill(up.child.id() as i32, libc::SIGTERM);
     }
-    let status = up.wait().unwrap();
+    let status = up.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(all_gone(&procs), "orphans left: {:?}", procs.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
 }
 
 #[test]
 fn no_process_outlives_a_killed_up() {
-    let (mut up, procs) = start_up();
-    up.kill().unwrap();
-    up.wait().unwrap();
+    let mut up = start_up();
+    let procs = up.procs.clone();
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
     assert!(all_gone(&procs), "orphans left: {:?}", procs.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+}
+
+#[test]
+fn no_process_of_an_entrypoint_job_outlives_a_killed_up() {
+    let mut up = start_up();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = RestClient::new(&up.api, None).unwrap();
+    // Two commands: the shell forks the sleep instead of exec'ing it, so
+    // the sleep is a grandchild of the worker.
+    let marker = unique_sleep();
+    submit_entrypoint(&rt, &api, &format!("sleep {marker}; echo after"), &marker);
+    common::wait_for_blocking("the shell and its forked sleep run", Duration::from_secs(10), || {
+        common::processes_with_arg(&marker).len() >= 2
+    });
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    common::wait_for_blocking("every process of the job is gone", Duration::from_secs(10), || {
+        common::processes_with_arg(&marker).is_empty()
+    });
+    assert!(all_gone(&up.procs), "orphans left: {:?}", up.procs.iter().filter(|p| alive(**p)).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_entrypoint_job_ends_with_its_command_and_takes_its_background_processes_along() {
+    let up = start_up();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = RestClient::new(&up.api, None).unwrap();
+    // The background sleep keeps the job's output pipes open: the job must
+    // end when the shell does, not when the sleep would.
+    let marker = unique_sleep();
+    let body = serde_json::json!({ "entrypoint": format!("sleep {marker} & echo started $!") });
+    let id = rt.block_on(api.submit("application/json", body.to_string())).unwrap().id;
+    common::wait_for_blocking("the job ends", Duration::from_secs(30), || {
+        rt.block_on(api.job(&id)).unwrap().state.is_terminal()
+    });
+    assert_eq!(rt.block_on(api.job(&id)).unwrap().state, JobState::Succeeded);
+    let log = String::from_utf8_lossy(&rt.block_on(api.logs(&id)).unwrap()).to_string();
+    let sleep: u32 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the job printed its background pid: {log:?}"));
+    common::wait_for_blocking("the background sleep is gone", Duration::from_secs(10), || {
+        !alive(sleep) && common::processes_with_arg(&marker).is_empty()
+    });
 }

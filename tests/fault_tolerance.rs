@@ -76,9 +76,10 @@ async fn graph_survives_raylets_killed_every_few_seconds() {
 async fn killed_workers_never_lose_or_duplicate_a_result() {
     let cluster = cluster(2, 2.0, "256Mi").await;
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let marks = common::Marks::new();
     let mut refs = Vec::new();
     for i in 0..300u64 {
-        refs.push(c.submit(Task::builtin("delay").arg(i).arg(0.03).max_retries(-1)).await.unwrap());
+        refs.push(c.submit(marks.task(i, 0.03).max_retries(-1)).await.unwrap());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
@@ -106,8 +107,7 @@ async fn killed_workers_never_lose_or_duplicate_a_result() {
         tokio::time::timeout(Duration::from_secs(120), c.get_many(&refs, None)).await.expect("no hang").unwrap();
     stop.store(true, Ordering::Relaxed);
     let killed = killer.join().unwrap();
-    let got = common::as_u64s(values);
-    assert_eq!(got, (0..300u64).collect::<Vec<_>>(), "every task finished exactly once");
+    common::assert_each_mark_once(&marks, values, 300);
     let mut retries = 0;
     for r in &cluster.raylets {
         retries += shoal::node_stats(&r.address).await.unwrap().task_retries;
@@ -168,9 +168,13 @@ async fn lost_object_is_rebuilt_recursively_from_lineage() {
     let a = c.submit(Task::builtin("bytes").arg(2u64 << 20).strategy(near_x.clone())).await.unwrap();
     let b = c.submit(Task::builtin("identity").arg(&a).strategy(near_x)).await.unwrap();
     c.wait(std::slice::from_ref(&b), 1, None).await.unwrap();
-    // Only b is referenced now; a survives as lineage only.
+    // Only b is referenced now; a survives as lineage only, once its copy is freed.
     drop(a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let x_addr = cluster.raylets[1].address.clone();
+    common::wait_for("x holds b alone", Duration::from_secs(10), || async {
+        common::stats(&x_addr).await.object_count <= 1
+    })
+    .await;
     cluster.kill_raylet(1);
     let v = tokio::time::timeout(Duration::from_secs(60), c.get_value(&b)).await.expect("no hang").unwrap();
     match v {
@@ -197,31 +201,57 @@ async fn put_objects_lost_with_their_node_fail_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_tasks_never_run_and_are_never_retried() {
     let cluster = cluster(1, 1.0, "256Mi").await;
-    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let addr = cluster.raylets[0].address.clone();
+    let c = Client::connect(&addr).await.unwrap();
+    let marks = common::Marks::new();
+    let marks = &marks;
+    let started = move |key: &'static str| move || async move { marks.ran(key) };
     // Occupy the only CPU, then queue a task and cancel it before it starts.
-    let busy = c.submit(Task::builtin("sleep").arg(1.0)).await.unwrap();
-    let queued = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
+    let busy = c.submit(marks.task("busy", 1.0)).await.unwrap();
+    common::wait_for("the busy task runs", Duration::from_secs(20), started("busy")).await;
+    let queued = c.submit(marks.task("queued", 0.0)).await.unwrap();
     c.cancel(&queued, false, false).await.unwrap();
     let err = c.get_value(&queued).await.unwrap_err().to_string();
     assert!(err.contains("Cancelled"), "{err}");
-    assert_eq!(c.get::<f64>(&busy).await.unwrap(), 1.0);
+    c.get_value(&busy).await.unwrap();
+    // The CPU is free again: a task queued behind it would run now.
+    let after = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
+    assert_eq!(c.get::<i64>(&after).await.unwrap(), 1);
+    common::wait_for("the raylet is idle", Duration::from_secs(10), || common::idle(&addr)).await;
+    assert!(!marks.ran("queued"), "the cancelled task ran: {:?}", marks.attempts("queued", "started"));
+
     // A running task, forced: its worker is killed and it is not retried.
-    let long = c.submit(Task::builtin("sleep").arg(30.0).max_retries(5)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let long = c.submit(marks.task("long", 30.0).max_retries(5)).await.unwrap();
+    common::wait_for("the long task runs", Duration::from_secs(20), started("long")).await;
     let t = Instant::now();
     c.cancel(&long, true, false).await.unwrap();
     let err = c.get_value(&long).await.unwrap_err().to_string();
     assert!(err.contains("Cancelled"), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5));
-    // Recursive: the nested tasks of a cancelled parent go too, and the
-    // cluster is healthy afterwards.
-    let parent = c.submit(Task::builtin("spawn_sum").arg(5)).await.unwrap();
-    c.cancel(&parent, true, true).await.unwrap();
+
+    // Recursive: the parent holds the only CPU without waiting (so without
+    // lending it), its nested task queues behind it. Cancelling the parent
+    // (not forced: it keeps running) takes the queued child out, so it never
+    // runs, not even once the parent is done and the CPU is free.
+    let parent = c
+        .submit(
+            Task::builtin("submit_and_sleep").arg("mark").arg(serde_json::json!([marks.path(), "child", 0])).arg(2.0),
+        )
+        .await
+        .unwrap();
+    common::wait_for("the parent runs and its child is queued", Duration::from_secs(20), || async {
+        let s = common::stats(&addr).await;
+        s.running_tasks == 1 && s.queued_tasks == 1
+    })
+    .await;
+    c.cancel(&parent, false, true).await.unwrap();
     assert!(c.get_value(&parent).await.unwrap_err().to_string().contains("Cancelled"));
+    common::wait_for("the raylet is idle", Duration::from_secs(20), || common::idle(&addr)).await;
     let ok = c.submit(Task::builtin("identity").arg(3)).await.unwrap();
     assert_eq!(c.get::<i64>(&ok).await.unwrap(), 3);
-    let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
-    assert_eq!(stats.task_retries, 0, "cancelled tasks are never retried");
+    assert!(!marks.ran("child"), "the child of a recursively cancelled task ran");
+    assert_eq!(marks.attempts("long", "started"), vec![0], "a cancelled task is never retried");
+    assert_eq!(common::stats(&addr).await.task_retries, 0, "cancelled tasks are never retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +271,11 @@ async fn using_evicted_lineage_is_a_clear_error() {
     let later = c.submit(Task::builtin("identity").arg(1)).await.unwrap();
     c.get_value(&later).await.unwrap();
     drop(a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let x_addr = cluster.raylets[1].address.clone();
+    common::wait_for("x holds b alone", Duration::from_secs(10), || async {
+        common::stats(&x_addr).await.object_count <= 1
+    })
+    .await;
     cluster.kill_raylet(1);
     let err = tokio::time::timeout(Duration::from_secs(60), c.get_value(&b)).await.expect("no hang").unwrap_err();
     let text = err.to_string();
@@ -267,7 +301,11 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     })
     .await;
     assert!(gone, "the old head still answers");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port_number: u16 = port.parse().unwrap();
+    common::wait_for("the old head's port is free", Duration::from_secs(10), || async move {
+        std::net::TcpListener::bind(("127.0.0.1", port_number)).is_ok()
+    })
+    .await;
     let log = std::fs::File::create(cluster.session_dir.join("logs/head-2.log")).unwrap();
     let head = std::process::Command::new(common::binary())
         .args(["head", "--host", "127.0.0.1", "--gcs-port", &port, "--port", "0"])
@@ -309,9 +347,12 @@ async fn a_drivers_unfinished_tasks_die_with_its_session() {
         for _ in 0..4 {
             let _ = c.submit(Task::builtin("sleep").arg(30.0)).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let s = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
-        assert_eq!(s.running_tasks + s.queued_tasks, 4, "{s:?}");
+        let addr = &cluster.raylets[0].address;
+        common::wait_for("the raylet runs or queues all four tasks", Duration::from_secs(10), || async {
+            let s = common::stats(addr).await;
+            s.running_tasks + s.queued_tasks == 4
+        })
+        .await;
     }
     // The client is gone: nothing it started keeps running or waiting.
     let addr = cluster.raylets[0].address.clone();

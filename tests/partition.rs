@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shoal::local_cluster::{ClusterOptions, LocalCluster};
-use shoal::{Client, Strategy, Task};
+use shoal::{Client, Strategy};
 
 struct Netns {
     name: String,
@@ -104,23 +104,43 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     );
     let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     let old_id = first["node_id"].as_str().unwrap().to_string();
-    // Let every raylet see the new node before spreading work over it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ns_address = first["grpc"].as_str().unwrap().to_string();
+    // Every raylet sees the new node before work is spread over it.
+    let mut addresses: Vec<String> = cluster.raylets.iter().map(|r| r.address.clone()).collect();
+    addresses.push(ns_address.clone());
+    common::wait_for("every raylet knows three nodes", Duration::from_secs(20), || async {
+        for a in &addresses {
+            if common::stats(a).await.known_nodes < 3 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
 
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let marks = common::Marks::new();
     let mut refs = Vec::new();
     for i in 0..40u64 {
-        refs.push(c.submit(Task::builtin("delay").arg(i).arg(0.2).strategy(Strategy::Spread)).await.unwrap());
+        refs.push(c.submit(marks.task(i, 0.2).strategy(Strategy::Spread)).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Cut the node while it runs some of them, and heal it only once the
+    // GCS has declared it dead.
+    common::wait_for("the namespaced raylet runs a task", Duration::from_secs(20), || async {
+        common::stats(&ns_address).await.running_tasks > 0
+    })
+    .await;
     net.cut();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    common::wait_for("the GCS declares the cut node dead", Duration::from_secs(20), || async {
+        cluster.nodes().await.unwrap().iter().any(|n| common::node_hex(&n.node_id) == old_id && n.state == 1)
+    })
+    .await;
     net.heal();
 
     let values =
         tokio::time::timeout(Duration::from_secs(60), c.get_many(&refs, None)).await.expect("no hang").unwrap();
-    let got = common::as_u64s(values);
-    assert_eq!(got, (0..40u64).collect::<Vec<_>>(), "no lost and no duplicated results");
+    let kept = common::assert_each_mark_once(&marks, values, 40);
+    assert!(kept.iter().any(|a| *a > 0), "the cut node's tasks were run again elsewhere: {kept:?}");
 
     // The old node is dead; the raylet came back under a new id.
     let rejoined = common::eventually(Duration::from_secs(30), || async {

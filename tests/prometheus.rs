@@ -95,7 +95,6 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_series()
         }
     }
     assert_eq!(api.job(&ids[0]).await.unwrap().state, JobState::Succeeded);
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Each exposition is valid and lint-clean.
     for t in &targets {
@@ -158,10 +157,10 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_series()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // Keep traffic flowing while rates build up over a few scrapes.
+    // Keep traffic flowing while rates build up over a few scrapes: every
+    // query is retried until it has series.
     let again = api.submit("application/yaml", pipeline).await.unwrap().id;
     let _ = api.cluster().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
     let mut empty: Vec<String> = exprs.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !empty.is_empty() && Instant::now() < deadline {

@@ -110,11 +110,59 @@ async fn task_runs_where_its_fifty_mib_argument_lives() {
         let node = whereami(&c, Task::builtin("whereami").arg(&data)).await;
         assert_eq!(node, b.to_string());
     }
-    // Hard and soft affinity.
-    let third: NodeId = cluster.raylets[2].node_id.parse().unwrap();
-    let node =
-        whereami(&c, Task::builtin("whereami").strategy(Strategy::NodeAffinity { node: third, soft: true })).await;
-    assert_eq!(node, third.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_affinity_picks_its_node_over_the_default_and_falls_back_when_it_is_full() {
+    let cluster = common::cluster(3, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let (owner, third) = (common::node(&cluster, 0), common::node(&cluster, 2));
+    // On this idle cluster the default policy packs onto the owner's node...
+    assert_eq!(whereami(&c, Task::builtin("whereami")).await, owner.to_string());
+    // ...so landing on the third node is the affinity's doing.
+    let soft = Strategy::NodeAffinity { node: third, soft: true };
+    assert_eq!(whereami(&c, Task::builtin("whereami").strategy(soft.clone())).await, third.to_string());
+
+    // Fill the third node; once the cluster sees it full, a soft-affine
+    // task runs elsewhere at once instead of queueing there.
+    let marks = common::Marks::new();
+    let hard = Strategy::NodeAffinity { node: third, soft: false };
+    let mut fillers = Vec::new();
+    for i in 0..2u64 {
+        fillers.push(c.submit(marks.task(i, 60.0).strategy(hard.clone())).await.unwrap());
+    }
+    common::wait_for("both fillers run on the third node", Duration::from_secs(20), || async {
+        marks.ran(0) && marks.ran(1)
+    })
+    .await;
+    let api = shoal::rest::client::RestClient::new(&cluster.http_address, None).unwrap();
+    common::wait_for("the cluster view shows the third node without a free CPU", Duration::from_secs(10), || async {
+        let nodes = api.nodes().await.unwrap().nodes;
+        nodes.iter().any(|n| {
+            // A resource with nothing free may be left out of the map.
+            n.node_id == third.to_string() && n.resources_available.get("cpu").copied().unwrap_or(0.0) == 0.0
+        })
+    })
+    .await;
+    let placed = tokio::time::timeout(Duration::from_secs(20), whereami(&c, Task::builtin("whereami").strategy(soft)))
+        .await
+        .expect("a soft-affine task does not wait for its busy node");
+    assert_ne!(placed, third.to_string(), "the soft-affine task ran on its full node");
+    drop(fillers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_benchmarks_cross_node_pull_moves_its_bytes_between_two_nodes() {
+    let cluster = common::cluster(2, 2.0).await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let pull = shoal::bench::cross_node_pull(&c, &cluster.raylets[1], &cluster.raylets[0]).await.unwrap();
+    assert_eq!(pull["bytes"], 100u64 << 20, "{pull}");
+    assert_eq!(pull["from_node"], cluster.raylets[1].node_id, "{pull}");
+    assert_eq!(pull["to_node"], cluster.raylets[0].node_id, "{pull}");
+    assert!(pull["gb_per_s"].as_f64().is_some_and(|r| r > 0.0), "{pull}");
+    // The same node at both ends cannot measure a pull, and says so.
+    let same = shoal::bench::cross_node_pull(&c, &cluster.raylets[0], &cluster.raylets[0]).await.unwrap();
+    assert!(same["unavailable"].as_str().is_some_and(|r| r.contains("same node")), "{same}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,8 @@
 //! Every figure is measured end to end through the public client against
 //! real processes: a head and raylets started as children, workers started by
 //! the raylets. The report is JSON, with the target of each figure beside it.
+//! A figure that cannot measure what its name says (too few nodes, a pull
+//! that moved nothing) is `{"unavailable": reason}` instead of a number.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,61 @@ async fn noop_batch(c: &Client, n: usize) -> Result<Duration, Error> {
         r?;
     }
     Ok(t.elapsed())
+}
+
+/// Size of the object the cross-node pull figure moves.
+const PULL_BYTES: u64 = 100 << 20;
+
+/// A figure that could not be measured, with the reason in its place.
+fn unavailable(reason: impl std::fmt::Display) -> serde_json::Value {
+    json!({ "unavailable": reason.to_string() })
+}
+
+/// Makes [`PULL_BYTES`] on `producer` and reads them on `consumer`, both
+/// pinned by hard affinity, and reports the consumer's own count and timing
+/// of the bytes it pulled. A pull that did not move the whole object (the
+/// consumer found it locally, or fetched only part) is reported as
+/// unavailable with what moved, never as a rate.
+pub async fn cross_node_pull(
+    c: &Client,
+    producer: &crate::local_cluster::LocalRaylet,
+    consumer: &crate::local_cluster::LocalRaylet,
+) -> Result<serde_json::Value, Error> {
+    let node = |r: &crate::local_cluster::LocalRaylet| -> Result<NodeId, Error> {
+        r.node_id
+            .parse()
+            .map_err(|e| Error::Invalid(format!("raylet {} reports node id {}: {e}", r.address, r.node_id)))
+    };
+    let (from, to) = (node(producer)?, node(consumer)?);
+    if from == to {
+        return Ok(unavailable(format!("producer and consumer are the same node {from}")));
+    }
+    let data = c
+        .submit(Task::builtin("bytes").arg(PULL_BYTES).strategy(Strategy::NodeAffinity { node: from, soft: false }))
+        .await?;
+    c.wait(std::slice::from_ref(&data), 1, None).await?;
+    let before = crate::client::node_stats(&consumer.address).await?;
+    let probe =
+        c.submit(Task::builtin("noop").arg(&data).strategy(Strategy::NodeAffinity { node: to, soft: false })).await?;
+    c.get_value(&probe).await?;
+    // The consumer's raylet counts and times its pulls itself.
+    let after = crate::client::node_stats(&consumer.address).await?;
+    let moved = after.pulled_bytes.saturating_sub(before.pulled_bytes);
+    let micros = after.pull_micros.saturating_sub(before.pull_micros);
+    if moved != PULL_BYTES || micros == 0 {
+        return Ok(unavailable(format!(
+            "node {to} pulled {moved} of {PULL_BYTES} bytes from node {from} in {micros} us, so no rate can be given"
+        )));
+    }
+    let took = Duration::from_micros(micros);
+    Ok(json!({
+        "bytes": moved,
+        "from_node": from.to_string(),
+        "to_node": to.to_string(),
+        "seconds": took.as_secs_f64(),
+        "gb_per_s": (moved as f64 / took.as_secs_f64() / 1e9 * 100.0).round() / 100.0,
+        "target_gb_per_s": 1.0,
+    }))
 }
 
 /// Runs every benchmark on a fresh cluster started with `opts`.
@@ -107,38 +164,12 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     }
     drop(r);
 
-    // Cross-node pull of 100 MiB: made on the last node, read on the second.
-    let mut pull = json!(null);
-    if nodes >= 2 {
-        let producer: NodeId =
-            cluster.raylets[nodes - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
-        let consumer: NodeId =
-            cluster.raylets[nodes.min(2) - 1].node_id.parse().map_err(|e| Error::Invalid(format!("{e}")))?;
-        let data = c
-            .submit(
-                Task::builtin("bytes")
-                    .arg(100u64 << 20)
-                    .strategy(Strategy::NodeAffinity { node: producer, soft: false }),
-            )
-            .await?;
-        c.wait(std::slice::from_ref(&data), 1, None).await?;
-        let consumer_addr = cluster.raylets[nodes.min(2) - 1].address.clone();
-        let before = crate::client::node_stats(&consumer_addr).await?;
-        let probe = c
-            .submit(Task::builtin("noop").arg(&data).strategy(Strategy::NodeAffinity { node: consumer, soft: false }))
-            .await?;
-        c.get_value(&probe).await?;
-        // The consumer's raylet times its pulls itself.
-        let after = crate::client::node_stats(&consumer_addr).await?;
-        let moved = after.pulled_bytes - before.pulled_bytes;
-        let took = Duration::from_micros((after.pull_micros - before.pull_micros).max(1));
-        pull = json!({
-            "bytes": moved,
-            "seconds": took.as_secs_f64(),
-            "gb_per_s": (moved as f64 / took.as_secs_f64() / 1e9 * 100.0).round() / 100.0,
-            "target_gb_per_s": 1.0,
-        });
-    }
+    // Cross-node pull of 100 MiB: made on the last node, read on the first.
+    let pull = if nodes >= 2 {
+        cross_node_pull(&c, &cluster.raylets[nodes - 1], &cluster.raylets[0]).await?
+    } else {
+        unavailable("it needs two nodes or more (--nodes 2)")
+    };
     drop(c);
 
     let t = Instant::now();

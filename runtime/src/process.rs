@@ -17,12 +17,147 @@ pub fn parent_death_signal() -> std::io::Result<()> {
 }
 
 /// Makes `cmd`'s child die when the process starting it does.
+///
+/// The signal is tied to the thread that spawns the child, so spawn from a
+/// thread that lives at least as long as the child. A parent that died
+/// before the signal was armed makes the spawn fail rather than leave an
+/// orphan.
 pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: `parent_death_signal` is safe to run between fork and exec.
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and makes only the
+    // async-signal-safe calls prctl and getppid, allocating nothing.
     unsafe {
-        cmd.pre_exec(parent_death_signal);
+        cmd.pre_exec(move || {
+            parent_death_signal()?;
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
+}
+
+/// How long a group watcher sleeps between checks that its parent lives,
+/// should its parent-death signal ever be missed.
+const GROUP_WATCH_POLL: libc::timespec = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+
+/// A process group whose members all die together: with the group's
+/// handle (dropping it SIGKILLs the group) and with the thread holding it
+/// (or its whole process), however that ends.
+///
+/// `PR_SET_PDEATHSIG` reaches a direct child only: a shell that forks its
+/// command dies with its parent, but the command is orphaned and lives on.
+/// So beside the leader, a small watcher process joins the group; it is a
+/// child of the process holding the handle, is armed with a catchable
+/// parent-death signal, and SIGKILLs the whole group once that process is
+/// gone, however it went (even SIGKILL). The watcher also keeps the group id
+/// in use after the leader is reaped, so signalling the group can never hit
+/// an unrelated process that reused the id. A member that leaves the group
+/// (`setsid`, a job-control shell) escapes; nothing short of a cgroup or
+/// PID namespace catches that.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    pgid: i32,
+    watcher: i32,
+}
+
+impl ProcessGroup {
+    /// Makes `cmd`'s child lead a new process group and die with its parent;
+    /// call [`ProcessGroup::watch`] with its pid once it is spawned.
+    pub fn prepare(cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        die_with_parent(cmd);
+    }
+
+    /// Starts the watcher of the group led by `leader` (spawned from a
+    /// command set up by [`ProcessGroup::prepare`]). Call it from the thread
+    /// that spawned the leader, which must outlive the group.
+    pub fn watch(leader: u32) -> std::io::Result<ProcessGroup> {
+        let pgid = leader as i32;
+        let parent = std::process::id() as i32;
+        // SAFETY: the child runs only async-signal-safe system calls (no
+        // allocation, no locks) until it exits, as a fork of a
+        // multi-threaded process must.
+        match unsafe { libc::fork() } {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => unsafe { watch_group(pgid, parent) },
+            watcher => Ok(ProcessGroup { pgid, watcher }),
+        }
+    }
+
+    /// The group id (the leader's pid).
+    pub fn id(&self) -> i32 {
+        self.pgid
+    }
+
+    /// Sends `signal` to every member but the watcher, which blocks all
+    /// catchable signals; SIGKILL ends the watcher too.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on a group this handle keeps alive.
+        unsafe {
+            libc::kill(-self.pgid, signal);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+        // SAFETY: reaps the watcher this handle forked; it was just killed.
+        unsafe {
+            libc::waitpid(self.watcher, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// The group watcher's whole life, in a forked child: join the group, close
+/// every inherited descriptor (the command's pipes must reach end of file
+/// without it, and the spawner's exec-error pipe must close), wait for the
+/// parent to go, kill the group.
+///
+/// # Safety
+/// Only in the child of a fork; it never returns.
+unsafe fn watch_group(pgid: i32, parent: i32) -> ! {
+    fn kill_group_and_exit(pgid: i32) -> ! {
+        // SAFETY: async-signal-safe calls in the watcher, which ends here.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(0)
+        }
+    }
+    // SAFETY (whole block): async-signal-safe system calls on this process.
+    unsafe {
+        // The leader is gone already (its group with it): nothing to guard.
+        if libc::setpgid(0, pgid) != 0 {
+            libc::_exit(0);
+        }
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1 as libc::c_ulong, 0, 0, 0);
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9: close one by one.
+            for fd in 0..65_536 {
+                libc::close(fd);
+            }
+        }
+        if libc::getppid() != parent {
+            kill_group_and_exit(pgid);
+        }
+        let mut wake: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut wake);
+        libc::sigaddset(&mut wake, libc::SIGUSR1);
+        // The signal comes when the spawning thread ends, as the leader's
+        // does; the poll catches a parent that is gone all the same.
+        while libc::getppid() == parent {
+            if libc::sigtimedwait(&wake, std::ptr::null_mut(), &GROUP_WATCH_POLL) == libc::SIGUSR1 {
+                break;
+            }
+        }
+    }
+    kill_group_and_exit(pgid)
 }
 
 /// Process ids whose parent is `pid`.
@@ -102,6 +237,63 @@ pub fn tree_rss(roots: &[u32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    /// Whether `pid` runs (a zombie counts as gone).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    }
+
+    fn gone_within(pids: &[u32], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while pids.iter().any(|p| running(*p)) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Starts a shell that forks a long sleep into the background and
+    /// prints its pid; returns the group, the shell and the sleep's pid.
+    fn shell_with_a_grandchild() -> (ProcessGroup, std::process::Child, u32) {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 1000 & echo $!; wait"]).stdout(std::process::Stdio::piped());
+        ProcessGroup::prepare(&mut cmd);
+        let mut shell = cmd.spawn().unwrap();
+        let group = ProcessGroup::watch(shell.id()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(shell.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let sleep: u32 = line.trim().parse().unwrap();
+        assert!(running(sleep));
+        (group, shell, sleep)
+    }
+
+    #[test]
+    fn dropping_a_group_kills_the_grandchildren_of_its_leader() {
+        let (group, mut shell, sleep) = shell_with_a_grandchild();
+        assert_eq!(group.id(), shell.id() as i32);
+        drop(group);
+        shell.wait().unwrap();
+        assert!(gone_within(&[sleep], Duration::from_secs(5)), "the backgrounded sleep {sleep} survived its group");
+    }
+
+    #[test]
+    fn a_group_dies_with_the_thread_that_holds_it() {
+        // The thread ends without dropping the handle, as a killed worker
+        // would: the leader's and the watcher's parent-death signals fire.
+        let (shell, sleep) = std::thread::spawn(|| {
+            let (group, shell, sleep) = shell_with_a_grandchild();
+            std::mem::forget(group);
+            (shell, sleep)
+        })
+        .join()
+        .unwrap();
+        assert!(gone_within(&[shell.id(), sleep], Duration::from_secs(5)), "the group outlived its thread");
+    }
 
     #[test]
     fn a_child_is_found_below_its_parent_and_its_memory_counted() {

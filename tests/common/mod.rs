@@ -95,3 +95,130 @@ pub async fn bytes_checked_across(
     assert_eq!(got["crc32"], format!("{:08x}", crc32fast::hash(&pattern(size))));
     data
 }
+
+/// Waits until `f` holds, polling; panics naming `what` once `timeout`
+/// passes, so a test that hangs says what it was waiting for.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(eventually(timeout, f).await, "gave up after {timeout:?} waiting until {what}");
+}
+
+/// [`wait_for`] for tests without a runtime.
+pub fn wait_for_blocking(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The raylet at `address`'s counters.
+pub async fn stats(address: &str) -> shoal_proto::v1::NodeStatsReply {
+    shoal::node_stats(address).await.expect("the raylet answers NodeStats")
+}
+
+/// Whether the raylet at `address` has no task running or queued.
+pub async fn idle(address: &str) -> bool {
+    let s = stats(address).await;
+    s.running_tasks == 0 && s.queued_tasks == 0
+}
+
+/// A fresh directory where `builtin:mark` tasks leave a file when an
+/// attempt starts and when it finishes; removed on drop.
+pub struct Marks(std::path::PathBuf);
+
+impl Marks {
+    pub fn new() -> Marks {
+        let dir = std::env::temp_dir().join(format!("shoal-marks-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Marks(dir)
+    }
+
+    /// `mark(dir, key, seconds)`: returns `{key, attempt, pid}`.
+    pub fn task(&self, key: impl Into<serde_json::Value>, seconds: f64) -> shoal::Task {
+        shoal::Task::builtin("mark").arg(self.path()).arg(key.into()).arg(seconds)
+    }
+
+    /// The directory, as the task's argument.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary directory")
+    }
+
+    /// The attempts of `key` that started (`stage` "started") or finished ("done"), sorted.
+    pub fn attempts(&self, key: impl std::fmt::Display, stage: &str) -> Vec<u32> {
+        let prefix = format!("{key}.");
+        let suffix = format!(".{stage}");
+        let mut out: Vec<u32> = std::fs::read_dir(&self.0)
+            .expect("the marks directory")
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix(&prefix)?.strip_suffix(&suffix)?.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether any attempt of `key` started.
+    pub fn ran(&self, key: impl std::fmt::Display) -> bool {
+        !self.attempts(key, "started").is_empty()
+    }
+}
+
+impl Drop for Marks {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Processes (not zombies) with an argument containing `marker`.
+pub fn processes_with_arg(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            !zombie && cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker))
+        })
+        .collect()
+}
+
+/// Checks the results of `mark` tasks keyed `0..n`: every key comes back
+/// exactly once, each from an attempt that ran to its end, and no attempt
+/// of a task started after the one whose result was kept (a task is never
+/// run again once it has a result). Returns the attempts kept, by key.
+pub fn assert_each_mark_once(marks: &Marks, values: Vec<Result<shoal::Value, shoal::Error>>, n: u64) -> Vec<u32> {
+    let mut kept: Vec<(u64, u32)> = values
+        .into_iter()
+        .map(|v| match v.expect("every task succeeds") {
+            shoal::Value::Json(j) => (
+                j["key"].as_u64().unwrap_or_else(|| panic!("a mark result with a key: {j}")),
+                j["attempt"].as_u64().and_then(|a| u32::try_from(a).ok()).unwrap_or_else(|| panic!("an attempt: {j}")),
+            ),
+            other => panic!("expected a mark result, got {other:?}"),
+        })
+        .collect();
+    kept.sort_unstable();
+    let keys: Vec<u64> = kept.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, (0..n).collect::<Vec<_>>(), "each task's result exactly once");
+    for (key, attempt) in &kept {
+        assert!(
+            marks.attempts(key, "done").contains(attempt),
+            "task {key}: its result came from attempt {attempt}, which never finished"
+        );
+        let started = marks.attempts(key, "started");
+        assert_eq!(
+            started.last(),
+            Some(attempt),
+            "task {key} ran again after attempt {attempt} gave its result: {started:?}"
+        );
+    }
+    kept.into_iter().map(|(_, a)| a).collect()
+}

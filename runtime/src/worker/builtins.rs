@@ -117,9 +117,21 @@ impl Registry {
         );
         r.register(
             ENTRYPOINT_BUILTIN,
-            "entrypoint(command, env) -> {exit_code}: runs `sh -c command` as an entrypoint job's driver, its output \
-             streamed to the job's log",
+            "entrypoint(command, env) -> {exit_code}: runs `sh -c command` (or the plain command, without a shell) \
+             as an entrypoint job's driver, its output streamed to the job's log",
             entrypoint,
+        );
+        r.register(
+            "submit_and_sleep",
+            "submit_and_sleep(name, args, seconds) -> null: submits a nested `builtin:name` task given the array args, \
+             then sleeps holding its reference without waiting for it (or lending its resources)",
+            submit_and_sleep,
+        );
+        r.register(
+            "mark",
+            "mark(dir, key, seconds) -> {key, attempt, pid}: creates DIR/KEY.ATTEMPT.started, sleeps, then creates \
+             DIR/KEY.ATTEMPT.done, so a test sees which attempts ran and finished",
+            mark,
         );
         r.register(
             "crash_once",
@@ -167,6 +179,52 @@ fn spawn_sum(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
     Ok(Value::Json(json!(total)))
 }
 
+fn submit_and_sleep(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
+    const F: &str = "submit_and_sleep";
+    arity(F, &args, 3)?;
+    let name =
+        args[0].as_json().and_then(Json::as_str).ok_or("submit_and_sleep: argument 0 must be a builtin's name")?;
+    let inner = array_arg(F, 1, &args[1])?;
+    let seconds = f64_arg(F, 2, &args[2], 0.0, MAX_SLEEP_SECONDS)?;
+    let task = crate::client::Task::builtin(name).args(inner.iter().cloned());
+    let held = ctx.submit(task).map_err(|e| format!("submit_and_sleep: {e}"))?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    drop(held);
+    Ok(Value::Json(Json::Null))
+}
+
+fn mark(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
+    const F: &str = "mark";
+    arity(F, &args, 3)?;
+    let dir = args[0].as_json().and_then(Json::as_str).ok_or("mark: argument 0 must be a directory's path")?;
+    let dir = std::path::Path::new(dir);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(format!("mark: {} is not an absolute path to a directory", dir.display()));
+    }
+    let key = match json_arg(F, 1, &args[1])? {
+        Json::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+            s.clone()
+        }
+        Json::Number(n) if n.is_u64() => n.to_string(),
+        other => {
+            return Err(format!(
+                "mark: argument 1 is {}, not a key (a non-negative integer or a word of letters, digits, - and _)",
+                describe_json(other)
+            ))
+        }
+    };
+    let seconds = f64_arg(F, 2, &args[2], 0.0, MAX_SLEEP_SECONDS)?;
+    let attempt = ctx.attempt();
+    let touch = |stage: &str| {
+        let path = dir.join(format!("{key}.{attempt}.{stage}"));
+        std::fs::write(&path, b"").map_err(|e| format!("mark: cannot create {}: {e}", path.display()))
+    };
+    touch("started")?;
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    touch("done")?;
+    Ok(Value::Json(json!({ "key": args[1].as_json(), "attempt": attempt, "pid": std::process::id() })))
+}
+
 fn whereami(ctx: &mut TaskContext, _args: Vec<Value>) -> Result<Value, String> {
     Ok(Value::Json(json!({
         "node": std::env::var("SHOAL_NODE_ID").unwrap_or_default(),
@@ -194,15 +252,24 @@ const ENTRYPOINT_GRACE: Duration = Duration::from_secs(2);
 /// Output kept for the error message of a failing driver.
 const ENTRYPOINT_TAIL: usize = 2048;
 
+/// The shell an entrypoint's command runs under, when the worker has one.
+const ENTRYPOINT_SHELL: &str = "/bin/sh";
+/// How long output is still read after the command ended and its group was
+/// killed; only a process that left the group can hold the pipes longer.
+const ENTRYPOINT_DRAIN: Duration = Duration::from_secs(2);
+
 /// Runs an entrypoint job's command in its own process group, with
 /// `SHOAL_JOB_ID` set (the worker's environment already names the raylet in
 /// `SHOAL_ADDRESS` and the GCS in `SHOAL_GCS_ADDRESS`). Its stdout and stderr
 /// go to the job's log at the GCS; the GCS's answer says when the job was
 /// stopped, and then the process group is terminated. Output is dropped (and
 /// the command keeps running) when the GCS cannot be reached.
+///
+/// The group dies as a whole when the command ends, when the job is stopped,
+/// and when this worker dies (see [`crate::process::ProcessGroup`]): nothing
+/// the command started outlives its job.
 fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
     use std::io::Read;
-    use std::os::unix::process::CommandExt;
     arity("entrypoint", &args, 2)?;
     let command = args[0].as_json().and_then(Json::as_str).ok_or("entrypoint: the command must be a string")?;
     let env = match args[1].as_json() {
@@ -211,8 +278,9 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
         _ => return Err("entrypoint: env must be an object of strings".into()),
     };
     let job = ctx.task_id().map(|t| t.job()).ok_or("entrypoint: not running a task")?;
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(command);
+    let argv = entrypoint_argv(command, std::path::Path::new(ENTRYPOINT_SHELL).exists())?;
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     for (k, v) in &env {
         let v = v.as_str().ok_or_else(|| format!("entrypoint: env `{k}` is not a string"))?;
         cmd.env(k, v);
@@ -220,13 +288,18 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
     cmd.env("SHOAL_JOB_ID", job.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0);
-    crate::process::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| format!("entrypoint: cannot start `sh -c {command}`: {e}"))?;
-    let pgid = child.id() as i32;
+        .stderr(std::process::Stdio::piped());
+    crate::process::ProcessGroup::prepare(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| format!("entrypoint: cannot start `{}`: {e}", argv.join(" ")))?;
+    let group = match crate::process::ProcessGroup::watch(child.id()) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("entrypoint: cannot watch the process group of `{command}`: {e}"));
+        }
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
-    let mut readers = Vec::new();
     let pipes: Vec<Box<dyn Read + Send>> = [
         child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
         child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
@@ -236,14 +309,16 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
     .collect();
     for mut pipe in pipes {
         let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
+        // Not joined: a process that left the group may hold the pipe open
+        // after the job ended; the thread ends with that process.
+        std::thread::spawn(move || {
             let mut buf = vec![0u8; 8192];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                     break;
                 }
             }
-        }));
+        });
     }
     drop(tx);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -255,6 +330,7 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
     let mut tail: Vec<u8> = Vec::new();
     let mut stopped_at: Option<Instant> = None;
     let mut killed = false;
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     let mut done = false;
     while !done {
         let mut out = Vec::new();
@@ -278,23 +354,37 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
             if let Ok(reply) = runtime.block_on(g.append_job_log(req)) {
                 if reply.into_inner().stop && stopped_at.is_none() {
                     stopped_at = Some(Instant::now());
-                    // SAFETY: signals the process group this builtin started.
-                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                    group.signal(libc::SIGTERM);
                 }
             }
         }
         if let Some(at) = stopped_at {
             if !killed && at.elapsed() >= ENTRYPOINT_GRACE {
                 killed = true;
-                // SAFETY: as above.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                group.signal(libc::SIGKILL);
             }
         }
+        // The job ends with its command, not with the last holder of its
+        // pipes: what it left running in the background goes with it (after
+        // the grace, when the job was stopped).
+        if exited.is_none() {
+            if let Ok(Some(status)) = child.try_wait() {
+                if stopped_at.is_none() {
+                    group.signal(libc::SIGKILL);
+                }
+                exited = Some((status, Instant::now()));
+            }
+        }
+        let ended_at = exited.map(|(_, at)| stopped_at.map_or(at, |stop| at.max(stop + ENTRYPOINT_GRACE)));
+        if ended_at.is_some_and(|at| at.elapsed() >= ENTRYPOINT_DRAIN) {
+            done = true;
+        }
     }
-    for r in readers {
-        let _ = r.join();
-    }
-    let status = child.wait().map_err(|e| format!("entrypoint: waiting for the command: {e}"))?;
+    let status = match exited {
+        Some((status, _)) => status,
+        None => child.wait().map_err(|e| format!("entrypoint: waiting for the command: {e}"))?,
+    };
+    drop(group);
     if stopped_at.is_some() {
         return Err("entrypoint: the job was stopped".into());
     }
@@ -306,6 +396,120 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
         "entrypoint: `{command}` failed with {code}; last output:\n{}",
         String::from_utf8_lossy(&tail).trim_end()
     ))
+}
+
+/// Shell words whose meaning is lost when the command is exec'd directly:
+/// reserved words and builtins that change the shell itself.
+const SHELL_ONLY_WORDS: &[&str] = &[
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in", "then", "until", "while",
+    ".", ":", "alias", "bg", "break", "cd", "command", "continue", "eval", "exec", "exit", "export", "fg", "getopts",
+    "hash", "jobs", "local", "read", "readonly", "return", "set", "shift", "source", "times", "trap", "type", "ulimit",
+    "umask", "unalias", "unset", "wait",
+];
+
+/// The argv that runs an entrypoint's `command`. With a shell, a plain
+/// command (words only) is `exec`'d by it, so no shell process stays between
+/// the job and its program; anything else runs as `sh -c command`. Without a
+/// shell, a plain command runs directly and anything needing shell syntax is
+/// an error that says what needs it.
+fn entrypoint_argv(command: &str, have_shell: bool) -> Result<Vec<String>, String> {
+    let words = plain_words(command).and_then(|w| match w.first() {
+        None => Err("no program is named".to_string()),
+        Some(first) if SHELL_ONLY_WORDS.contains(&first.as_str()) => Err(format!("`{first}` is a shell word")),
+        Some(_) => Ok(w),
+    });
+    match (words, have_shell) {
+        _ if command.trim().is_empty() => Err("entrypoint: the command is empty".into()),
+        (Ok(_), true) => Ok(vec![ENTRYPOINT_SHELL.into(), "-c".into(), format!("exec {command}")]),
+        (Ok(words), false) => Ok(words),
+        (Err(_), true) => Ok(vec![ENTRYPOINT_SHELL.into(), "-c".into(), command.into()]),
+        (Err(why), false) => Err(format!(
+            "entrypoint: `{command}` needs a shell ({why}), and this worker has no {ENTRYPOINT_SHELL}; give a plain \
+             command (a program and its arguments) or use an image with a shell"
+        )),
+    }
+}
+
+/// Splits a plain command line into words as a POSIX shell would: blanks
+/// separate words, `'...'` is literal, `"..."` keeps all but `\"`, `\\`,
+/// `\$` and `` \` `` literal, and a backslash outside quotes escapes the
+/// next character. Shell syntax beyond that (operators, redirections,
+/// expansions, globs, comments, assignments) is an `Err` naming it.
+fn plain_words(command: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    // Whether a word is under way (an empty quoted word is still a word).
+    let mut in_word = false;
+    let mut chars = command.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("an unterminated '".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some('\n') => {}
+                            Some(c) => {
+                                word.push('\\');
+                                word.push(c);
+                            }
+                            None => return Err("an unterminated \"".into()),
+                        },
+                        Some(c @ ('$' | '`')) => return Err(format!("the expansion `{c}`")),
+                        Some(c) => word.push(c),
+                        None => return Err("an unterminated \"".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some('\n') => {}
+                Some(c) => {
+                    in_word = true;
+                    word.push(c);
+                }
+                None => return Err("a trailing \\".into()),
+            },
+            '\n' | ';' | '&' | '|' => return Err(format!("the operator `{}`", c.escape_default())),
+            '<' | '>' => return Err(format!("the redirection `{c}`")),
+            '(' | ')' => return Err(format!("the subshell `{c}`")),
+            '$' | '`' => return Err(format!("the expansion `{c}`")),
+            '*' | '?' | '[' => return Err(format!("the pattern `{c}`")),
+            '#' | '~' if !in_word => return Err(format!("`{c}` at the start of a word")),
+            '=' if words.is_empty()
+                && !word.is_empty()
+                && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !word.starts_with(|c: char| c.is_ascii_digit()) =>
+            {
+                return Err(format!("the assignment `{word}=`"));
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 /// Whether `name` is in [`Registry::standard`]; used to check job specs
@@ -764,6 +968,65 @@ mod tests {
         r.expect_err("expected an error")
     }
 
+    fn words(command: &str) -> Vec<String> {
+        plain_words(command).unwrap_or_else(|e| panic!("{command:?}: {e}"))
+    }
+
+    #[test]
+    fn plain_commands_split_into_words_as_a_shell_would() {
+        assert_eq!(words("sleep 1000"), ["sleep", "1000"]);
+        assert_eq!(words("  a\tb  "), ["a", "b"]);
+        assert_eq!(words("echo 'a b' \"c d\" e\\ f ''"), ["echo", "a b", "c d", "e f", ""]);
+        assert_eq!(words("echo 'it''s' \"say \\\"hi\\\"\" a\\$b"), ["echo", "its", "say \"hi\"", "a$b"]);
+        assert_eq!(words("prog --opt=1 x=2 a#b a~b"), ["prog", "--opt=1", "x=2", "a#b", "a~b"]);
+        assert_eq!(words("'$HOME' \"a'b\""), ["$HOME", "a'b"]);
+    }
+
+    #[test]
+    fn shell_syntax_is_named_not_split() {
+        for (command, needle) in [
+            ("sleep 1; echo x", "`;`"),
+            ("a | b", "`|`"),
+            ("a && b", "`&`"),
+            ("a &", "`&`"),
+            ("a > out", "redirection `>`"),
+            ("a < in", "redirection `<`"),
+            ("(a)", "subshell"),
+            ("echo $HOME", "expansion `$`"),
+            ("echo \"$HOME\"", "expansion `$`"),
+            ("echo `date`", "expansion"),
+            ("ls *.txt", "pattern `*`"),
+            ("a\nb", "operator"),
+            ("a # comment", "`#` at the start"),
+            ("cd ~", "`~` at the start"),
+            ("FOO=1 prog", "assignment `FOO=`"),
+            ("echo 'open", "unterminated '"),
+            ("echo \"open", "unterminated \""),
+            ("echo \\", "trailing"),
+        ] {
+            let e = plain_words(command).expect_err(command);
+            assert!(e.contains(needle), "{command:?}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn entrypoints_exec_plain_commands_and_need_a_shell_only_for_shell_syntax() {
+        let sh = |c: &str| vec![ENTRYPOINT_SHELL.to_string(), "-c".into(), c.into()];
+        // With a shell: a plain command replaces the shell; anything else runs under it.
+        assert_eq!(entrypoint_argv("sleep 1000", true).unwrap(), sh("exec sleep 1000"));
+        assert_eq!(entrypoint_argv("sleep 1000; echo x", true).unwrap(), sh("sleep 1000; echo x"));
+        assert_eq!(entrypoint_argv("exit 3", true).unwrap(), sh("exit 3"));
+        assert_eq!(entrypoint_argv("cd /tmp", true).unwrap(), sh("cd /tmp"));
+        // Without one: plain commands run directly, the rest is refused with the reason.
+        assert_eq!(entrypoint_argv("python3 -c 'print(1)'", false).unwrap(), ["python3", "-c", "print(1)"]);
+        let e = entrypoint_argv("a | b", false).unwrap_err();
+        assert!(e.contains("needs a shell") && e.contains("`|`") && e.contains(ENTRYPOINT_SHELL), "{e}");
+        assert!(entrypoint_argv("exit 3", false).unwrap_err().contains("`exit` is a shell word"));
+        for have_shell in [true, false] {
+            assert_eq!(entrypoint_argv("  ", have_shell).unwrap_err(), "entrypoint: the command is empty");
+        }
+    }
+
     #[test]
     fn standard_registry_lists_every_builtin_with_a_doc() {
         let r = Registry::standard();
@@ -863,6 +1126,22 @@ mod tests {
         assert!(iterations.as_u64().unwrap() > 0);
         assert_eq!(ok(burn(vec![j(json!(0))])), json!(0));
         assert!(err(burn(vec![j(json!(-5))])).contains("between"));
+    }
+
+    #[test]
+    fn mark_leaves_a_file_when_it_starts_and_when_it_finishes() {
+        let dir = std::env::temp_dir().join(format!("shoal-mark-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ctx = TaskContext::new(crate::ids::WorkerId::random());
+        let d = j(json!(dir.to_str().unwrap()));
+        let got = ok(mark(&mut ctx, vec![d.clone(), j(json!(7)), j(json!(0))]));
+        assert_eq!(got["key"], json!(7));
+        assert_eq!(got["attempt"], json!(0));
+        assert!(dir.join("7.0.started").exists() && dir.join("7.0.done").exists());
+        assert!(err(mark(&mut ctx, vec![d.clone(), j(json!("../x")), j(json!(0))])).contains("not a key"));
+        assert!(err(mark(&mut ctx, vec![j(json!("relative")), j(json!(1)), j(json!(0))])).contains("absolute"));
+        assert!(err(mark(&mut ctx, vec![d, j(json!(1)), j(json!(-1))])).contains("between"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
