@@ -8,14 +8,6 @@
 /// Generated types and gRPC stubs of the `shoal.v1` package.
 pub mod v1 {
     tonic::include_proto!("shoal.v1");
-
-    impl JobState {
-        /// TRANSITIONAL: the old name of [`JobState::JobSucceeded`] (the same
-        /// number on the wire), still used by the GCS. Remove once the GCS
-        /// records the outcome it is told.
-        #[allow(non_upper_case_globals)]
-        pub const JobFinished: JobState = JobState::JobSucceeded;
-    }
 }
 
 pub use v1::*;

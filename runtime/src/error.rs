@@ -157,16 +157,6 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-// TRANSITIONAL, remove once raylet/core.rs, raylet/service.rs and
-// worker/builtins.rs name kinds by variant: lets `TaskError::new("ObjectLost", ..)`
-// and `kind: "WorkerDied".into()` keep compiling. Parses the wire name, so an
-// unknown literal becomes `Internal`.
-impl From<&str> for ErrorKind {
-    fn from(name: &str) -> Self {
-        ErrorKind::parse(name)
-    }
-}
-
 /// A gRPC status of `kind`: its code, `message`, and the kind by name in
 /// [`KIND_METADATA`], so that [`kind_of`] reads back exactly `kind`.
 pub fn status(kind: ErrorKind, message: impl Into<String>) -> tonic::Status {
@@ -447,9 +437,8 @@ mod tests {
     }
 
     #[test]
-    fn the_transitional_string_conversion_parses_wire_names() {
-        assert_eq!(ErrorKind::from("WorkerDied"), ErrorKind::WorkerDied);
-        assert_eq!(TaskError::new("InvalidTask", "x").kind, ErrorKind::InvalidTask);
-        assert_eq!(ErrorKind::from("not a kind"), ErrorKind::Internal);
+    fn wire_names_parse_back_and_unknown_ones_read_as_internal() {
+        assert_eq!(ErrorKind::parse("WorkerDied"), ErrorKind::WorkerDied);
+        assert_eq!(ErrorKind::parse("not a kind"), ErrorKind::Internal);
     }
 }

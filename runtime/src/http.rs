@@ -41,12 +41,6 @@ pub fn health_and_metrics(registry: prometheus::Registry, refresh: Option<Refres
     )
 }
 
-/// Health routes, and `/metrics` serving the process registry
-/// ([`crate::metrics::registry`]), for components not yet serving their own.
-pub fn health_routes(refresh: Option<Refresh>) -> Router {
-    health_and_metrics(crate::metrics::registry().clone(), refresh)
-}
-
 /// Serves `app` on `host:port`; returns the address to reach it at.
 pub async fn serve(host: &str, port: u16, advertise_ip: &str, app: Router) -> Result<String, Error> {
     let (listener, bound) = crate::net::bind(host, port).await?;
@@ -56,11 +50,6 @@ pub async fn serve(host: &str, port: u16, advertise_ip: &str, app: Router) -> Re
         }
     });
     Ok(format!("{advertise_ip}:{}", bound.port()))
-}
-
-/// Serves health and metrics on `host:port`; returns the address to reach it at.
-pub async fn serve_health(host: &str, port: u16, advertise_ip: &str) -> Result<String, Error> {
-    serve(host, port, advertise_ip, health_routes(None)).await
 }
 
 #[cfg(test)]

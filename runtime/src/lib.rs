@@ -34,7 +34,7 @@ pub mod value;
 pub mod worker;
 
 pub use client::{node_stats, Client, ConnectOptions, ObjectRef, Task, TaskArg};
-pub use error::{Error, TaskError};
+pub use error::{Error, ErrorKind, TaskError};
 pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use raylet::scheduler::Strategy;
 pub use resources::ResourceSet;

@@ -12,12 +12,6 @@
 //! keeps are refreshed from snapshots just before each scrape (see
 //! [`crate::http::Refresh`]).
 //!
-//! Call sites that are not yet handed their component's metrics use the
-//! process's instances ([`raylet`], [`head`] and the free functions below),
-//! registered on first use in one process registry ([`registry`], rendered by
-//! [`render`]); a process runs one component of each kind, so this is exact
-//! in production and only shares values between tests in one process.
-//!
 //! Naming follows Prometheus conventions: `shoal_` prefix, base units
 //! (`_seconds`, `_bytes`), counters end in `_total`. Labels are bounded:
 //! states, directions, routes, resource names, and function descriptors
@@ -28,7 +22,7 @@
 //! ([`crate::gcs::task_events`]), never the other way round.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -44,18 +38,6 @@ pub const MAX_FUNCTION_LABELS: usize = 200;
 /// Buckets of latency histograms, in seconds.
 const SECONDS_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
-
-/// The process registry, holding the process's instances (see the module
-/// docs).
-pub fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Registry::new)
-}
-
-/// The process registry in the Prometheus text format.
-pub fn render() -> String {
-    render_registry(registry())
-}
 
 /// A registry in the Prometheus text format.
 pub fn render_registry(registry: &Registry) -> String {
@@ -129,13 +111,6 @@ impl FunctionLabels {
         }
         "other".to_string()
     }
-}
-
-/// A `function` label value, bounded in cardinality across the process's
-/// instances.
-pub fn function_label(function: &str) -> String {
-    static SEEN: OnceLock<FunctionLabels> = OnceLock::new();
-    SEEN.get_or_init(Default::default).label(function)
 }
 
 /// Moves a counter up to a total the runtime keeps itself.
@@ -231,22 +206,6 @@ pub struct RayletSnapshot {
     pub pulled_objects: u64,
     /// Objects served to peers.
     pub served_objects: u64,
-}
-
-/// The process's raylet metrics (registered in [`registry`] on first use),
-/// for call sites not yet handed their raylet's own.
-pub fn raylet() -> &'static RayletMetrics {
-    raylet_process()
-}
-
-fn raylet_process() -> &'static Arc<RayletMetrics> {
-    static M: OnceLock<Arc<RayletMetrics>> = OnceLock::new();
-    M.get_or_init(|| Arc::new(RayletMetrics::with_registry(registry().clone())))
-}
-
-/// The process's raylet metrics, shared (see [`raylet`]).
-pub fn raylet_shared() -> Arc<RayletMetrics> {
-    raylet_process().clone()
 }
 
 impl Default for RayletMetrics {
@@ -397,21 +356,6 @@ impl RayletMetrics {
     }
 }
 
-/// Records a task state transition in the process's raylet metrics.
-pub fn observe_transition(state: pb::TaskState) {
-    raylet().observe_transition(state);
-}
-
-/// Records a task's execution time in the process's raylet metrics.
-pub fn observe_execution(function: &str, start_ms: u64, end_ms: u64) {
-    raylet().observe_execution(function, start_ms, end_ms);
-}
-
-/// Awaits an object pull and records its time in the process's raylet metrics.
-pub async fn timed_transfer<T>(pull: impl std::future::Future<Output = T>) -> T {
-    raylet().timed_transfer(pull).await
-}
-
 // ---------------------------------------------------------------------------
 // Head
 // ---------------------------------------------------------------------------
@@ -444,22 +388,6 @@ pub struct HeadMetrics {
     pub http_requests: IntCounterVec,
     /// REST request latency by route and method.
     pub http_seconds: HistogramVec,
-}
-
-/// The process's head metrics (registered in [`registry`] on first use),
-/// for call sites not yet handed their GCS's own ([`crate::gcs::Gcs::metrics`]).
-pub fn head() -> &'static HeadMetrics {
-    head_process()
-}
-
-fn head_process() -> &'static Arc<HeadMetrics> {
-    static M: OnceLock<Arc<HeadMetrics>> = OnceLock::new();
-    M.get_or_init(|| Arc::new(HeadMetrics::with_registry(registry().clone())))
-}
-
-/// The process's head metrics, shared (see [`head`]).
-pub fn head_shared() -> Arc<HeadMetrics> {
-    head_process().clone()
 }
 
 impl Default for HeadMetrics {
@@ -546,11 +474,6 @@ impl HeadMetrics {
         catch_up(&self.task_history_evicted, s.evicted);
         catch_up(&self.task_events_dropped, s.dropped);
     }
-}
-
-/// Records the wait from submission to start in the process's head metrics.
-pub fn observe_submit_to_start(function: &str, secs: f64) {
-    head().observe_submit_to_start(function, secs);
 }
 
 #[cfg(test)]

@@ -393,8 +393,8 @@ impl Gcs {
     pub fn finish_job_local(&self, job_id: u32) {
         let mut st = self.lock();
         if let Some(job) = st.jobs.get_mut(&job_id) {
-            if job.state != pb::JobState::JobFinished as i32 {
-                job.state = pb::JobState::JobFinished as i32;
+            if job.state != pb::JobState::JobSucceeded as i32 {
+                job.state = pb::JobState::JobSucceeded as i32;
                 job.end_time_ms = now_ms();
             }
         }
@@ -494,8 +494,8 @@ impl pb::gcs_server::Gcs for Gcs {
         let id = req.into_inner().job_id;
         let mut st = self.lock();
         let job = st.jobs.get_mut(&id).ok_or_else(|| Status::not_found(format!("job {id} not found")))?;
-        if job.state != pb::JobState::JobFinished as i32 {
-            job.state = pb::JobState::JobFinished as i32;
+        if job.state != pb::JobState::JobSucceeded as i32 {
+            job.state = pb::JobState::JobSucceeded as i32;
             job.end_time_ms = now_ms();
         }
         Ok(Response::new(pb::FinishJobReply {}))

@@ -19,6 +19,7 @@ use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use crate::raylet::effects::Effect;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::executor::{Done, Executor};
+use crate::raylet::object_manager::PullError;
 use crate::raylet::object_store::ObjectStore;
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::{Lookup, Owner};
@@ -216,7 +217,7 @@ impl Core {
         self.exec.cancel((task_id, attempt), force, recursive)
     }
 
-    pub(crate) fn arg_pulled(&mut self, attempt: Attempt, id: ObjectId, res: Result<(), String>) {
+    pub(crate) fn arg_pulled(&mut self, attempt: Attempt, id: ObjectId, res: Result<(), PullError>) {
         self.exec.arg_pulled(attempt, id, res, &mut self.owner.events)
     }
 

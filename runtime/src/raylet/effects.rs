@@ -73,7 +73,7 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                 let Some(rt) = &rt else { continue };
                 let inner = inner.clone();
                 rt.spawn(async move {
-                    let res = inner.metrics.timed_transfer(inner.objects.pull(object, &locations, size)).await;
+                    let res = inner.metrics.timed_transfer(inner.objects.pull_object(object, &locations, size)).await;
                     inner.core().arg_pulled(attempt, object, res);
                 });
             }

@@ -30,13 +30,6 @@ pub(crate) struct TaskEvents {
     metrics: Arc<RayletMetrics>,
 }
 
-impl Default for TaskEvents {
-    /// A buffer counting transitions in the process's raylet metrics.
-    fn default() -> Self {
-        TaskEvents::new(crate::metrics::raylet_shared())
-    }
-}
-
 impl TaskEvents {
     /// A buffer counting transitions in `metrics` (its raylet's own).
     pub(crate) fn new(metrics: Arc<RayletMetrics>) -> Self {

@@ -70,9 +70,6 @@ impl PullError {
     /// The kind a task or a `get` that needed the object fails with. A damaged
     /// transfer is worth retrying (the next attempt may come through a
     /// healthy path) but keeps its own kind; a full store is not a loss.
-    // TRANSITIONAL: read only by tests until raylet/core.rs's `arg_pulled`
-    // takes a `PullError` (see `ObjectManager::pull`).
-    #[allow(dead_code)]
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             PullError::NoCopy(_) => ErrorKind::ObjectLost,
@@ -319,13 +316,6 @@ impl ObjectManager {
             in_flight: Arc::default(),
             stats: TransferStats::default(),
         }
-    }
-
-    /// TRANSITIONAL: [`ObjectManager::pull_object`] with its error as text,
-    /// for callers that still take a `String` (raylet/core.rs `arg_pulled`,
-    /// raylet/service.rs `fetch`). Remove once they take [`PullError`].
-    pub(crate) async fn pull(&self, id: ObjectId, locations: &[pb::Location], size_hint: u64) -> Result<(), String> {
-        self.pull_object(id, locations, size_hint).await.map_err(|e| e.to_string())
     }
 
     /// Makes sure a copy of `id` is in the local store, pulling it from one

@@ -226,14 +226,14 @@ impl RayletService {
         if let Some(v) = self.store_get(id).await {
             return v;
         }
-        match self.inner.metrics.timed_transfer(self.inner.objects.pull(id, locations, size)).await {
+        match self.inner.metrics.timed_transfer(self.inner.objects.pull_object(id, locations, size)).await {
             Ok(()) => {
                 if owned {
                     self.inner.core().add_copy_here(id);
                 }
                 self.store_get(id).await.unwrap_or_else(|| lost(id, "evicted right after arriving"))
             }
-            Err(e) => lost(id, &format!("could not be fetched: {e}")),
+            Err(e) => error_value(&TaskError::new(e.kind(), format!("object {id} could not be fetched: {e}"))),
         }
     }
 
@@ -648,10 +648,11 @@ impl pb::raylet_server::Raylet for RayletService {
     ) -> Result<Response<Self::PullObjectStream>, Status> {
         let r = req.into_inner();
         let id = object_id(&r.object_id)?;
-        let chunks = self
-            .inner
-            .objects
-            .serve(&id, r.offset, r.length)
+        // Reading the object may restore it from a spill file: off the async threads.
+        let inner = self.inner.clone();
+        let chunks = tokio::task::spawn_blocking(move || inner.objects.serve(&id, r.offset, r.length))
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("serving {id} failed: {e}")))?
             .map_err(|e| status(ErrorKind::NotFound, format!("{e} (node {})", self.inner.node_id)))?;
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks.map(Ok)))))
     }

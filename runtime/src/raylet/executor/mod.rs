@@ -28,6 +28,7 @@ use crate::net::now_ms;
 use crate::raylet::cluster_view::ClusterView;
 use crate::raylet::effects::{Dispatch, Effect};
 use crate::raylet::events::TaskEvents;
+use crate::raylet::object_manager::PullError;
 use crate::raylet::object_store::ObjectStore;
 use crate::raylet::owner::{describe_function, oid, strategy_of};
 use crate::raylet::scheduler::Strategy;
@@ -196,7 +197,7 @@ impl Executor {
         &mut self,
         attempt: Attempt,
         id: ObjectId,
-        res: Result<(), String>,
+        res: Result<(), PullError>,
         events: &mut TaskEvents,
     ) {
         let Some(t) = self.local.waiting_args.get_mut(&attempt) else { return };
@@ -210,9 +211,10 @@ impl Executor {
                     }
                 }
             }
-            Err(reason) => {
+            Err(e) => {
                 if let Some(t) = self.local.waiting_args.remove(&attempt) {
-                    let err = TaskError::new(ErrorKind::ObjectLost, format!("could not fetch argument {id}: {reason}"));
+                    // Retried (elsewhere, if this node is the trouble), with the pull's own kind.
+                    let err = TaskError::new(e.kind(), format!("could not fetch argument {id}: {e}"));
                     self.report_failure(&t.spec, err, true);
                 }
             }

@@ -76,7 +76,7 @@ fn failure(task: TaskId, attempt: u32, node: NodeId) -> pb::TaskResult {
         attempt,
         node_id: node.to_bytes(),
         node_address: PEER.into(),
-        error: Some((&crate::error::TaskError::new(ErrorKind::TaskFailed, "boom")).into()),
+        error: Some((&crate::error::TaskError::new(crate::error::ErrorKind::TaskFailed, "boom")).into()),
         ..Default::default()
     }
 }
