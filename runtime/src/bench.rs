@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::client::{Client, Task};
 use crate::error::Error;
 use crate::local_cluster::{ClusterOptions, LocalCluster};
-use crate::raylet::scheduler::Strategy;
+use crate::strategy::Strategy;
 use crate::value::Value;
 use crate::NodeId;
 

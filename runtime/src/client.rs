@@ -32,7 +32,7 @@ use tonic::transport::Channel;
 
 use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
-use crate::raylet::scheduler::Strategy;
+use crate::strategy::Strategy;
 use crate::resources::{ResourceSet, CPU};
 use crate::value::{Value, INLINE_LIMIT};
 
@@ -358,7 +358,7 @@ impl Client {
 
     async fn open(addr: &str, opts: &ConnectOptions) -> Result<Client> {
         let channel = crate::net::connect(addr).await?;
-        let mut raylet = crate::raylet::peers::raylet_client(channel);
+        let mut raylet = crate::net::raylet_client(channel);
         let (stream_tx, stream_rx) = mpsc::channel::<pb::SessionRequest>(64);
         let open = pb::SessionRequest {
             seq: 0,
@@ -434,7 +434,7 @@ impl Client {
 
     /// Submits a task and returns references to all its `num_returns` results.
     pub async fn submit_returns(&self, task: Task) -> Result<Vec<ObjectRef>> {
-        if task.num_returns == 0 || task.num_returns > crate::raylet::core::MAX_RETURNS {
+        if task.num_returns == 0 || task.num_returns > crate::ids::MAX_RETURNS {
             return Err(Error::Invalid(format!("num_returns must be 1..=1024, got {}", task.num_returns)));
         }
         let task_id = TaskId::random(self.inner.job_id);
@@ -723,7 +723,7 @@ async fn pick_raylet(gcs_addr: &str) -> Result<String> {
 /// Statistics of one raylet (for tools and tests).
 pub async fn node_stats(raylet_addr: &str) -> Result<pb::NodeStatsReply> {
     let ch = crate::net::connect(raylet_addr).await?;
-    let mut c = crate::raylet::peers::raylet_client(ch);
+    let mut c = crate::net::raylet_client(ch);
     Ok(c.node_stats(pb::NodeStatsRequest {}).await.map_err(|s| Error::rpc("node stats", s))?.into_inner())
 }
 

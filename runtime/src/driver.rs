@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::client::{Client, ObjectRef, Task, TaskArg};
 use crate::error::Error;
 use crate::job::{JobPlan, PlanArg};
-use crate::raylet::owner::strategy_of;
+use crate::strategy::strategy_of;
 use crate::value::Value;
 
 /// Submits every task of `plan`; returns each task's return references.

@@ -55,7 +55,7 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     };
     tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
     if let Some(path) = &cfg.ready_file {
-        crate::local_cluster::write_ready_file(
+        crate::process::write_ready_file(
             path,
             &serde_json::json!({ "grpc": gcs_address, "http": http_address }),
         )?;

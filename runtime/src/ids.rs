@@ -153,6 +153,9 @@ impl WorkerId {
     }
 }
 
+/// Most return values one task may declare (its return ids are indexed 0..this).
+pub const MAX_RETURNS: u32 = 1024;
+
 impl TaskId {
     /// A fresh task id within `job`.
     pub fn random(job: JobId) -> Self {

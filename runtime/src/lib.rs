@@ -30,12 +30,13 @@ pub mod process;
 pub mod raylet;
 pub mod resources;
 pub mod rest;
+pub mod strategy;
 pub mod value;
 pub mod worker;
 
 pub use client::{node_stats, Client, ConnectOptions, ObjectRef, Task, TaskArg};
 pub use error::{Error, ErrorKind, TaskError};
 pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
-pub use raylet::scheduler::Strategy;
+pub use strategy::Strategy;
 pub use resources::ResourceSet;
 pub use value::Value;

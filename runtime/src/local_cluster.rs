@@ -84,13 +84,6 @@ pub struct LocalCluster {
     stopped: bool,
 }
 
-/// Writes `body` to `path` atomically (write, then rename).
-pub fn write_ready_file(path: &Path, body: &serde_json::Value) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body.to_string()).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
-}
-
 fn spawn_child(binary: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
     let out = std::fs::File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
     let err = out.try_clone().map_err(|e| Error::io("log file", e))?;

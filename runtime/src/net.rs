@@ -112,3 +112,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// A raylet client with shoal's message limits.
+pub(crate) fn raylet_client(channel: tonic::transport::Channel) -> shoal_proto::v1::raylet_client::RayletClient<tonic::transport::Channel> {
+    shoal_proto::v1::raylet_client::RayletClient::new(channel)
+        .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+}

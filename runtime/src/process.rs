@@ -311,3 +311,10 @@ mod tests {
         assert!(!children_of(me).contains(&child.id()));
     }
 }
+
+/// Writes `body` to `path` atomically (write, then rename).
+pub fn write_ready_file(path: &std::path::Path, body: &serde_json::Value) -> Result<(), crate::error::Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).map_err(|e| crate::error::Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::error::Error::io(format!("renaming {}", tmp.display()), e))
+}

@@ -53,7 +53,13 @@ pub struct NodeView {
 #[derive(Default, Debug)]
 pub struct ClusterView {
     nodes: BTreeMap<NodeId, NodeView>,
+    /// Addresses of the latest nodes removed as dead, newest last (at most
+    /// [`DEPARTED`]): their owner still needs them to drop its connections.
+    departed: std::collections::VecDeque<(NodeId, String)>,
 }
+
+/// Dead nodes whose addresses are remembered after they leave the view.
+const DEPARTED: usize = 1024;
 
 fn is_alive(info: &pb::NodeInfo) -> bool {
     info.state == pb::NodeState::NodeAlive as i32
@@ -80,7 +86,17 @@ impl ClusterView {
 
     /// Removes a node; returns its id if it was in the view (alive).
     fn remove(&mut self, id: NodeId) -> Option<NodeId> {
-        self.nodes.remove(&id).filter(|n| n.alive).map(|n| n.id)
+        let n = self.nodes.remove(&id)?;
+        if self.departed.len() >= DEPARTED {
+            self.departed.pop_front();
+        }
+        self.departed.push_back((n.id, n.address.clone()));
+        n.alive.then_some(n.id)
+    }
+
+    /// The address of a node, in the view or lately removed from it as dead.
+    pub fn last_address(&self, id: &NodeId) -> Option<&str> {
+        self.address(id).or_else(|| self.departed.iter().rev().find(|(n, _)| n == id).map(|(_, a)| a.as_str()))
     }
 
     fn apply_load(&mut self, load: &pb::NodeLoad, local: NodeId) {

@@ -28,7 +28,6 @@ use crate::metrics::RayletMetrics;
 use crate::raylet::events::TaskEvents;
 use crate::raylet::RayletConfig;
 
-pub use crate::raylet::owner::MAX_RETURNS;
 
 pub(crate) struct Core {
     pub node_id: NodeId,

@@ -310,7 +310,7 @@ impl Raylet {
         tracing::info!(node = %node_id, %address, http = %http_address, resources = %config.resources, "raylet started");
         if let Some(path) = &config.ready_file {
             let body = serde_json::json!({ "grpc": address, "http": http_address, "node_id": node_id.to_string() });
-            crate::local_cluster::write_ready_file(path, &body)?;
+            crate::process::write_ready_file(path, &body)?;
         }
         Ok(Raylet { inner, address, http_address })
     }

@@ -66,13 +66,6 @@ pub(crate) struct Peers {
     pub dropped: AtomicU64,
 }
 
-/// A raylet client with shoal's message limits.
-pub(crate) fn raylet_client(channel: Channel) -> RayletClient<Channel> {
-    RayletClient::new(channel)
-        .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
-}
-
 /// What the owner of undelivered results looks like from here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OwnerState {
@@ -104,7 +97,7 @@ impl Peers {
     fn ensure<'a>(&self, map: &'a mut HashMap<String, Peer>, addr: &str) -> Option<&'a Peer> {
         if !map.contains_key(addr) {
             let channel = crate::net::connect_lazy(addr).ok()?;
-            let client = raylet_client(channel);
+            let client = crate::net::raylet_client(channel);
             let (tx, rx) = mpsc::channel(OUTBOX_BOUND);
             let results = Arc::new(ResultQueue::default());
             tokio::spawn(run_outbox(addr.to_string(), client.clone(), rx, self.me.clone()));

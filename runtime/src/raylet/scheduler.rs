@@ -17,29 +17,10 @@
 use crate::ids::NodeId;
 use crate::raylet::cluster_view::{ClusterView, NodeView};
 use crate::resources::ResourceSet;
+pub use crate::strategy::Strategy;
 
 /// Utilisation up to which the hybrid policy packs tasks onto a node.
 pub const PACK_THRESHOLD: f64 = 0.5;
-
-/// A task's placement preference.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// Hybrid pack-then-spread with locality.
-    #[default]
-    Default,
-    /// One task per node, round-robin.
-    Spread,
-    /// A given node: `soft` falls back to the default policy when that node
-    /// cannot take the task now; hard fails when it never can.
-    NodeAffinity {
-        /// The node.
-        node: NodeId,
-        /// Whether another node may be used.
-        soft: bool,
-    },
-    /// Only nodes carrying all these labels.
-    Labels(Vec<(String, String)>),
-}
 
 /// The scheduler's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]

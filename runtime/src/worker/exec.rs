@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -57,7 +57,7 @@ pub fn run_exec(f: &pb::ExecFunction, args: &[Value], num_returns: u32) -> Resul
         }
         cmd.current_dir(&f.cwd);
     }
-    set_parent_death_signal(&mut cmd);
+    crate::process::die_with_parent(&mut cmd);
 
     let mut child = cmd.spawn().map_err(|e| failed(format!("cannot run `{program}`: {e}")))?;
     let output = collect(&mut child, input);
@@ -100,23 +100,6 @@ fn stdin_payload(args: &[Value]) -> Result<Vec<u8>, String> {
         serde_json::to_vec(&Json::Array(items)).map_err(|e| format!("cannot encode the arguments: {e}"))?;
     payload.push(b'\n');
     Ok(payload)
-}
-
-/// Asks the kernel to kill the child when the thread that forks it exits.
-fn set_parent_death_signal(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and only makes the
-    // async-signal-safe system calls prctl and getppid, allocating nothing.
-    let parent = std::process::id();
-    unsafe {
-        cmd.pre_exec(move || {
-            crate::process::parent_death_signal()?;
-            // The worker may have died before prctl took effect.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Feeds stdin and drains stdout and stderr concurrently; returns all of

@@ -34,11 +34,10 @@ use crate::raylet::effects::Effect;
 use crate::raylet::events::TaskEvents;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::peers::PeerMsg;
-use crate::raylet::scheduler::Strategy;
+pub(crate) use crate::strategy::strategy_of;
 use crate::raylet::RayletConfig;
 
-/// Most return values one task may declare.
-pub const MAX_RETURNS: u32 = 1024;
+pub use crate::ids::MAX_RETURNS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TaskState {
@@ -198,24 +197,6 @@ pub(crate) fn describe_function(f: &Option<pb::FunctionDescriptor>) -> String {
             format!("exec:{}", e.argv.first().map(String::as_str).unwrap_or("?"))
         }
         None => "<none>".to_string(),
-    }
-}
-
-/// Converts a wire strategy to the scheduler's.
-pub(crate) fn strategy_of(s: &Option<pb::SchedulingStrategy>) -> Result<Strategy, String> {
-    use pb::scheduling_strategy::Kind;
-    match s.as_ref().and_then(|s| s.kind.as_ref()) {
-        None => Ok(Strategy::Default),
-        Some(Kind::Spread(true)) => Ok(Strategy::Spread),
-        Some(Kind::Spread(false)) => Ok(Strategy::Default),
-        Some(Kind::NodeAffinity(a)) => NodeId::from_slice(&a.node_id)
-            .map(|node| Strategy::NodeAffinity { node, soft: a.soft })
-            .map_err(|e| format!("node affinity: {e}")),
-        Some(Kind::Labels(l)) => {
-            let mut v: Vec<(String, String)> = l.match_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            v.sort();
-            Ok(Strategy::Labels(v))
-        }
     }
 }
 

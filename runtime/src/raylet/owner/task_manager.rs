@@ -544,7 +544,7 @@ impl Owner {
                 self.wake(id);
             }
         }
-        if let Some(addr) = self.view.address(&node).map(str::to_string) {
+        if let Some(addr) = self.view.last_address(&node).map(str::to_string) {
             self.out.push(Effect::ForgetPeer(addr));
         }
         self.retry_infeasible();
