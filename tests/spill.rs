@@ -37,7 +37,11 @@ async fn a_multi_gib_spill_on_a_loaded_raylet_keeps_its_heartbeats() {
                         let alive: Vec<_> =
                             nodes.iter().filter(|n| n.state == shoal_proto::v1::NodeState::NodeAlive as i32).collect();
                         if alive.len() != 1 || alive[0].node_id != node {
-                            problems.push(format!("{} alive node(s), first id {:?}", alive.len(), alive.first().map(|n| &n.node_id)));
+                            problems.push(format!(
+                                "{} alive node(s), first id {:?}",
+                                alive.len(),
+                                alive.first().map(|n| &n.node_id)
+                            ));
                         }
                     }
                     Err(e) => problems.push(format!("the GCS did not answer: {e}")),

@@ -32,8 +32,8 @@ use tonic::transport::Channel;
 
 use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
-use crate::strategy::Strategy;
 use crate::resources::{ResourceSet, CPU};
+use crate::strategy::Strategy;
 use crate::value::{Value, INLINE_LIMIT};
 
 /// Bound of the queue of submissions and reference changes awaiting the

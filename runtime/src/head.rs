@@ -55,10 +55,7 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     };
     tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
     if let Some(path) = &cfg.ready_file {
-        crate::process::write_ready_file(
-            path,
-            &serde_json::json!({ "grpc": gcs_address, "http": http_address }),
-        )?;
+        crate::process::write_ready_file(path, &serde_json::json!({ "grpc": gcs_address, "http": http_address }))?;
     }
     Ok(Head { gcs_address, http_address, gcs })
 }

@@ -37,6 +37,6 @@ pub mod worker;
 pub use client::{node_stats, Client, ConnectOptions, ObjectRef, Task, TaskArg};
 pub use error::{Error, ErrorKind, TaskError};
 pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
-pub use strategy::Strategy;
 pub use resources::ResourceSet;
+pub use strategy::Strategy;
 pub use value::Value;

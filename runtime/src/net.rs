@@ -114,7 +114,9 @@ pub fn now_ms() -> u64 {
 }
 
 /// A raylet client with shoal's message limits.
-pub(crate) fn raylet_client(channel: tonic::transport::Channel) -> shoal_proto::v1::raylet_client::RayletClient<tonic::transport::Channel> {
+pub(crate) fn raylet_client(
+    channel: tonic::transport::Channel,
+) -> shoal_proto::v1::raylet_client::RayletClient<tonic::transport::Channel> {
     shoal_proto::v1::raylet_client::RayletClient::new(channel)
         .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)

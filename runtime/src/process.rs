@@ -77,13 +77,41 @@ impl ProcessGroup {
     pub fn watch(leader: u32) -> std::io::Result<ProcessGroup> {
         let pgid = leader as i32;
         let parent = std::process::id() as i32;
+        // The watcher says when its parent-death signal is armed: a thread
+        // that ends right after this returns must still be seen to end.
+        let mut armed = [0i32; 2];
+        // SAFETY: pipe2 fills the two descriptors it is given.
+        if unsafe { libc::pipe2(armed.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         // SAFETY: the child runs only async-signal-safe system calls (no
         // allocation, no locks) until it exits, as a fork of a
         // multi-threaded process must.
         match unsafe { libc::fork() } {
-            -1 => Err(std::io::Error::last_os_error()),
-            0 => unsafe { watch_group(pgid, parent) },
-            watcher => Ok(ProcessGroup { pgid, watcher }),
+            -1 => {
+                let e = std::io::Error::last_os_error();
+                // SAFETY: closes the pipe made above.
+                unsafe {
+                    libc::close(armed[0]);
+                    libc::close(armed[1]);
+                }
+                Err(e)
+            }
+            0 => unsafe { watch_group(pgid, parent, armed[1]) },
+            watcher => {
+                // SAFETY: closes our write end, then waits for one byte (or
+                // the end of file, if the watcher exited) on the read end.
+                unsafe {
+                    libc::close(armed[1]);
+                    let mut b = 0u8;
+                    while libc::read(armed[0], (&mut b as *mut u8).cast(), 1) < 0
+                        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                    {
+                    }
+                    libc::close(armed[0]);
+                }
+                Ok(ProcessGroup { pgid, watcher })
+            }
         }
     }
 
@@ -119,7 +147,7 @@ impl Drop for ProcessGroup {
 ///
 /// # Safety
 /// Only in the child of a fork; it never returns.
-unsafe fn watch_group(pgid: i32, parent: i32) -> ! {
+unsafe fn watch_group(pgid: i32, parent: i32, armed: i32) -> ! {
     fn kill_group_and_exit(pgid: i32) -> ! {
         // SAFETY: async-signal-safe calls in the watcher, which ends here.
         unsafe {
@@ -137,6 +165,8 @@ unsafe fn watch_group(pgid: i32, parent: i32) -> ! {
         libc::sigfillset(&mut all);
         libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1 as libc::c_ulong, 0, 0, 0);
+        // Armed: from here the spawning thread's end reaches this process.
+        libc::write(armed, b"1".as_ptr().cast(), 1);
         if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
             // Kernels before 5.9: close one by one.
             for fd in 0..65_536 {
@@ -234,6 +264,14 @@ pub fn tree_rss(roots: &[u32]) -> u64 {
     all.into_iter().map(rss_bytes).sum()
 }
 
+/// Writes `body` to `path` atomically (write, then rename).
+pub fn write_ready_file(path: &std::path::Path, body: &serde_json::Value) -> Result<(), crate::error::Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())
+        .map_err(|e| crate::error::Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| crate::error::Error::io(format!("renaming {}", tmp.display()), e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,11 +348,4 @@ mod tests {
         child.wait().unwrap();
         assert!(!children_of(me).contains(&child.id()));
     }
-}
-
-/// Writes `body` to `path` atomically (write, then rename).
-pub fn write_ready_file(path: &std::path::Path, body: &serde_json::Value) -> Result<(), crate::error::Error> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body.to_string()).map_err(|e| crate::error::Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| crate::error::Error::io(format!("renaming {}", tmp.display()), e))
 }

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::TaskError;
 use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
+use crate::metrics::RayletMetrics;
 use crate::raylet::effects::Effect;
+use crate::raylet::events::TaskEvents;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::executor::{Done, Executor};
 use crate::raylet::object_manager::PullError;
@@ -24,10 +26,7 @@ use crate::raylet::object_store::ObjectStore;
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::{Lookup, Owner};
 use crate::raylet::peers::PeerMsg;
-use crate::metrics::RayletMetrics;
-use crate::raylet::events::TaskEvents;
 use crate::raylet::RayletConfig;
-
 
 pub(crate) struct Core {
     pub node_id: NodeId,

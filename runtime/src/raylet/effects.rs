@@ -96,7 +96,8 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                         match inner.store.get(&id) {
                             Some(v) => d.task.args[pos] = v,
                             None => {
-                                let err = TaskError::new(ErrorKind::ObjectLost,
+                                let err = TaskError::new(
+                                    ErrorKind::ObjectLost,
                                     format!("argument {id} was evicted before the task started"),
                                 );
                                 inner.core().dispatch_failed(d.worker, d.attempt, err);

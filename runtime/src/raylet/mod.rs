@@ -252,7 +252,13 @@ impl Raylet {
                 node_id,
                 address: address.clone(),
                 config: config.clone(),
-                core: Mutex::new(core::Core::new(node_id, address.clone(), config.clone(), store.clone(), metrics.clone())),
+                core: Mutex::new(core::Core::new(
+                    node_id,
+                    address.clone(),
+                    config.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                )),
                 metrics: metrics.clone(),
                 spawner: workers::Spawner::start(me.clone()),
                 objects: object_manager::ObjectManager::new(

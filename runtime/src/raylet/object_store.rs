@@ -237,7 +237,8 @@ impl ObjectStore {
             if st.used + size <= self.capacity {
                 return Ok(st);
             }
-            let full = |st: &Inner| StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity };
+            let full =
+                |st: &Inner| StoreError::Full { object: id, needed: size, pinned: st.pinned, capacity: self.capacity };
             if self.spill_dir.is_none() || !primary {
                 return Err(full(&st));
             }
@@ -323,7 +324,11 @@ impl ObjectStore {
 
     /// Writes objects one after another into spill file number `n`, with no
     /// lock held.
-    fn write_spill_file(&self, n: u64, objects: &[(ObjectId, &pb::ObjectValue)]) -> Result<(PathBuf, Vec<u64>), String> {
+    fn write_spill_file(
+        &self,
+        n: u64,
+        objects: &[(ObjectId, &pb::ObjectValue)],
+    ) -> Result<(PathBuf, Vec<u64>), String> {
         let dir = self.spill_dir.as_ref().ok_or("spilling is off")?;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let path = dir.join(format!("spill-{n:06}.bin"));

@@ -81,7 +81,9 @@ pub(crate) enum OwnerState {
 pub(crate) fn result_retry(owner: OwnerState, tries: u32) -> Option<Duration> {
     match owner {
         OwnerState::Gone => None,
-        OwnerState::Alive => Some((Duration::from_millis(100) * 2u32.saturating_pow(tries.min(8))).min(MAX_RESULT_BACKOFF)),
+        OwnerState::Alive => {
+            Some((Duration::from_millis(100) * 2u32.saturating_pow(tries.min(8))).min(MAX_RESULT_BACKOFF))
+        }
     }
 }
 
@@ -109,11 +111,11 @@ impl Peers {
 
     /// Queues `msg` for the raylet at `addr`. A task that cannot be queued
     /// is returned (the caller fails it over).
-    pub(crate) fn send(&self, addr: &str, msg: PeerMsg) -> Result<(), pb::TaskSpec> {
+    pub(crate) fn send(&self, addr: &str, msg: PeerMsg) -> Result<(), Box<pb::TaskSpec>> {
         let mut map = self.lock();
         let Some(p) = self.ensure(&mut map, addr) else {
             return match msg {
-                PeerMsg::Execute(t) => Err(t),
+                PeerMsg::Execute(t) => Err(Box::new(t)),
                 _ => Ok(()),
             };
         };
@@ -125,7 +127,7 @@ impl Peers {
         match p.tx.try_send(msg) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => match m {
-                PeerMsg::Execute(t) => Err(t),
+                PeerMsg::Execute(t) => Err(Box::new(t)),
                 _ => {
                     let n = self.dropped.fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {

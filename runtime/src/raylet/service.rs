@@ -15,9 +15,9 @@ use crate::error::{status, ErrorKind, TaskError};
 use crate::ids::{ObjectId, WorkerId};
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::Lookup;
-use crate::value::INLINE_LIMIT;
 use crate::raylet::Inner;
 use crate::value::error_value;
+use crate::value::INLINE_LIMIT;
 
 /// The raylet gRPC service.
 #[derive(Clone)]
@@ -110,9 +110,9 @@ impl RayletService {
         }
         let rx = self.inner.core().session_seq(session);
         let Some(mut rx) = rx else {
-            return Err(status(ErrorKind::InvalidRequest, format!("session {session} is not open")));
+            return Err(status(ErrorKind::Conflict, format!("session {session} is not open")));
         };
-        rx.wait_for(|s| *s >= after).await.map_err(|_| status(ErrorKind::InvalidRequest, "session closed"))?;
+        rx.wait_for(|s| *s >= after).await.map_err(|_| status(ErrorKind::Conflict, "session closed"))?;
         Ok(())
     }
 
@@ -305,7 +305,8 @@ impl RayletService {
             let status = match client.get_object_status(req).await {
                 Ok(r) => r.into_inner().statuses.into_iter().next(),
                 Err(s) => {
-                    let e = TaskError::new(ErrorKind::OwnerDied,
+                    let e = TaskError::new(
+                        ErrorKind::OwnerDied,
                         format!("owner {owner} of object {} is unreachable: {}", ids[i], s.message()),
                     );
                     results[i] = Some(pb::get_result::Kind::Value(error_value(&e)));
@@ -335,8 +336,10 @@ impl pb::raylet_server::Raylet for RayletService {
         req: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let first =
-            inbound.message().await?.ok_or_else(|| status(ErrorKind::InvalidRequest, "session closed before opening"))?;
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| status(ErrorKind::InvalidRequest, "session closed before opening"))?;
         let Some(pb::session_request::Kind::Open(open)) = first.kind else {
             return Err(status(ErrorKind::InvalidRequest, "a session must start with an open message"));
         };
@@ -425,7 +428,7 @@ impl pb::raylet_server::Raylet for RayletService {
         let id = object_id(&r.object_id)?;
         let value = r.value.ok_or_else(|| status(ErrorKind::InvalidRequest, "put without a value"))?;
         let put_status = |e: PutError| match e {
-            PutError::SessionClosed(_) => status(ErrorKind::InvalidRequest, e.to_string()),
+            PutError::SessionClosed(_) => status(ErrorKind::Conflict, e.to_string()),
             PutError::Exists(_) => status(ErrorKind::Conflict, e.to_string()),
         };
         let size = value.data.len() as u64;
@@ -671,7 +674,8 @@ impl pb::raylet_server::Raylet for RayletService {
 
     async fn cancel_task(&self, req: Request<pb::CancelTaskRequest>) -> Result<Response<pb::CancelTaskReply>, Status> {
         let r = req.into_inner();
-        let id = crate::ids::TaskId::from_slice(&r.task_id).map_err(|e| status(ErrorKind::InvalidRequest, e.to_string()))?;
+        let id =
+            crate::ids::TaskId::from_slice(&r.task_id).map_err(|e| status(ErrorKind::InvalidRequest, e.to_string()))?;
         self.inner.core().cancel_local(id, r.attempt, r.force, r.recursive);
         Ok(Response::new(pb::CancelTaskReply {}))
     }

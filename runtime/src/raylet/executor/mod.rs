@@ -301,7 +301,10 @@ impl Executor {
         }
         if self.local.ready_len() > 0 && self.pool.start_failures >= MAX_START_FAILURES {
             for t in self.local.drain_ready() {
-                let err = TaskError::new(ErrorKind::WorkerStartFailed, "workers fail to start on this node; see the raylet log");
+                let err = TaskError::new(
+                    ErrorKind::WorkerStartFailed,
+                    "workers fail to start on this node; see the raylet log",
+                );
                 self.report_failure(&t.spec, err, false);
             }
         }
@@ -519,8 +522,13 @@ impl Executor {
                     self.out.push(Effect::Delete(task_id.return_id(i as u32)));
                 }
             }
-            let e = context(TaskError::new(ErrorKind::TaskFailed,
-                format!("the function returned {} values but the task declares {}", done.returns.len(), run.num_returns),
+            let e = context(TaskError::new(
+                ErrorKind::TaskFailed,
+                format!(
+                    "the function returned {} values but the task declares {}",
+                    done.returns.len(),
+                    run.num_returns
+                ),
             ));
             result.error = Some((&e).into());
         } else {

@@ -34,8 +34,8 @@ use crate::raylet::effects::Effect;
 use crate::raylet::events::TaskEvents;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::peers::PeerMsg;
-pub(crate) use crate::strategy::strategy_of;
 use crate::raylet::RayletConfig;
+pub(crate) use crate::strategy::strategy_of;
 
 pub use crate::ids::MAX_RETURNS;
 

@@ -14,13 +14,15 @@ impl Owner {
     #[allow(clippy::result_large_err)] // internal; the error becomes an object's value
     pub(crate) fn reconstruct(&mut self, id: ObjectId) -> Result<(), TaskError> {
         if id.is_put() {
-            return Err(TaskError::new(ErrorKind::ObjectLost,
+            return Err(TaskError::new(
+                ErrorKind::ObjectLost,
                 format!("object {id} was made by `put` and every copy is lost; it cannot be rebuilt"),
             ));
         }
         let creator = id.task_id();
         let Some(t) = self.tasks.get_mut(&creator) else {
-            return Err(TaskError::new(ErrorKind::ObjectLost,
+            return Err(TaskError::new(
+                ErrorKind::ObjectLost,
                 format!("object {id} is lost and the task that made it is no longer known"),
             ));
         };
@@ -36,11 +38,15 @@ impl Owner {
             return Ok(());
         }
         if t.state != TaskState::Finished {
-            return Err(TaskError::new(ErrorKind::ObjectLost, format!("object {id} is lost and its task did not succeed")));
+            return Err(TaskError::new(
+                ErrorKind::ObjectLost,
+                format!("object {id} is lost and its task did not succeed"),
+            ));
         }
         let max = t.spec.max_retries;
         if max >= 0 && t.retries_used >= max as u32 {
-            return Err(TaskError::new(ErrorKind::ObjectLost,
+            return Err(TaskError::new(
+                ErrorKind::ObjectLost,
                 format!("object {id} is lost and its task `{}` has used all {max} retries", t.spec.name),
             ));
         }
@@ -76,7 +82,8 @@ impl Owner {
                     o.state
                 }
                 None => {
-                    failure = Some(TaskError::new(ErrorKind::ObjectLost,
+                    failure = Some(TaskError::new(
+                        ErrorKind::ObjectLost,
                         format!(
                             "argument {a} of the rebuilt task was freed and its lineage evicted \
                              (raise --max-lineage-tasks to keep more)"
@@ -115,5 +122,4 @@ impl Owner {
         }
         Ok(())
     }
-
 }

@@ -62,7 +62,8 @@ impl Owner {
             }
             let mut problem: Option<TaskError> = None;
             if invalid_returns {
-                problem = Some(TaskError::new(ErrorKind::InvalidTask,
+                problem = Some(TaskError::new(
+                    ErrorKind::InvalidTask,
                     format!("num_returns must be between 1 and {MAX_RETURNS}, got {declared}"),
                 ));
             }
@@ -84,7 +85,8 @@ impl Owner {
                 };
                 match self.objects.get_mut(&id) {
                     None => {
-                        problem = Some(TaskError::new(ErrorKind::ObjectLost,
+                        problem = Some(TaskError::new(
+                            ErrorKind::ObjectLost,
                             format!(
                                 "argument {id} is not known to its owner {}: it was freed, or belongs to another owner",
                                 self.address
@@ -164,14 +166,19 @@ impl Owner {
                 }
             }
             let Some(o) = self.objects.get(&id) else {
-                return ArgsCheck::Fail(TaskError::new(ErrorKind::ObjectLost,
+                return ArgsCheck::Fail(TaskError::new(
+                    ErrorKind::ObjectLost,
                     format!("argument {id} was freed before the task could run"),
                 ));
             };
             match o.state {
                 ObjState::Pending | ObjState::Lineage => return ArgsCheck::Wait(id),
                 ObjState::Failed => {
-                    let mut e = o.inline.as_ref().map(decode_error).unwrap_or_else(|| TaskError::new(ErrorKind::ObjectLost, ""));
+                    let mut e = o
+                        .inline
+                        .as_ref()
+                        .map(decode_error)
+                        .unwrap_or_else(|| TaskError::new(ErrorKind::ObjectLost, ""));
                     e.message = format!("argument {id} failed: {}", e.message);
                     return ArgsCheck::Fail(e);
                 }
@@ -245,7 +252,8 @@ impl Owner {
         let strategy = strategy_of(&t.spec.strategy).unwrap_or_default();
         let resources = ResourceSet::from(t.spec.resources.as_ref());
         let attempt = t.spec.attempt;
-        let req = scheduler::Request { resources: &resources, strategy: &strategy, locality: &locality, avoid: t.avoid };
+        let req =
+            scheduler::Request { resources: &resources, strategy: &strategy, locality: &locality, avoid: t.avoid };
         let placement = scheduler::place(&self.view, self.node_id, &req, &mut self.spread_cursor);
         match placement {
             Placement::Node(node) => {
@@ -501,7 +509,8 @@ impl Owner {
             if t.state != TaskState::Scheduled || t.spec.attempt != attempt {
                 continue;
             }
-            let err = TaskError::new(ErrorKind::NodeUnreachable, format!("could not send the task to its node: {reason}"));
+            let err =
+                TaskError::new(ErrorKind::NodeUnreachable, format!("could not send the task to its node: {reason}"));
             self.retry_or_fail(id, err, true, node);
         }
     }
@@ -584,7 +593,8 @@ impl Owner {
                 }
             }
         }
-        let err = TaskError::new(ErrorKind::Cancelled,
+        let err = TaskError::new(
+            ErrorKind::Cancelled,
             if force { "the task was cancelled (forced)" } else { "the task was cancelled" },
         );
         self.finish_failed(task_id, err, TaskState::Cancelled);

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use shoal_proto::v1 as pb;
 use tokio::sync::mpsc;
 
@@ -210,8 +209,9 @@ fn freeing_the_last_reference_deletes_everywhere_and_drops_the_task() {
         ..Default::default()
     });
     assert!(matches!(o.lookup(id, None), Lookup::Stored { .. }));
-    o.update_refs(session, &[], &[Bytes::from(id.to_bytes())]);
+    o.update_refs(session, &[], &[id.to_bytes()]);
     assert!(o.objects.is_empty() && o.tasks.is_empty());
-    let freed_at_peer = o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Free(x) } if addr == PEER && *x == id));
+    let freed_at_peer =
+        o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Free(x) } if addr == PEER && *x == id));
     assert!(freed_at_peer);
 }
