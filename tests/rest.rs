@@ -1,6 +1,8 @@
 //! The head's REST API end to end: real `shoal` processes, requests over
 //! HTTP through the REST client the CLI uses.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use shoal::local_cluster::{ClusterOptions, LocalCluster};
@@ -356,16 +358,42 @@ async fn task_listing_paginates_across_more_than_ten_thousand_tasks() {
 #[tokio::test]
 async fn the_task_history_cap_is_reported_and_evicts_finished_tasks_first() {
     let a = api_with(1, &["--task-history", "50"], None).await;
-    let tasks: Vec<serde_json::Value> = (0..80)
-        .map(|i| serde_json::json!({"id": format!("t{i}"), "function": "builtin:noop", "resources": {}}))
-        .collect();
-    let id = a.client.submit("application/json", serde_json::json!({"tasks": tasks}).to_string()).await.unwrap().id;
-    wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A running task and one pending on it must outlive the finished ones.
+    let holder = serde_json::json!({"tasks": [
+        {"id": "running", "function": "builtin:sleep", "args": [60]},
+        {"id": "pending", "function": "builtin:identity", "args": [{"ref": "running"}]},
+    ]});
+    let held = a.client.submit("application/json", holder.to_string()).await.unwrap().id;
+    let state_of = |page: &shoal::rest::types::TaskList, name: &str| {
+        page.tasks.iter().find(|t| t.name == name).map(|t| t.state.clone())
+    };
+    let running = common::eventually(Duration::from_secs(30), || async {
+        let page = a.client.tasks("limit=1000").await.unwrap();
+        state_of(&page, "running").as_deref() == Some("RUNNING")
+    })
+    .await;
+    assert!(running, "the long task never started");
+    // Four jobs of twenty: finished tasks are there to evict while each runs.
+    for j in 0..4 {
+        let tasks: Vec<serde_json::Value> = (0..20)
+            .map(|i| serde_json::json!({"id": format!("t{j}-{i}"), "function": "builtin:noop", "resources": {}}))
+            .collect();
+        let spec = serde_json::json!({"tasks": tasks}).to_string();
+        let id = a.client.submit("application/json", spec).await.unwrap().id;
+        wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    }
+    // The GCS takes task events in batches: wait for the last ones.
+    let evicted = common::eventually(Duration::from_secs(10), || async {
+        a.client.tasks("limit=1000").await.unwrap().history.evicted >= 32
+    })
+    .await;
     let page = a.client.tasks("limit=1000").await.unwrap();
+    assert!(evicted, "only {} tasks evicted", page.history.evicted);
     assert_eq!(page.history.capacity, 50);
     assert_eq!(page.tasks.len(), 50);
-    assert!(page.history.evicted >= 30);
+    assert_eq!(state_of(&page, "running").as_deref(), Some("RUNNING"), "a running task was evicted");
+    assert_eq!(state_of(&page, "pending").as_deref(), Some("PENDING_ARGS"), "a pending task was evicted");
+    a.client.stop(&held).await.unwrap();
 }
 
 #[tokio::test]

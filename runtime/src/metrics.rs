@@ -154,7 +154,7 @@ pub struct RayletMetrics {
     /// Objects held by the store that are pinned primary copies.
     pub store_pinned_objects: IntGauge,
     /// Secondary copies evicted.
-    pub store_evictions: IntCounter,
+    pub store_evicted_objects: IntCounter,
     /// Object transfer bytes by direction (`in` pulled, `out` served).
     pub transfer_bytes: IntCounterVec,
     /// Object transfers by direction.
@@ -201,7 +201,7 @@ pub struct RayletSnapshot {
     /// Pinned objects in the store.
     pub pinned_objects: u64,
     /// Evictions from the store.
-    pub evictions: u64,
+    pub evicted_objects: u64,
     /// Objects pulled from and served to peers.
     pub pulled_objects: u64,
     /// Objects served to peers.
@@ -242,8 +242,8 @@ impl RayletMetrics {
             store_objects: f.gauge("shoal_object_store_objects", "Objects held by the object store."),
             store_pinned_objects: f
                 .gauge("shoal_object_store_pinned_objects", "Primary copies pinned in the object store."),
-            store_evictions: f
-                .counter("shoal_object_store_evictions_total", "Secondary copies evicted from the object store."),
+            store_evicted_objects: f
+                .counter("shoal_object_store_evicted_objects_total", "Secondary copies evicted from the object store."),
             transfer_bytes: f.counter_vec(
                 "shoal_object_transfer_bytes_total",
                 "Object bytes moved between nodes (in: pulled here, out: served to peers).",
@@ -342,7 +342,7 @@ impl RayletMetrics {
         catch_up(&self.store_spilled_total, st.spilled_total_bytes);
         catch_up(&self.store_restored_total, st.restored_total_bytes);
         catch_up(&self.object_reconstructions, st.reconstructions);
-        catch_up(&self.store_evictions, s.evictions);
+        catch_up(&self.store_evicted_objects, s.evicted_objects);
         catch_up(&self.transfer_bytes.with_label_values(&["in"]), st.pulled_bytes);
         catch_up(&self.transfer_bytes.with_label_values(&["out"]), st.served_bytes);
         catch_up(&self.transfers.with_label_values(&["in"]), s.pulled_objects);

@@ -77,16 +77,16 @@ pub struct RayletArgs {
     #[arg(long, env = "SHOAL_GCS_ADDRESS")]
     pub gcs: String,
     /// Interface to listen on.
-    #[arg(long, default_value = "0.0.0.0", env = "SHOAL_HOST")]
+    #[arg(long, default_value = shoal::raylet::DEFAULT_HOST, env = "SHOAL_HOST")]
     pub host: String,
     /// Address other nodes reach this raylet at (default: the host, or 127.0.0.1).
     #[arg(long, env = "SHOAL_NODE_IP")]
     pub node_ip: Option<String>,
     /// gRPC port for tasks and objects (0 picks a free one).
-    #[arg(long, default_value_t = 6380, env = "SHOAL_RAYLET_PORT")]
+    #[arg(long, default_value_t = shoal::raylet::DEFAULT_PORT, env = "SHOAL_RAYLET_PORT")]
     pub port: u16,
     /// Port of /metrics, /healthz and /readyz (0 picks a free one).
-    #[arg(long, default_value_t = 8080, env = "SHOAL_METRICS_PORT")]
+    #[arg(long, default_value_t = shoal::raylet::DEFAULT_METRICS_PORT, env = "SHOAL_METRICS_PORT")]
     pub metrics_port: u16,
     /// CPUs offered (default: the machine's or the container's limit).
     #[arg(long, env = "SHOAL_NUM_CPUS")]
@@ -186,7 +186,7 @@ impl RayletArgs {
                 problems.push(format!("--object-store-memory: {e}"));
                 0
             }),
-            None => (memory / 10 * 3).max(64 << 20),
+            None => shoal::raylet::default_object_store_memory(memory),
         };
         let labels = parse_labels(&self.labels).unwrap_or_else(|e| {
             problems.push(format!("--labels: {e}"));

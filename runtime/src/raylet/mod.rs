@@ -40,7 +40,22 @@ use crate::resources::ResourceSet;
 
 pub use workers::{ENV_ADDRESS, ENV_SOCKET, ENV_WORKER_ID};
 
-/// Settings of one raylet. Each has a default in [`RayletConfig::new`].
+/// Interface a raylet listens on by default: every interface, so that other
+/// pods reach it (local clusters pass 127.0.0.1).
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+/// The raylet's default gRPC port.
+pub const DEFAULT_PORT: u16 = 6380;
+/// The default port of a raylet's /metrics, /healthz and /readyz.
+pub const DEFAULT_METRICS_PORT: u16 = 8080;
+
+/// The object store's default budget: 30 % of the memory the node offers
+/// to tasks, and at least 64 MiB.
+pub fn default_object_store_memory(memory_bytes: u64) -> u64 {
+    (memory_bytes / 10 * 3).max(64 << 20)
+}
+
+/// Settings of one raylet. Each has a default in [`RayletConfig::new`]
+/// (the CLI's flags take theirs from the same constants).
 #[derive(Clone, Debug)]
 pub struct RayletConfig {
     /// GCS address, `host:port`.
@@ -96,15 +111,20 @@ impl RayletConfig {
     /// `resources`.
     pub fn new(gcs_address: impl Into<String>, resources: ResourceSet) -> Self {
         let cpus = resources.get(crate::resources::CPU).ceil().max(1.0) as usize;
+        // Nodes that name no memory resource get the store a 2 GiB budget would.
+        let memory_bytes = match resources.units(crate::resources::MEMORY) / crate::resources::UNIT {
+            m if m > 0 => m as u64,
+            _ => (2u64 << 30) / 3 * 10,
+        };
         RayletConfig {
             gcs_address: gcs_address.into(),
-            host: "127.0.0.1".into(),
-            port: 6380,
+            host: DEFAULT_HOST.into(),
+            port: DEFAULT_PORT,
             node_ip: None,
-            metrics_port: 8080,
+            metrics_port: DEFAULT_METRICS_PORT,
             resources,
             labels: HashMap::new(),
-            object_store_memory: 2 << 30,
+            object_store_memory: default_object_store_memory(memory_bytes),
             worker_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
             worker_socket: std::env::temp_dir().join(format!("shoal-raylet-{}.sock", std::process::id())),
             external_workers: false,
@@ -365,7 +385,7 @@ fn metrics_refresh(inner: std::sync::Weak<Inner>) -> crate::http::Refresh {
             retries: core_stats.0.retries,
             workers_started: core_stats.1,
             pinned_objects: store.pinned,
-            evictions: store.evicted,
+            evicted_objects: store.evicted_objects,
             pulled_objects: t.pulled_objects.load(Relaxed),
             served_objects: t.served_objects.load(Relaxed),
         });

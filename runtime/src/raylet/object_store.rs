@@ -86,7 +86,7 @@ struct Inner {
     next_tick: u64,
     used: u64,
     pinned: u64,
-    evicted: u64,
+    evicted_objects: u64,
     spilled_bytes: u64,
     spilled_objects: u64,
     spilled_total: u64,
@@ -109,7 +109,7 @@ pub struct StoreStats {
     /// Bytes held by primary copies in memory.
     pub pinned: u64,
     /// Secondary copies evicted so far.
-    pub evicted: u64,
+    pub evicted_objects: u64,
     /// Bytes currently spilled to disk.
     pub spilled_bytes: u64,
     /// Objects currently spilled to disk.
@@ -231,7 +231,7 @@ impl ObjectStore {
                 st.lru.remove(&tick);
                 if let Some(e) = st.entries.remove(&victim) {
                     st.used -= e.size;
-                    st.evicted += 1;
+                    st.evicted_objects += 1;
                 }
             }
             if st.used + size <= self.capacity {
@@ -461,7 +461,7 @@ impl ObjectStore {
             capacity: self.capacity,
             count: st.entries.len() as u64,
             pinned: st.pinned,
-            evicted: st.evicted,
+            evicted_objects: st.evicted_objects,
             spilled_bytes: st.spilled_bytes,
             spilled_objects: st.spilled_objects,
             spilled_total: st.spilled_total,
@@ -518,7 +518,7 @@ mod tests {
         assert!(store.contains(&b));
         assert!(!store.contains(&c));
         assert!(store.contains(&d));
-        assert_eq!(store.stats().evicted, 1);
+        assert_eq!(store.stats().evicted_objects, 1);
         // Without a spill directory, a primary that cannot fit is refused.
         let e = store.put(t.return_id(4), val(70, 5), true).unwrap_err();
         assert!(e.to_string().contains("object store full"));

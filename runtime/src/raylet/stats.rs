@@ -47,7 +47,7 @@ impl Core {
             spilled_objects: s.spilled_objects,
             spilled_total_bytes: s.spilled_total,
             restored_total_bytes: s.restored_total,
-            evicted_objects: s.evicted,
+            evicted_objects: s.evicted_objects,
             task_retries: o.stats.retries,
             reconstructions: o.stats.reconstructions,
             pull_micros: 0,
