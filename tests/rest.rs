@@ -90,7 +90,7 @@ async fn a_task_graph_job_succeeds_with_its_sink_results_and_task_states() {
     let train = tasks.iter().find(|t| t.name == "train").expect("train task");
     let one = a.client.task(&train.task_id).await.unwrap();
     assert_eq!(one.function, "builtin:train_linear");
-    assert!(one.node_id.is_some() && one.start_ms.is_some() && one.end_ms.is_some());
+    assert!(one.node_id.is_some() && one.started_at_ms.is_some() && one.ended_at_ms.is_some());
     assert!(one.events.iter().any(|e| e.state == "RUNNING"));
     let by_fn = a.client.tasks("function=builtin:load_shard").await.unwrap();
     assert_eq!(by_fn.tasks.len(), 3);
@@ -294,7 +294,7 @@ async fn stop_ends_a_running_task_graph_and_a_finished_job_cannot_be_stopped() {
     let mut states = Vec::new();
     for _ in 0..100 {
         let tasks = a.client.tasks(&format!("job={id}")).await.unwrap().tasks;
-        states = tasks.iter().map(|t| (t.name.clone(), t.state.clone(), t.start_ms.is_some())).collect::<Vec<_>>();
+        states = tasks.iter().map(|t| (t.name.clone(), t.state.clone(), t.started_at_ms.is_some())).collect::<Vec<_>>();
         if states.iter().any(|(n, s, _)| n == "slow" && s == "CANCELLED") {
             break;
         }

@@ -247,7 +247,7 @@ impl RestClient {
     }
 
     /// The cluster summary.
-    pub async fn cluster(&self) -> Result<ClusterView, RestError> {
+    pub async fn cluster(&self) -> Result<ClusterSummary, RestError> {
         self.call(http::Method::GET, "/api/v1/cluster", None).await
     }
 }

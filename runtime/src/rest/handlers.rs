@@ -349,9 +349,9 @@ fn task_view(r: &TaskRecord, with_events: bool) -> TaskView {
         attempt: r.attempt,
         node_id: hex_opt(r.node_id),
         owner_node_id: hex_opt(r.owner_node_id),
-        created_ms: r.created_ms,
-        start_ms: ms_opt(r.start_ms),
-        end_ms: ms_opt(r.end_ms),
+        created_at_ms: r.created_ms,
+        started_at_ms: ms_opt(r.start_ms),
+        ended_at_ms: ms_opt(r.end_ms),
         error: r.error.as_ref().map(|e| TaskErrorView {
             kind: e.kind.clone(),
             message: e.message.clone(),
@@ -445,7 +445,7 @@ fn node_views(st: &AppState) -> Vec<NodeView> {
                 object_store_used_bytes: load.map(|l| l.object_store_used).unwrap_or(0),
                 object_store_capacity_bytes: load.map(|l| l.object_store_capacity).unwrap_or(0),
                 idle: queued == 0 && all_free,
-                start_time_ms: n.start_time_ms,
+                started_at_ms: n.start_time_ms,
                 death_reason: n.death_reason.clone(),
             }
         })
@@ -458,9 +458,9 @@ pub async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
 }
 
 /// The cluster summary (also feeds the head's metrics).
-pub fn cluster_view(st: &AppState) -> ClusterView {
+pub fn cluster_summary(st: &AppState) -> ClusterSummary {
     let nodes = node_views(st);
-    let mut view = ClusterView {
+    let mut view = ClusterSummary {
         alive_nodes: 0,
         dead_nodes: 0,
         resources_total: BTreeMap::new(),
@@ -497,8 +497,8 @@ pub fn cluster_view(st: &AppState) -> ClusterView {
 }
 
 /// `GET /api/v1/cluster`.
-pub async fn cluster(State(st): State<AppState>) -> Json<ClusterView> {
-    Json(cluster_view(&st))
+pub async fn cluster(State(st): State<AppState>) -> Json<ClusterSummary> {
+    Json(cluster_summary(&st))
 }
 
 /// `GET /openapi.json`.

@@ -383,7 +383,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             &[],
             None,
             OK,
-            body::<t::ClusterView>(),
+            body::<t::ClusterSummary>(),
             &[401],
             get(h::cluster),
         ),
@@ -468,7 +468,7 @@ pub fn router(gcs: Gcs, config: RestConfig) -> Router {
 
 fn refresh_head_metrics(st: &AppState) {
     let m = st.jobs.gcs().metrics();
-    let view = handlers::cluster_view(st);
+    let view = handlers::cluster_summary(st);
     for s in types::JobState::ALL {
         m.jobs.with_label_values(&[s.as_str()]).set(view.jobs.get(s.as_str()).copied().unwrap_or(0) as i64);
     }

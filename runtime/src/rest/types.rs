@@ -437,13 +437,13 @@ pub struct TaskView {
     #[serde(default)]
     pub owner_node_id: Option<String>,
     /// Submission time, ms since the epoch.
-    pub created_ms: u64,
+    pub created_at_ms: u64,
     /// Start of the latest run.
     #[serde(default)]
-    pub start_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
     /// End of the task.
     #[serde(default)]
-    pub end_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
     /// The latest error.
     #[serde(default)]
     pub error: Option<TaskErrorView>,
@@ -503,7 +503,7 @@ pub struct NodeView {
     /// No task running or queued (every resource free).
     pub idle: bool,
     /// Start time, ms since the epoch.
-    pub start_time_ms: u64,
+    pub started_at_ms: u64,
     /// Why it died.
     #[serde(default)]
     pub death_reason: String,
@@ -518,7 +518,7 @@ pub struct NodeList {
 
 /// The whole cluster at a glance.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
-pub struct ClusterView {
+pub struct ClusterSummary {
     /// Alive nodes.
     pub alive_nodes: u32,
     /// Dead nodes.
