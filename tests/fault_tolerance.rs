@@ -369,3 +369,46 @@ async fn a_drivers_unfinished_tasks_die_with_its_session() {
     let r = c.submit(Task::builtin("identity").arg(2)).await.unwrap();
     assert_eq!(c.get::<i64>(&r).await.unwrap(), 2);
 }
+
+/// The owner is alive but does not answer (stopped) when the result of its
+/// task comes back: the result is delivered once the owner runs again, and
+/// the task is not recomputed. (A stopped owner's connection still takes
+/// the call; an owner that refuses connections is covered by the retry
+/// policy's unit tests in `raylet::peers`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_reaches_an_owner_that_paused_while_its_task_ran() {
+    let mut o = ClusterOptions::new(common::binary(), 2);
+    o.cpus_per_node = Some(1.0);
+    o.raylet_args = vec!["--object-store-memory".into(), "256Mi".into()];
+    // Long enough that the stopped owner is not declared dead meanwhile.
+    o.head_args = vec!["--health-timeout-ms".into(), "8000".into()];
+    let cluster = LocalCluster::start(o).await.expect("cluster starts");
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let there = Strategy::NodeAffinity { node: common::node(&cluster, 1), soft: false };
+    let r = c.submit(Task::builtin("delay").arg(7u64).arg(1.0).strategy(there)).await.unwrap();
+    let executor = cluster.raylets[1].address.clone();
+    let started = common::eventually(Duration::from_secs(20), || {
+        let executor = executor.clone();
+        async move { shoal::node_stats(&executor).await.is_ok_and(|s| s.running_tasks == 1) }
+    })
+    .await;
+    assert!(started, "the task never started on the other node");
+    let owner = cluster.raylets[0].pid as i32;
+    // SAFETY: kill(2) on a process this test started.
+    unsafe {
+        libc::kill(owner, libc::SIGSTOP);
+    }
+    // The result comes back ~1 s in; the owner answers only 3 s in.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(owner, libc::SIGCONT);
+    }
+    let v: u64 = tokio::time::timeout(Duration::from_secs(20), c.get(&r))
+        .await
+        .expect("the result never reached its owner")
+        .expect("the task succeeds");
+    assert_eq!(v, 7);
+    let retries = shoal::node_stats(&cluster.raylets[0].address).await.unwrap().task_retries;
+    assert_eq!(retries, 0, "the result was delivered, not recomputed");
+}
