@@ -4,9 +4,10 @@
 //! invalid ones, which must be refused with a 4xx — and checks every answer
 //! against the document (status, content type, body schema, never a 5xx).
 //!
-//! schemathesis lives in the repository's `.venv` (made by `scripts/test`),
-//! or wherever `SHOAL_SCHEMATHESIS` points. Without it this test fails: a
-//! contract test that skips itself proves nothing.
+//! schemathesis lives in the repository's `.venv`, which this test makes
+//! (`python3 -m venv`, then pip from PyPI) when it is missing, or wherever
+//! `SHOAL_SCHEMATHESIS` points. When it cannot be installed this test fails:
+//! a contract test that skips itself proves nothing.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,17 +22,34 @@ const MAX_EXAMPLES: &str = "40";
 /// The whole run's limit.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Where schemathesis is, or a failure naming how to install it.
+/// The schemathesis versions this test is written for.
+const SCHEMATHESIS: &str = "schemathesis>=4.32,<5";
+
+/// Where schemathesis is: `SHOAL_SCHEMATHESIS`, or the repository's `.venv`,
+/// made and filled here when it lacks it (pip is quiet and quick when it
+/// already has it).
 fn schemathesis() -> PathBuf {
-    let path = std::env::var_os("SHOAL_SCHEMATHESIS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/schemathesis"));
-    assert!(
-        path.is_file(),
-        "schemathesis is not installed at {}: run `scripts/test` (or `python3 -m venv .venv && \
-         .venv/bin/pip install schemathesis`), or set SHOAL_SCHEMATHESIS to its path",
-        path.display()
-    );
+    if let Some(path) = std::env::var_os("SHOAL_SCHEMATHESIS") {
+        return PathBuf::from(path);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    let path = venv.join("bin/schemathesis");
+    if !path.is_file() {
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+            assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        };
+        if !venv.join("bin/python").is_file() {
+            run(std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv));
+        }
+        run(std::process::Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            SCHEMATHESIS,
+        ]));
+    }
+    assert!(path.is_file(), "schemathesis is not at {} after installing it", path.display());
     path
 }
 
