@@ -11,10 +11,7 @@ use shoal::local_cluster::{ClusterOptions, LocalCluster};
 use shoal::{Client, NodeId, Strategy, Task, Value};
 
 async fn cluster(nodes: usize, cpus: f64, store: &str) -> LocalCluster {
-    let mut o = ClusterOptions::new(common::binary(), nodes);
-    o.cpus_per_node = Some(cpus);
-    o.raylet_args = vec!["--object-store-memory".into(), store.into()];
-    LocalCluster::start(o).await.expect("cluster starts")
+    LocalCluster::start(common::options(nodes, cpus, store)).await.expect("cluster starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,9 +374,7 @@ async fn a_drivers_unfinished_tasks_die_with_its_session() {
 /// policy's unit tests in `raylet::peers`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_reaches_an_owner_that_paused_while_its_task_ran() {
-    let mut o = ClusterOptions::new(common::binary(), 2);
-    o.cpus_per_node = Some(1.0);
-    o.raylet_args = vec!["--object-store-memory".into(), "256Mi".into()];
+    let mut o = common::options(2, 1.0, "256Mi");
     // Long enough that the stopped owner is not declared dead meanwhile.
     o.head_args = vec!["--health-timeout-ms".into(), "8000".into()];
     let cluster = LocalCluster::start(o).await.expect("cluster starts");

@@ -8,16 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::local_cluster::{ClusterOptions, LocalCluster};
+use shoal::local_cluster::LocalCluster;
 use shoal::{Client, Task, Value};
 
 const GIB: usize = 1 << 30;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_gib_spill_on_a_loaded_raylet_keeps_its_heartbeats() {
-    let mut o = ClusterOptions::new(common::binary(), 1);
-    o.cpus_per_node = Some(2.0);
-    o.raylet_args = vec!["--object-store-memory".into(), "1Gi".into()];
+    let mut o = common::options(1, 2.0, "1Gi");
     // Short enough that a heartbeat held up by a spill gets the node declared dead.
     o.head_args = vec!["--health-timeout-ms".into(), "1500".into()];
     let cluster = Arc::new(LocalCluster::start(o).await.expect("cluster starts"));

@@ -12,6 +12,15 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
 }
 
+/// Options for `n` raylets with `cpus` CPUs and a `store` budget each
+/// (e.g. "256Mi"), for tests that set more before starting.
+pub fn options(n: usize, cpus: f64, store: &str) -> ClusterOptions {
+    let mut o = ClusterOptions::new(binary(), n);
+    o.cpus_per_node = Some(cpus);
+    o.raylet_args = vec!["--object-store-memory".into(), store.into()];
+    o
+}
+
 /// A cluster of `n` raylets with `cpus` CPUs each.
 pub async fn cluster(n: usize, cpus: f64) -> LocalCluster {
     let mut o = ClusterOptions::new(binary(), n);

@@ -44,16 +44,21 @@ impl Core {
         store: Arc<ObjectStore>,
         metrics: Arc<RayletMetrics>,
     ) -> Self {
-        Core {
+        let mut core = Core {
             node_id,
             owner: Owner::new(node_id, address.clone(), config.clone(), TaskEvents::new(metrics.clone())),
             exec: Executor::new(node_id, address.clone(), config, store.clone(), metrics),
             address,
             store,
-        }
+        };
+        core.sync_view();
+        core
     }
 
-    /// Gives the owner's placement this node's exact state.
+    /// Gives the owner's placement this node's exact state. Called whenever
+    /// the executor may have changed, before the owner places again: at the
+    /// start of the core and in every settle, which runs before each lock
+    /// release, so every call into the owner sees the node as it is.
     fn sync_view(&mut self) {
         let e = &self.exec;
         let queued = e.local.queued() as u32;
@@ -81,6 +86,8 @@ impl Core {
             for (w, force) in children {
                 self.owner.cancel_submitted_by(w, force);
             }
+            // The executor changed above; results may place retried tasks.
+            self.sync_view();
             for (owner, r) in results {
                 if owner == self.address {
                     self.owner.apply_result(r);
@@ -118,12 +125,10 @@ impl Core {
     }
 
     pub(crate) fn close_session(&mut self, session: u64) {
-        self.sync_view();
         self.owner.close_session(session)
     }
 
     pub(crate) fn update_refs(&mut self, session: u64, add: &[Bytes], remove: &[Bytes]) {
-        self.sync_view();
         self.owner.update_refs(session, add, remove)
     }
 
@@ -142,7 +147,6 @@ impl Core {
     }
 
     pub(crate) fn lookup(&mut self, id: ObjectId, waiter: Option<&mpsc::Sender<ObjectId>>) -> Lookup {
-        self.sync_view();
         self.owner.lookup(id, waiter)
     }
 
@@ -157,47 +161,38 @@ impl Core {
     // Tasks (owner).
 
     pub(crate) fn submit(&mut self, session: u64, specs: Vec<pb::TaskSpec>) -> Vec<String> {
-        self.sync_view();
         self.owner.submit(session, specs)
     }
 
     pub(crate) fn cancel(&mut self, ids: &[Bytes], force: bool, recursive: bool) {
-        self.sync_view();
         self.owner.cancel(ids, force, recursive)
     }
 
     pub(crate) fn apply_result(&mut self, r: pb::TaskResult) {
-        self.sync_view();
         self.owner.apply_result(r)
     }
 
     pub(crate) fn on_spillback(&mut self, from: NodeId, s: pb::Spillback) {
-        self.sync_view();
         self.owner.on_spillback(from, s)
     }
 
     pub(crate) fn on_dispatch_failed(&mut self, node: Option<NodeId>, tasks: Vec<(TaskId, u32)>, reason: &str) {
-        self.sync_view();
         self.owner.on_dispatch_failed(node, tasks, reason)
     }
 
     pub(crate) fn on_node_dead(&mut self, node: NodeId) {
-        self.sync_view();
         self.owner.on_node_dead(node)
     }
 
     pub(crate) fn retry_infeasible(&mut self) {
-        self.sync_view();
         self.owner.retry_infeasible()
     }
 
     pub(crate) fn expire_infeasible(&mut self) {
-        self.sync_view();
         self.owner.expire_infeasible()
     }
 
     pub(crate) fn schedule_retry(&mut self, task: TaskId, attempt: u32) {
-        self.sync_view();
         self.owner.schedule_retry(task, attempt)
     }
 

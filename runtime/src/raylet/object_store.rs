@@ -151,16 +151,16 @@ impl ObjectStore {
     pub fn put(&self, id: ObjectId, value: pb::ObjectValue, primary: bool) -> Result<(), StoreError> {
         let size = value.data.len() as u64;
         let mut st = self.lock();
-        if let Some(e) = st.entries.get_mut(&id) {
+        let s = &mut *st;
+        if let Some(e) = s.entries.get_mut(&id) {
             if primary && !e.primary {
                 e.primary = true;
-                if matches!(e.place, Place::Memory(_)) && !e.spilling {
-                    let tick = e.tick;
-                    st.lru.remove(&tick);
-                    st.primary_lru.insert(tick, id);
-                }
-                if matches!(st.entries.get(&id).map(|e| &e.place), Some(Place::Memory(_))) {
-                    st.pinned += size;
+                // A secondary copy in memory becomes a pinned primary
+                // (secondaries are never being spilled).
+                if matches!(e.place, Place::Memory(_)) {
+                    s.lru.remove(&e.tick);
+                    s.primary_lru.insert(e.tick, id);
+                    s.pinned += e.size;
                 }
             }
             return Ok(());
