@@ -345,8 +345,17 @@ impl Client {
         Client::connect_with(addr, ConnectOptions::default()).await
     }
 
-    /// Connects with options.
+    /// Connects with options. `"auto"` (or `""`) finds the cluster: the
+    /// raylet in `SHOAL_ADDRESS` (set for drivers and workers), else the
+    /// head raylet of the cluster `shoal up` started ([`crate::discovery`]).
     pub async fn connect_with(addr: &str, opts: ConnectOptions) -> Result<Client> {
+        let found;
+        let addr = if addr.is_empty() || addr == "auto" {
+            found = auto_address()?;
+            found.as_str()
+        } else {
+            addr
+        };
         match Client::open(addr, &opts).await {
             Err(Error::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => {
                 let raylet = pick_raylet(addr).await?;
@@ -704,6 +713,17 @@ fn owner_gone_error(r: &ObjectRef, s: &tonic::Status) -> TaskError {
         )
     } else {
         TaskError::new(ErrorKind::OwnerDied, format!("object {}: {why}", r.id()))
+    }
+}
+
+/// The raylet `"auto"` names: `SHOAL_ADDRESS`, else the recorded cluster's head raylet.
+fn auto_address() -> Result<String> {
+    if let Some(a) = std::env::var(crate::raylet::ENV_ADDRESS).ok().filter(|a| !a.is_empty() && !a.contains("://")) {
+        return Ok(a);
+    }
+    match crate::discovery::find() {
+        Some(rec) => Ok(rec.raylet),
+        None => Err(Error::Invalid(format!("no running shoal cluster found: {}", crate::discovery::HOW_TO_START))),
     }
 }
 

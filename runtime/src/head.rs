@@ -1,5 +1,13 @@
-//! The head process: the GCS plus the HTTP endpoint serving the REST API
-//! (job manager, state API), `/metrics`, `/healthz` and `/readyz`.
+//! The head process: the GCS, the HTTP endpoint serving the REST API (job
+//! manager, state API), `/metrics`, `/healthz` and `/readyz`, and the
+//! head's own raylet.
+//!
+//! The head's raylet is a node like any other, labelled [`HEAD_LABEL`] and
+//! offering no CPUs by default. It owns everything the head starts: the
+//! tasks of REST task-graph jobs and the driver tasks of entrypoint jobs,
+//! which run on it. Worker nodes can then come and go without failing a
+//! job: an owner lost takes its tasks' results with it, an executor lost
+//! only costs retries (ARCHITECTURE §3).
 
 use std::path::PathBuf;
 
@@ -21,7 +29,13 @@ pub struct HeadConfig {
     pub ready_file: Option<PathBuf>,
     /// REST API settings (token, body limit).
     pub rest: crate::rest::RestConfig,
+    /// The head's own raylet (its `gcs_address` is filled in here); `None`
+    /// runs none, and jobs are then owned by a worker node's raylet.
+    pub raylet: Option<crate::raylet::RayletConfig>,
 }
+
+/// The label marking the head's raylet.
+pub const HEAD_LABEL: &str = "shoal.dev/head";
 
 /// A running head.
 pub struct Head {
@@ -31,6 +45,17 @@ pub struct Head {
     pub http_address: String,
     /// The GCS state.
     pub gcs: Gcs,
+    /// The head's raylet.
+    pub raylet: Option<crate::raylet::Raylet>,
+}
+
+impl Head {
+    /// Stops the head raylet's workers (the head is about to exit).
+    pub fn shutdown(&self) {
+        if let Some(r) = &self.raylet {
+            r.shutdown();
+        }
+    }
 }
 
 /// Starts the GCS (and the HTTP endpoint when `http_port` is given).
@@ -47,15 +72,32 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
         }
     });
     let gcs_address = format!("{ip}:{}", bound.port());
+    let raylet = match cfg.raylet.clone() {
+        Some(mut r) => {
+            r.gcs_address = gcs_address.clone();
+            Some(crate::raylet::Raylet::start(r).await?)
+        }
+        None => None,
+    };
+    let mut rest = cfg.rest.clone();
+    if let Some(r) = &raylet {
+        rest.owner = Some(crate::rest::jobs::Owner { address: r.address.clone(), node_id: r.node_id() });
+    }
     let http_address = if with_http {
-        let app = crate::rest::router(gcs.clone(), cfg.rest.clone());
+        let app = crate::rest::router(gcs.clone(), rest);
         crate::http::serve(&cfg.host, cfg.http_port, &ip, app).await?
     } else {
         String::new()
     };
     tracing::info!(gcs = %gcs_address, http = %http_address, "head started");
     if let Some(path) = &cfg.ready_file {
-        crate::process::write_ready_file(path, &serde_json::json!({ "grpc": gcs_address, "http": http_address }))?;
+        let mut body = serde_json::json!({ "grpc": gcs_address, "http": http_address });
+        if let Some(r) = &raylet {
+            body["raylet"] = serde_json::json!({
+                "grpc": r.address, "http": r.http_address, "node_id": r.node_id().to_string(),
+            });
+        }
+        crate::process::write_ready_file(path, &body)?;
     }
-    Ok(Head { gcs_address, http_address, gcs })
+    Ok(Head { gcs_address, http_address, gcs, raylet })
 }

@@ -8,6 +8,7 @@
 //! - [`client`]: the Rust client (`connect`, `submit`, `get`, `put`, `wait`);
 //! - [`job`]: the job-spec format and its validation; [`driver`] runs one;
 //! - [`local_cluster`]: a head and N raylets as local processes;
+//!   [`discovery`] finds the one `shoal up` started;
 //! - [`rest`]: the head's REST API and job manager; [`metrics`]: the
 //!   Prometheus metrics every process serves.
 
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod discovery;
 pub mod driver;
 pub mod error;
 pub mod frame;

@@ -1,6 +1,8 @@
-//! A whole cluster on one machine: a head and N raylets as child processes
-//! on 127.0.0.1, each on ports it picks itself. Used by `shoal up`,
-//! `shoal run`, `shoal bench` and the end-to-end tests.
+//! A whole cluster on one machine: a head (with its own raylet, which owns
+//! the jobs the head runs) and N raylets as child processes on 127.0.0.1,
+//! each on ports it picks itself, or on the well-known ports when asked
+//! ([`ClusterOptions::well_known_ports`]). Used by `shoal up`, `shoal run`,
+//! `shoal bench` and the end-to-end tests.
 //!
 //! Every child gets SIGKILL if this process dies (`PR_SET_PDEATHSIG`), and
 //! [`LocalCluster::stop`] (also run on drop) sends SIGTERM, then SIGKILL after
@@ -35,6 +37,14 @@ pub struct ClusterOptions {
     pub start_timeout: Duration,
     /// Address every process listens on (default 127.0.0.1).
     pub host: String,
+    /// CPUs the head's raylet offers to tasks (default 0: it owns jobs and
+    /// runs drivers only).
+    pub head_cpus: f64,
+    /// Run the head without a raylet (jobs are then owned by worker nodes).
+    pub no_head_raylet: bool,
+    /// Take the GCS and REST ports 6379 and 8265 when they are free (else
+    /// free ones; [`LocalCluster::port_note`] says so).
+    pub well_known_ports: bool,
 }
 
 impl ClusterOptions {
@@ -50,6 +60,9 @@ impl ClusterOptions {
             session_dir: None,
             start_timeout: Duration::from_secs(30),
             host: "127.0.0.1".to_string(),
+            head_cpus: 0.0,
+            no_head_raylet: false,
+            well_known_ports: false,
         }
     }
 }
@@ -73,15 +86,23 @@ pub struct LocalCluster {
     pub gcs_address: String,
     /// Head HTTP address (REST API, metrics).
     pub http_address: String,
-    /// The raylets, in start order.
+    /// The worker raylets, in start order (the head's is not among them).
     pub raylets: Vec<LocalRaylet>,
+    /// The head's own raylet, which owns the jobs the head runs: connect
+    /// drivers here.
+    pub head_raylet: Option<LocalRaylet>,
+    /// Why the cluster is not on the well-known ports, when it was asked to be.
+    pub port_note: Option<String>,
     /// Session directory (logs under `logs/`).
     pub session_dir: PathBuf,
     /// Head process id.
     pub head_pid: u32,
+    /// The head, then the raylets in start order.
     children: Vec<Child>,
     owns_dir: bool,
     stopped: bool,
+    opts: ClusterOptions,
+    next_raylet: usize,
 }
 
 fn spawn_child(binary: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
@@ -120,6 +141,18 @@ pub fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// The well-known GCS and REST ports a local cluster takes when free.
+pub const WELL_KNOWN_PORTS: (u16, u16) = (6379, 8265);
+
+fn port_is_free(host: &str, port: u16) -> bool {
+    std::net::TcpListener::bind((host, port)).is_ok()
+}
+
+fn raylet_of(v: &serde_json::Value, pid: u32) -> LocalRaylet {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    LocalRaylet { address: s("grpc"), http_address: s("http"), node_id: s("node_id"), pid }
+}
+
 impl LocalCluster {
     /// Starts a head and the raylets and waits until every raylet sees every other.
     pub async fn start(opts: ClusterOptions) -> Result<LocalCluster, Error> {
@@ -137,20 +170,67 @@ impl LocalCluster {
             gcs_address: String::new(),
             http_address: String::new(),
             raylets: Vec::new(),
+            head_raylet: None,
+            port_note: None,
             session_dir: session_dir.clone(),
             head_pid: 0,
             children: Vec::new(),
             owns_dir,
             stopped: false,
+            opts: opts.clone(),
+            next_raylet: 0,
         };
+        let (mut gcs_port, mut http_port) = (0, 0);
+        if opts.well_known_ports {
+            let (g, h) = WELL_KNOWN_PORTS;
+            let mut taken = Vec::new();
+            if port_is_free(&opts.host, g) {
+                gcs_port = g;
+            } else {
+                taken.push(format!("the GCS port {g}"));
+            }
+            if port_is_free(&opts.host, h) {
+                http_port = h;
+            } else {
+                taken.push(format!("the REST port {h}"));
+            }
+            if !taken.is_empty() {
+                let verb = if taken.len() > 1 { "are" } else { "is" };
+                cluster.port_note = Some(format!(
+                    "{} {verb} in use (another cluster?): this one listens on free ports instead",
+                    taken.join(" and ")
+                ));
+            }
+        }
         let head_ready = session_dir.join("head.ready");
         let head_log = logs.join("head.log");
-        let mut args: Vec<String> =
-            ["head", "--host", opts.host.as_str(), "--gcs-port", "0", "--port", "0", "--ready-file"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        args.push(head_ready.display().to_string());
+        let mut args: Vec<String> = vec![
+            "head".into(),
+            "--host".into(),
+            opts.host.clone(),
+            "--gcs-port".into(),
+            gcs_port.to_string(),
+            "--port".into(),
+            http_port.to_string(),
+            "--ready-file".into(),
+            head_ready.display().to_string(),
+        ];
+        if opts.no_head_raylet {
+            args.push("--no-raylet".into());
+        } else {
+            args.extend([
+                "--num-cpus".into(),
+                opts.head_cpus.to_string(),
+                "--raylet-port".into(),
+                "0".into(),
+                "--raylet-metrics-port".into(),
+                "0".into(),
+                "--worker-socket".into(),
+                session_dir.join("head.sock").display().to_string(),
+                "--spill-dir".into(),
+                session_dir.join("head-spill").display().to_string(),
+            ]);
+        }
         args.extend(opts.head_args.iter().cloned());
         let mut head = spawn_child(&opts.binary, &args, &head_log)?;
         cluster.head_pid = head.id();
@@ -159,54 +239,68 @@ impl LocalCluster {
         let ready = ready?;
         cluster.gcs_address = ready["grpc"].as_str().unwrap_or_default().to_string();
         cluster.http_address = ready["http"].as_str().unwrap_or_default().to_string();
+        if ready["raylet"].is_object() {
+            cluster.head_raylet = Some(raylet_of(&ready["raylet"], cluster.head_pid));
+        }
 
         let mut pending = Vec::new();
-        for i in 0..opts.nodes {
-            let ready_file = session_dir.join(format!("raylet-{i}.ready"));
-            let log = logs.join(format!("raylet-{i}.log"));
-            let mut args: Vec<String> = vec![
-                "raylet".into(),
-                "--gcs".into(),
-                cluster.gcs_address.clone(),
-                "--host".into(),
-                opts.host.clone(),
-                "--port".into(),
-                "0".into(),
-                "--metrics-port".into(),
-                "0".into(),
-                "--worker-socket".into(),
-                session_dir.join(format!("raylet-{i}.sock")).display().to_string(),
-                "--ready-file".into(),
-                ready_file.display().to_string(),
-                "--spill-dir".into(),
-                session_dir.join(format!("raylet-{i}-spill")).display().to_string(),
-            ];
-            if let Some(c) = opts.cpus_per_node {
-                args.push("--num-cpus".into());
-                args.push(c.to_string());
-            }
-            args.extend(opts.raylet_args.iter().cloned());
-            if let Some(extra) = opts.node_args.get(i) {
-                args.extend(extra.iter().cloned());
-            }
-            let child = spawn_child(&opts.binary, &args, &log)?;
-            pending.push((ready_file, log, child));
+        for _ in 0..opts.nodes {
+            pending.push(cluster.spawn_raylet()?);
         }
         for (ready_file, log, mut child) in pending {
             let r = wait_ready(&ready_file, &mut child, &log, deadline).await;
             let pid = child.id();
             cluster.children.push(child);
-            let r = r?;
-            cluster.raylets.push(LocalRaylet {
-                address: r["grpc"].as_str().unwrap_or_default().to_string(),
-                http_address: r["http"].as_str().unwrap_or_default().to_string(),
-                node_id: r["node_id"].as_str().unwrap_or_default().to_string(),
-                pid,
-            });
+            cluster.raylets.push(raylet_of(&r?, pid));
         }
-        // Every raylet must know every other before the cluster is usable.
-        let want = opts.nodes as u32;
-        for r in &cluster.raylets {
+        cluster.wait_connected(deadline).await?;
+        Ok(cluster)
+    }
+
+    /// Starts raylet number `next_raylet`; returns its ready file, log and process.
+    fn spawn_raylet(&mut self) -> Result<(PathBuf, PathBuf, Child), Error> {
+        let i = self.next_raylet;
+        self.next_raylet += 1;
+        let dir = &self.session_dir;
+        let ready_file = dir.join(format!("raylet-{i}.ready"));
+        let log = dir.join("logs").join(format!("raylet-{i}.log"));
+        let mut args: Vec<String> = vec![
+            "raylet".into(),
+            "--gcs".into(),
+            self.gcs_address.clone(),
+            "--host".into(),
+            self.opts.host.clone(),
+            "--port".into(),
+            "0".into(),
+            "--metrics-port".into(),
+            "0".into(),
+            "--worker-socket".into(),
+            dir.join(format!("raylet-{i}.sock")).display().to_string(),
+            "--ready-file".into(),
+            ready_file.display().to_string(),
+            "--spill-dir".into(),
+            dir.join(format!("raylet-{i}-spill")).display().to_string(),
+        ];
+        if let Some(c) = self.opts.cpus_per_node {
+            args.push("--num-cpus".into());
+            args.push(c.to_string());
+        }
+        args.extend(self.opts.raylet_args.iter().cloned());
+        if let Some(extra) = self.opts.node_args.get(i) {
+            args.extend(extra.iter().cloned());
+        }
+        let child = spawn_child(&self.opts.binary, &args, &log)?;
+        Ok((ready_file, log, child))
+    }
+
+    /// Every raylet (the head's too) must know every alive node before the
+    /// cluster is usable.
+    async fn wait_connected(&mut self, deadline: Instant) -> Result<(), Error> {
+        let running: Vec<u32> =
+            self.children.iter_mut().filter_map(|c| matches!(c.try_wait(), Ok(None)).then(|| c.id())).collect();
+        let alive: Vec<LocalRaylet> = self.all_raylets().filter(|r| running.contains(&r.pid)).cloned().collect();
+        let want = alive.len() as u32;
+        for r in &alive {
             loop {
                 let known = crate::client::node_stats(&r.address).await.map(|s| s.known_nodes).unwrap_or(0);
                 if known >= want {
@@ -218,7 +312,31 @@ impl LocalCluster {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// The head's raylet, then the worker raylets.
+    pub fn all_raylets(&self) -> impl Iterator<Item = &LocalRaylet> {
+        self.head_raylet.iter().chain(self.raylets.iter())
+    }
+
+    /// Where drivers connect: the head's raylet (or the first worker raylet
+    /// of a head without one).
+    pub fn driver_address(&self) -> &str {
+        self.head_raylet.as_ref().or(self.raylets.first()).map(|r| r.address.as_str()).unwrap_or_default()
+    }
+
+    /// Starts one more raylet (a replacement for a killed one, say) and
+    /// waits until the cluster knows it; returns its index in `raylets`.
+    pub async fn add_raylet(&mut self) -> Result<usize, Error> {
+        let deadline = Instant::now() + self.opts.start_timeout;
+        let (ready_file, log, mut child) = self.spawn_raylet()?;
+        let r = wait_ready(&ready_file, &mut child, &log, deadline).await;
+        let pid = child.id();
+        self.children.push(child);
+        self.raylets.push(raylet_of(&r?, pid));
+        self.wait_connected(deadline).await?;
+        Ok(self.raylets.len() - 1)
     }
 
     /// Stops every process: SIGTERM, then SIGKILL after two seconds.

@@ -59,7 +59,30 @@ pub struct HeadArgs {
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Run no raylet in the head: jobs are then owned by a worker node's
+    /// raylet and fail if that node is lost.
+    #[arg(long)]
+    pub no_raylet: bool,
+    /// CPUs the head's raylet offers to tasks (like Ray's head `--num-cpus`).
+    /// Jobs' drivers and owners need none; 0 keeps tasks off the head.
+    #[arg(long, default_value_t = 0.0, env = "SHOAL_HEAD_NUM_CPUS")]
+    pub num_cpus: f64,
+    /// gRPC port of the head's raylet (0 picks a free one).
+    #[arg(long, default_value_t = shoal::raylet::DEFAULT_PORT, env = "SHOAL_RAYLET_PORT")]
+    pub raylet_port: u16,
+    /// Port of the head raylet's /metrics, /healthz and /readyz (0 picks a free one).
+    #[arg(long, default_value_t = shoal::raylet::DEFAULT_METRICS_PORT, env = "SHOAL_METRICS_PORT")]
+    pub raylet_metrics_port: u16,
+    /// Address other nodes reach the head at (default: the host, or 127.0.0.1).
+    #[arg(long, env = "SHOAL_NODE_IP")]
+    pub node_ip: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
+
+/// Most workers the head's raylet runs at once by default: entrypoint
+/// drivers, which hold no CPU, each take one.
+pub const HEAD_MAX_WORKERS: usize = 16;
 
 /// How a raylet gets its workers.
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -68,6 +91,48 @@ pub enum WorkerMode {
     Local,
     /// Workers are started by someone else (a worker container) and connect to the socket.
     External,
+}
+
+/// What a node offers and how it keeps objects: the flags `shoal raylet`
+/// and the head's own raylet (`shoal head`) share.
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// GPUs offered.
+    #[arg(long, default_value_t = 0.0, env = "SHOAL_NUM_GPUS")]
+    pub num_gpus: f64,
+    /// Memory offered to tasks, e.g. 8Gi (default: 70% of the machine's or container's).
+    #[arg(long, env = "SHOAL_MEMORY")]
+    pub memory: Option<String>,
+    /// Custom resources, NAME=AMOUNT,...
+    #[arg(long, default_value = "", env = "SHOAL_RESOURCES")]
+    pub resources: String,
+    /// Node labels, KEY=VALUE,...
+    #[arg(long, default_value = "", env = "SHOAL_LABELS")]
+    pub labels: String,
+    /// Object store budget, e.g. 2Gi (default: 30% of memory).
+    #[arg(long, env = "SHOAL_OBJECT_STORE_MEMORY")]
+    pub object_store_memory: Option<String>,
+    /// Unix socket workers connect to.
+    #[arg(long, env = "SHOAL_WORKER_SOCKET")]
+    pub worker_socket: Option<PathBuf>,
+    /// Most workers running tasks at once (default: the CPU count; on the head, 16).
+    #[arg(long, env = "SHOAL_MAX_WORKERS")]
+    pub max_workers: Option<usize>,
+    /// Tasks queued on a busy worker when every resource is taken.
+    #[arg(long, default_value_t = 1, env = "SHOAL_PIPELINE_DEPTH")]
+    pub pipeline_depth: usize,
+    /// Milliseconds a task may stay infeasible before it fails.
+    #[arg(long, default_value_t = 1000, env = "SHOAL_INFEASIBLE_TIMEOUT_MS")]
+    pub infeasible_timeout_ms: u64,
+    /// Directory for objects spilled from a full object store.
+    #[arg(long, env = "SHOAL_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+    /// Turn spilling off: a full store then refuses new primary objects.
+    #[arg(long)]
+    pub no_spill: bool,
+    /// Finished tasks kept to rebuild lost objects (lineage); older lineage is dropped.
+    #[arg(long, default_value_t = 100_000, env = "SHOAL_MAX_LINEAGE_TASKS")]
+    pub max_lineage_tasks: usize,
 }
 
 /// Flags of `shoal raylet`.
@@ -91,48 +156,14 @@ pub struct RayletArgs {
     /// CPUs offered (default: the machine's or the container's limit).
     #[arg(long, env = "SHOAL_NUM_CPUS")]
     pub num_cpus: Option<f64>,
-    /// GPUs offered.
-    #[arg(long, default_value_t = 0.0, env = "SHOAL_NUM_GPUS")]
-    pub num_gpus: f64,
-    /// Memory offered to tasks, e.g. 8Gi (default: 70% of the machine's or container's).
-    #[arg(long, env = "SHOAL_MEMORY")]
-    pub memory: Option<String>,
-    /// Custom resources, NAME=AMOUNT,...
-    #[arg(long, default_value = "", env = "SHOAL_RESOURCES")]
-    pub resources: String,
-    /// Node labels, KEY=VALUE,...
-    #[arg(long, default_value = "", env = "SHOAL_LABELS")]
-    pub labels: String,
-    /// Object store budget, e.g. 2Gi (default: 30% of memory).
-    #[arg(long, env = "SHOAL_OBJECT_STORE_MEMORY")]
-    pub object_store_memory: Option<String>,
-    /// Unix socket workers connect to.
-    #[arg(long, env = "SHOAL_WORKER_SOCKET")]
-    pub worker_socket: Option<PathBuf>,
     /// Who starts workers.
     #[arg(long, value_enum, default_value_t = WorkerMode::Local, env = "SHOAL_WORKER_MODE")]
     pub worker_mode: WorkerMode,
-    /// Most workers running tasks at once (default: the CPU count).
-    #[arg(long, env = "SHOAL_MAX_WORKERS")]
-    pub max_workers: Option<usize>,
     /// Workers started ahead of demand.
     #[arg(long, default_value_t = 1, env = "SHOAL_PRESTART_WORKERS")]
     pub prestart_workers: usize,
-    /// Tasks queued on a busy worker when every resource is taken.
-    #[arg(long, default_value_t = 1, env = "SHOAL_PIPELINE_DEPTH")]
-    pub pipeline_depth: usize,
-    /// Milliseconds a task may stay infeasible before it fails.
-    #[arg(long, default_value_t = 1000, env = "SHOAL_INFEASIBLE_TIMEOUT_MS")]
-    pub infeasible_timeout_ms: u64,
-    /// Directory for objects spilled from a full object store.
-    #[arg(long, env = "SHOAL_SPILL_DIR")]
-    pub spill_dir: Option<PathBuf>,
-    /// Turn spilling off: a full store then refuses new primary objects.
-    #[arg(long)]
-    pub no_spill: bool,
-    /// Finished tasks kept to rebuild lost objects (lineage); older lineage is dropped.
-    #[arg(long, default_value_t = 100_000, env = "SHOAL_MAX_LINEAGE_TASKS")]
-    pub max_lineage_tasks: usize,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -155,9 +186,10 @@ fn bytes_flag(name: &str, text: &str) -> anyhow::Result<u64> {
     Ok((units / resources::UNIT) as u64)
 }
 
-impl RayletArgs {
-    /// Validates every flag and reports all problems at once.
-    fn to_config(&self) -> anyhow::Result<RayletConfig> {
+impl NodeArgs {
+    /// Validates every flag and reports all problems at once. `cpus` is
+    /// the node's CPU count, `max_workers` the default worker bound.
+    fn to_config(&self, gcs: &str, cpus: f64, max_workers: usize) -> anyhow::Result<RayletConfig> {
         let mut problems = Vec::new();
         let mut res = match ResourceSet::parse_pairs(&self.resources) {
             Ok(r) => r,
@@ -166,7 +198,6 @@ impl RayletArgs {
                 ResourceSet::new()
             }
         };
-        let cpus = self.num_cpus.unwrap_or_else(machine::cpus);
         if !(cpus.is_finite() && cpus >= 0.0) {
             problems.push(format!("--num-cpus: {cpus} is not a non-negative number"));
         }
@@ -201,30 +232,37 @@ impl RayletArgs {
         if let Ok(pod) = std::env::var("SHOAL_NODE_NAME") {
             labels.entry("shoal.dev/pod".into()).or_insert(pod);
         }
-        let mut cfg = RayletConfig::new(self.gcs.clone(), res);
-        cfg.host = self.host.clone();
-        cfg.port = self.port;
-        cfg.node_ip = self.node_ip.clone();
-        cfg.metrics_port = self.metrics_port;
+        let mut cfg = RayletConfig::new(gcs.to_string(), res);
         cfg.labels = labels;
         cfg.object_store_memory = store;
         if let Some(s) = &self.worker_socket {
             cfg.worker_socket = s.clone();
         }
-        cfg.external_workers = self.worker_mode == WorkerMode::External;
-        if let Some(m) = self.max_workers {
-            cfg.max_workers = m.max(1);
-        }
-        cfg.prestart_workers = if cfg.external_workers { 0 } else { self.prestart_workers };
+        cfg.max_workers = self.max_workers.unwrap_or(max_workers).max(1);
         cfg.pipeline_depth = self.pipeline_depth.max(1);
         cfg.infeasible_timeout = Duration::from_millis(self.infeasible_timeout_ms);
-        cfg.ready_file = self.ready_file.clone();
         cfg.max_lineage_tasks = self.max_lineage_tasks;
         if self.no_spill {
             cfg.spill_dir = None;
         } else if let Some(d) = &self.spill_dir {
             cfg.spill_dir = Some(d.clone());
         }
+        Ok(cfg)
+    }
+}
+
+impl RayletArgs {
+    /// Validates every flag and reports all problems at once.
+    fn to_config(&self) -> anyhow::Result<RayletConfig> {
+        let cpus = self.num_cpus.unwrap_or_else(machine::cpus);
+        let mut cfg = self.node.to_config(&self.gcs, cpus, cpus.ceil().max(1.0) as usize)?;
+        cfg.host = self.host.clone();
+        cfg.port = self.port;
+        cfg.node_ip = self.node_ip.clone();
+        cfg.metrics_port = self.metrics_port;
+        cfg.external_workers = self.worker_mode == WorkerMode::External;
+        cfg.prestart_workers = if cfg.external_workers { 0 } else { self.prestart_workers };
+        cfg.ready_file = self.ready_file.clone();
         Ok(cfg)
     }
 }
@@ -238,6 +276,7 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
         gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
         ready_file: a.ready_file,
         rest: Default::default(),
+        raylet: None,
     };
     let _head = shoal::head::start(cfg, false).await?;
     shutdown_signal().await;
@@ -259,6 +298,19 @@ fn head_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> 
 
 /// `shoal head`.
 pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
+    let raylet = if a.no_raylet {
+        None
+    } else {
+        // The GCS address is filled in once the GCS has bound its port.
+        let mut r = a.node.to_config("", a.num_cpus, HEAD_MAX_WORKERS)?;
+        r.host = a.host.clone();
+        r.port = a.raylet_port;
+        r.node_ip = a.node_ip.clone();
+        r.metrics_port = a.raylet_metrics_port;
+        r.prestart_workers = 0;
+        r.labels.insert(shoal::head::HEAD_LABEL.into(), "true".into());
+        Some(r)
+    };
     let cfg = HeadConfig {
         host: a.host,
         gcs_port: a.gcs_port,
@@ -269,10 +321,16 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         ready_file: a.ready_file,
-        rest: shoal::rest::RestConfig { token: head_token(a.token_file.as_deref())?, max_body_bytes: a.max_body_bytes },
+        rest: shoal::rest::RestConfig {
+            token: head_token(a.token_file.as_deref())?,
+            max_body_bytes: a.max_body_bytes,
+            owner: None,
+        },
+        raylet,
     };
-    let _head = shoal::head::start(cfg, true).await?;
+    let head = shoal::head::start(cfg, true).await?;
     shutdown_signal().await;
+    head.shutdown();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -288,12 +346,21 @@ pub async fn raylet(a: RayletArgs) -> anyhow::Result<ExitCode> {
 /// Flags of `shoal up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
-    /// Number of raylets.
+    /// Number of worker raylets (the head runs one more, which owns jobs).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     /// CPUs per raylet (default: the machine's).
     #[arg(long)]
     pub cpus_per_node: Option<f64>,
+    /// CPUs of the head's raylet (0: it owns jobs and runs drivers, no tasks).
+    #[arg(long, default_value_t = 0.0)]
+    pub head_cpus: f64,
+    /// REST API port (default 8265 when free, else a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// GCS port (default 6379 when free, else a free one).
+    #[arg(long)]
+    pub gcs_port: Option<u16>,
 }
 
 fn options(nodes: usize, cpus: Option<f64>) -> anyhow::Result<ClusterOptions> {
@@ -311,19 +378,51 @@ fn options(nodes: usize, cpus: Option<f64>) -> anyhow::Result<ClusterOptions> {
 /// `shoal up`.
 pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let mut cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
+    let mut opts = options(a.nodes, a.cpus_per_node)?;
+    if !(a.head_cpus.is_finite() && a.head_cpus >= 0.0) {
+        bail!("--head-cpus: {} is not a non-negative number", a.head_cpus);
+    }
+    opts.head_cpus = a.head_cpus;
+    opts.well_known_ports = a.port.is_none() && a.gcs_port.is_none();
+    if a.port.is_some() || a.gcs_port.is_some() {
+        // Ports chosen by the user: taken as given, or the start fails.
+        opts.head_args.extend(["--port".into(), a.port.unwrap_or(0).to_string()]);
+        opts.head_args.extend(["--gcs-port".into(), a.gcs_port.unwrap_or(0).to_string()]);
+    }
+    let mut cluster = LocalCluster::start(opts).await?;
+    let api = format!("http://{}", cluster.http_address);
+    let record = shoal::discovery::ClusterRecord {
+        gcs: cluster.gcs_address.clone(),
+        api: api.clone(),
+        raylet: cluster.driver_address().to_string(),
+        pid: std::process::id(),
+        session_dir: cluster.session_dir.display().to_string(),
+    };
+    let record_path = shoal::discovery::write(&record)?;
     println!("shoal local cluster up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    if let Some(note) = &cluster.port_note {
+        println!("  note:      {note}");
+    }
     println!("  GCS:       {}", cluster.gcs_address);
-    println!("  REST API:  http://{}  (jobs, state API, /metrics, /openapi.json)", cluster.http_address);
+    println!("  REST API:  {api}  (jobs, state API, /metrics, /openapi.json)");
+    if let Some(h) = &cluster.head_raylet {
+        println!(
+            "  head:      {}  node {}  metrics http://{}  (owns jobs; drivers connect here)",
+            h.address, h.node_id, h.http_address
+        );
+    }
     for (i, r) in cluster.raylets.iter().enumerate() {
         println!("  raylet {i}:  {}  node {}  metrics http://{}", r.address, r.node_id, r.http_address);
     }
     println!("  logs:      {}", cluster.session_dir.join("logs").display());
+    println!("  recorded:  {}", record_path.display());
     println!();
-    println!("Submit jobs with SHOAL_API=http://{} shoal submit JOB.yaml", cluster.http_address);
-    println!("Connect a Rust client with SHOAL_ADDRESS={}. Press Ctrl-C to stop.", cluster.raylets[0].address);
+    println!("In another terminal, `shoal submit JOB.yaml --wait`, `shoal jobs` and `shoal status` find this cluster.");
+    println!("Rust clients connect with Client::connect(\"auto\") or SHOAL_ADDRESS={}.", cluster.driver_address());
+    println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
     println!("stopping...");
+    shoal::discovery::remove_if_owned(std::process::id());
     cluster.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -333,7 +432,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
 pub struct RunArgs {
     /// The job spec (YAML or JSON).
     pub file: PathBuf,
-    /// Number of raylets.
+    /// Number of worker raylets (the head runs one more, which owns the job).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     /// CPUs per raylet (default: the machine's).
@@ -352,7 +451,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
     let cluster = LocalCluster::start(options(a.nodes, a.cpus_per_node)?).await?;
     let opts = shoal::ConnectOptions { name: plan.name.clone(), ..Default::default() };
-    let client = shoal::Client::connect_with(&cluster.raylets[0].address, opts).await?;
+    // The head's raylet owns the job: losing any worker node costs retries only.
+    let client = shoal::Client::connect_with(cluster.driver_address(), opts).await?;
     // A progress line on a terminal; nothing when stderr is a pipe or file.
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let outcome = shoal::driver::run_plan_with_progress(&client, &plan, |done, total| {

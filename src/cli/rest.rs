@@ -5,7 +5,9 @@
 //! The API address comes from `--address`, else `SHOAL_API`, else
 //! `SHOAL_ADDRESS` when it is an `http://` URL (inside workers
 //! `SHOAL_ADDRESS` names the raylet's gRPC address instead, so it is used
-//! only when it is a URL), else `http://127.0.0.1:8265`.
+//! only when it is a URL), else the cluster `shoal up` recorded
+//! ([`shoal::discovery`]), else `http://127.0.0.1:8265` if a head answers
+//! there; with none of them the command says how to start a cluster.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal::rest::client::RestClient;
 use shoal::rest::types::{Job, JobResult, JobState};
+
+use shoal::resources::human_bytes;
 
 use super::OutputFormat;
 
@@ -35,7 +39,28 @@ pub struct ApiArgs {
 impl ApiArgs {
     fn client(&self) -> anyhow::Result<RestClient> {
         let from_env = std::env::var("SHOAL_ADDRESS").ok().filter(|a| a.starts_with("http://"));
-        let addr = self.address.clone().or(from_env).unwrap_or_else(|| "http://127.0.0.1:8265".to_string());
+        let addr = match self.address.clone().or(from_env) {
+            Some(a) => a,
+            None => match shoal::discovery::find() {
+                Some(rec) => rec.api,
+                None => {
+                    let (host, port) = ("127.0.0.1", shoal::local_cluster::WELL_KNOWN_PORTS.1);
+                    let answers = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                        Duration::from_millis(500),
+                    )
+                    .is_ok();
+                    if !answers {
+                        anyhow::bail!(
+                            "no shoal cluster found (none recorded in {}, nothing on {host}:{port}): {}",
+                            shoal::discovery::record_path().display(),
+                            shoal::discovery::HOW_TO_START
+                        );
+                    }
+                    format!("http://{host}:{port}")
+                }
+            },
+        };
         Ok(RestClient::new(&addr, self.token.clone())?)
     }
 
@@ -131,7 +156,7 @@ fn result_line(r: &JobResult) -> String {
     let name = if r.index > 0 { format!("{}[{}]", r.task, r.index) } else { r.task.clone() };
     match (&r.value, &r.object_id) {
         (Some(v), _) => format!("{name}: {v}"),
-        (None, Some(o)) => format!("{name}: object {o} ({} bytes; `shoal get {o}`)", r.size_bytes),
+        (None, Some(o)) => format!("{name}: object {o} ({}; `shoal get {o}`)", human_bytes(r.size_bytes)),
         _ => format!("{name}: -"),
     }
 }
@@ -362,12 +387,22 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     println!("cluster at {}", client.base());
     println!("  nodes:   {} alive, {} dead", cluster.alive_nodes, cluster.dead_nodes);
     let res = |m: &std::collections::BTreeMap<String, f64>| {
-        m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        m.iter()
+            .map(|(k, v)| match k.as_str() {
+                shoal::resources::MEMORY | "object_store_memory" => format!("{k}={}", human_bytes(*v as u64)),
+                _ => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     println!("  total:   {}", res(&cluster.resources_total));
     println!("  free:    {}", res(&cluster.resources_available));
     println!("  queued:  {} tasks", cluster.queued_tasks);
-    println!("  objects: {} of {} bytes", cluster.object_store_used_bytes, cluster.object_store_capacity_bytes);
+    println!(
+        "  objects: {} of {}",
+        human_bytes(cluster.object_store_used_bytes),
+        human_bytes(cluster.object_store_capacity_bytes)
+    );
     let jobs: Vec<String> = cluster.jobs.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s}={n}")).collect();
     println!("  jobs:    {}", if jobs.is_empty() { "none".into() } else { jobs.join(" ") });
     println!(
@@ -375,9 +410,18 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         cluster.history.tasks, cluster.history.capacity, cluster.history.evicted
     );
     println!();
-    println!("{:<18} {:<6} {:<22} {:>6} {:>5}", "NODE", "STATE", "ADDRESS", "QUEUED", "IDLE");
+    println!(
+        "{:<18} {:<6} {:<6} {:<22} {:>6} {:>5} {:>21}",
+        "NODE", "ROLE", "STATE", "ADDRESS", "QUEUED", "IDLE", "OBJECTS"
+    );
     for n in &nodes.nodes {
-        println!("{:<18} {:<6} {:<22} {:>6} {:>5}", n.node_id, n.state, n.address, n.queued_tasks, n.idle);
+        let role = if n.labels.get(shoal::head::HEAD_LABEL).is_some_and(|v| v == "true") { "head" } else { "worker" };
+        let objects =
+            format!("{} / {}", human_bytes(n.object_store_used_bytes), human_bytes(n.object_store_capacity_bytes));
+        println!(
+            "{:<18} {:<6} {:<6} {:<22} {:>6} {:>5} {:>21}",
+            n.node_id, role, n.state, n.address, n.queued_tasks, n.idle, objects
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

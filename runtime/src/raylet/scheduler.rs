@@ -6,7 +6,7 @@
 //!    the task; none means the task is infeasible, with a reason;
 //! 2. the strategy: hard node affinity names the only candidate; soft
 //!    affinity prefers its node while it has room; `spread` goes round-robin
-//!    over nodes with room;
+//!    over the feasible nodes, skipping those without room while any has it;
 //! 3. locality: among nodes with room, the one holding the most bytes of the
 //!    task's arguments wins;
 //! 4. hybrid pack-then-spread (Ray's default): the local node, then the others
@@ -96,12 +96,18 @@ pub fn place(view: &ClusterView, local: NodeId, req: &Request<'_>, spread_cursor
             }
         }
         Strategy::Spread => {
-            let with_room: Vec<&NodeView> = preferred.iter().copied().filter(has_room).collect();
-            let pool = if with_room.is_empty() { &preferred } else { &with_room };
-            // Round-robin by position in id order, continuing after the last pick.
-            let pick = pool[*spread_cursor % pool.len()];
-            *spread_cursor = spread_cursor.wrapping_add(1);
-            return Placement::Node(pick.id);
+            // Round-robin over the feasible nodes in id order, as Ray's
+            // SPREAD does: starting after the last pick, the first node with
+            // room; when none has room, the next one in turn (it queues the
+            // task). The cursor moves past the pick either way, so a burst
+            // of tasks lands evenly however stale the view of free
+            // resources is, and the owner's own node is not favoured.
+            let n = preferred.len();
+            let start = *spread_cursor % n;
+            let offset = (0..n).find(|k| has_room(&preferred[(start + k) % n])).unwrap_or(0);
+            let index = (start + offset) % n;
+            *spread_cursor = index + 1;
+            return Placement::Node(preferred[index].id);
         }
         _ => {}
     }
@@ -257,6 +263,66 @@ mod tests {
             place(&v, NodeId([1; 8]), &req(&one, &Strategy::Default, &loc), &mut c),
             Placement::Node(NodeId([3; 8]))
         );
+    }
+
+    #[test]
+    fn spread_round_robins_evenly_even_when_every_node_looks_full() {
+        // The owner (node 0) has no CPUs, as the head does: every placement is remote.
+        let mut nodes = vec![node(0, 0.0, 0.0, &[])];
+        nodes.extend((1..=3).map(|i| node(i, 2.0, 2.0, &[])));
+        let mut v = view(&nodes);
+        let one = ResourceSet::new().with("cpu", 1.0);
+        let mut c = 0;
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..30 {
+            match place(&v, NodeId([0; 8]), &req(&one, &Strategy::Spread, &[]), &mut c) {
+                Placement::Node(n) => {
+                    // What the owner does on a send: the view fills up.
+                    v.reserve(n, &one);
+                    *counts.entry(n).or_insert(0) += 1;
+                }
+                p => panic!("{p:?}"),
+            }
+        }
+        assert!(!counts.contains_key(&NodeId([0; 8])), "the CPU-less owner is not feasible: {counts:?}");
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{counts:?}");
+        // A node without room is skipped while another has room.
+        let v = view(&[node(1, 2.0, 0.0, &[]), node(2, 2.0, 2.0, &[]), node(3, 2.0, 0.0, &[])]);
+        let mut c = 0;
+        for _ in 0..3 {
+            assert_eq!(
+                place(&v, NodeId([1; 8]), &req(&one, &Strategy::Spread, &[]), &mut c),
+                Placement::Node(NodeId([2; 8]))
+            );
+        }
+    }
+
+    #[test]
+    fn hybrid_spreads_a_burst_from_an_owner_without_cpus() {
+        let mut nodes = vec![node(0, 0.0, 0.0, &[])];
+        nodes.extend((1..=3).map(|i| node(i, 4.0, 4.0, &[])));
+        let mut v = view(&nodes);
+        let one = ResourceSet::new().with("cpu", 1.0);
+        let mut c = 0;
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..12 {
+            match place(&v, NodeId([0; 8]), &req(&one, &Strategy::Default, &[]), &mut c) {
+                Placement::Node(n) => {
+                    v.reserve(n, &one);
+                    *counts.entry(n).or_insert(0) += 1;
+                }
+                p => panic!("{p:?}"),
+            }
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4], "{counts:?}");
+        // Beyond every node's room, the queue is shortest relative to size.
+        for _ in 0..6 {
+            if let Placement::Node(n) = place(&v, NodeId([0; 8]), &req(&one, &Strategy::Default, &[]), &mut c) {
+                v.reserve(n, &one);
+                *counts.entry(n).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![6, 6, 6], "{counts:?}");
     }
 
     #[test]

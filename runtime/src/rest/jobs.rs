@@ -3,18 +3,22 @@
 //! A job is registered in one step under the table lock (submission-id check,
 //! GCS job id, table entry), so a request either creates a whole job or none.
 //! Then a runner task takes it through `PENDING → RUNNING → SUCCEEDED |
-//! FAILED | STOPPED`: it picks the least-loaded alive raylet, connects a
-//! [`Client`] to it under the job's id, and either submits the task graph
-//! with [`driver::submit_plan`] and waits for the sink tasks, or submits one
+//! FAILED | STOPPED`: it connects a [`Client`] under the job's id to the
+//! job's owner, and either submits the task graph with
+//! [`driver::submit_plan`] and waits for the sink tasks, or submits one
 //! `builtin:entrypoint` driver task that runs the user's command. Terminal
 //! states never change: whoever reaches one first (the runner, or a stop)
 //! wins, and later transitions are ignored.
 //!
-//! Ownership: the raylet the job's client talks to owns the job's tasks
-//! (ARCHITECTURE §3 names the job manager as owner; delegating to a raylet
-//! reuses the owner code there and is recorded in `docs/api.md`). Results
-//! larger than [`INLINE_RESULT_LIMIT`] or not JSON stay in the cluster,
-//! referenced by the job manager until the job is deleted.
+//! Ownership (ARCHITECTURE §3): the owner is the head's own raylet
+//! ([`Owner`]), so losing a worker node never fails a job. It owns a task
+//! graph's tasks and an entrypoint's driver task, which is placed on the
+//! head too (soft node affinity) unless it asks for resources the head
+//! lacks; the tasks a driver submits are owned by the raylet of the node it
+//! runs on. A head started without a raylet falls back to the least-loaded
+//! alive worker node, whose loss then fails the job. Results larger than
+//! [`INLINE_RESULT_LIMIT`] or not JSON stay in the cluster, referenced by
+//! the job manager until the job is deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -46,6 +50,15 @@ const DRIVER_NODE_POLL: Duration = Duration::from_millis(100);
 const DRIVER_NODE_GRACE: Duration = Duration::from_secs(2);
 /// Environment variable naming the job of an entrypoint driver.
 pub const ENV_JOB_ID: &str = "SHOAL_JOB_ID";
+
+/// The raylet owning the jobs' tasks: the head's own.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// Its gRPC address.
+    pub address: String,
+    /// Its node.
+    pub node_id: NodeId,
+}
 
 /// What a job runs, validated.
 #[derive(Clone, Debug)]
@@ -96,6 +109,7 @@ struct Table {
 #[derive(Clone)]
 pub struct JobManager {
     gcs: Gcs,
+    owner: Option<Owner>,
     table: Arc<Mutex<Table>>,
     changed: Arc<watch::Sender<u64>>,
 }
@@ -107,7 +121,13 @@ fn job_hex(id: u32) -> String {
 impl JobManager {
     /// A manager over the head's GCS.
     pub fn new(gcs: Gcs) -> Self {
-        JobManager { gcs, table: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+        JobManager { gcs, owner: None, table: Arc::default(), changed: Arc::new(watch::channel(0).0) }
+    }
+
+    /// Jobs are owned by this raylet (`None`: by the least-loaded worker node).
+    pub fn with_owner(mut self, owner: Option<Owner>) -> Self {
+        self.owner = owner;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -296,11 +316,16 @@ impl JobManager {
         }
     }
 
-    /// Connects to the least-loaded alive raylet, waiting up to [`NODE_WAIT`] for one.
+    /// Connects to the owner (or, without one, the least-loaded alive
+    /// raylet), waiting up to [`NODE_WAIT`] for it.
     async fn connect(&self, job_id: u32, name: &str) -> Result<Client, ApiError> {
         let deadline = tokio::time::Instant::now() + NODE_WAIT;
         loop {
-            if let Some(addr) = self.pick_raylet() {
+            let addr = match &self.owner {
+                Some(o) => Some(o.address.clone()),
+                None => self.pick_raylet(),
+            };
+            if let Some(addr) = addr {
                 let opts = ConnectOptions { name: name.to_string(), job_id: Some(JobId(job_id)), worker_id: None };
                 match Client::connect_with(&addr, opts).await {
                     Ok(c) => return Ok(c),
@@ -430,6 +455,11 @@ impl JobManager {
             .arg(env)
             .resources(resources)
             .max_retries(0);
+        // On the head, unless the driver asks for what the head lacks.
+        let task = match &self.owner {
+            Some(o) => task.strategy(crate::strategy::Strategy::NodeAffinity { node: o.node_id, soft: true }),
+            None => task,
+        };
         let r = match client.submit(task).await {
             Ok(r) => r,
             Err(e) => return Some(Err(format!("submitting the driver failed: {e}"))),

@@ -42,11 +42,14 @@ pub struct RestConfig {
     pub token: Option<String>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// The raylet that owns the jobs' tasks (the head's own); `None` picks
+    /// the least-loaded worker node for each job.
+    pub owner: Option<jobs::Owner>,
 }
 
 impl Default for RestConfig {
     fn default() -> Self {
-        RestConfig { token: None, max_body_bytes: DEFAULT_MAX_BODY_BYTES }
+        RestConfig { token: None, max_body_bytes: DEFAULT_MAX_BODY_BYTES, owner: None }
     }
 }
 
@@ -443,7 +446,8 @@ async fn not_found(req: Request) -> Response {
 
 /// The head's whole HTTP app: the API, health and metrics.
 pub fn router(gcs: Gcs, config: RestConfig) -> Router {
-    let state = AppState { jobs: jobs::JobManager::new(gcs), config: std::sync::Arc::new(config) };
+    let jobs = jobs::JobManager::new(gcs).with_owner(config.owner.clone());
+    let state = AppState { jobs, config: std::sync::Arc::new(config) };
     let mut api: Router<AppState> = Router::new();
     let mut open: Router<AppState> = Router::new();
     for ep in endpoints() {
