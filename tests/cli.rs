@@ -120,8 +120,11 @@ struct Up {
 /// started its workers.
 fn start_up() -> Up {
     use std::io::{BufRead, BufReader};
+    // Its cluster record goes to a directory of its own.
+    let home = std::env::temp_dir().join(format!("shoal-cli-home-{}", fastrand::u64(..)));
     let mut child = shoal()
         .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
+        .env("SHOAL_HOME", &home)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -306,6 +306,10 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     let log = std::fs::File::create(cluster.session_dir.join("logs/head-2.log")).unwrap();
     let head = std::process::Command::new(common::binary())
         .args(["head", "--host", "127.0.0.1", "--gcs-port", &port, "--port", "0"])
+        .args(["--raylet-port", "0", "--raylet-metrics-port", "0", "--worker-socket"])
+        .arg(cluster.session_dir.join("head-2.sock"))
+        .arg("--spill-dir")
+        .arg(cluster.session_dir.join("head-2-spill"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -319,7 +323,9 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     }
     let _head = Kill(head);
     let back = common::eventually(Duration::from_secs(20), || async {
-        cluster.nodes().await.map(|n| n.iter().filter(|n| n.state == 0).count() == 2).unwrap_or(false)
+        let Ok(nodes) = cluster.nodes().await else { return false };
+        let alive: Vec<String> = nodes.iter().filter(|n| n.state == 0).map(|n| common::node_hex(&n.node_id)).collect();
+        cluster.raylets.iter().all(|r| alive.contains(&r.node_id))
     })
     .await;
     assert!(back, "both raylets registered with the new head under their ids");

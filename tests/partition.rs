@@ -75,6 +75,8 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     o.host = host_ip.clone();
     o.cpus_per_node = Some(1.0);
     o.head_args = vec!["--health-timeout-ms".into(), "1500".into()];
+    // The counts below are of worker raylets.
+    o.no_head_raylet = true;
     let cluster = LocalCluster::start(o).await.expect("cluster starts");
 
     // The third raylet lives in the namespace.

@@ -416,7 +416,8 @@ async fn with_a_token_every_api_route_needs_it_but_health_and_metrics_stay_open(
     for path in ["/metrics", "/healthz", "/readyz", "/openapi.json"] {
         assert_eq!(anon.raw(Method::GET, path, None).await.unwrap().status, 200, "{path}");
     }
-    assert_eq!(a.client.nodes().await.unwrap().nodes.len(), 1);
+    // The head's raylet and the worker.
+    assert_eq!(a.client.nodes().await.unwrap().nodes.len(), 2);
     let spec = serde_json::json!({"tasks": [{"id": "x", "function": "builtin:add", "args": [40, 2]}]});
     let id = a.client.submit("application/json", spec.to_string()).await.unwrap().id;
     let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;

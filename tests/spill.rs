@@ -18,6 +18,8 @@ async fn a_multi_gib_spill_on_a_loaded_raylet_keeps_its_heartbeats() {
     let mut o = common::options(1, 2.0, "1Gi");
     // Short enough that a heartbeat held up by a spill gets the node declared dead.
     o.head_args = vec!["--health-timeout-ms".into(), "1500".into()];
+    // One node to watch: the worker raylet alone.
+    o.no_head_raylet = true;
     let cluster = Arc::new(LocalCluster::start(o).await.expect("cluster starts"));
     let first = cluster.nodes().await.unwrap();
     assert_eq!(first.len(), 1);

@@ -204,37 +204,48 @@ impl LocalCluster {
         }
         let head_ready = session_dir.join("head.ready");
         let head_log = logs.join("head.log");
-        let mut args: Vec<String> = vec![
-            "head".into(),
-            "--host".into(),
-            opts.host.clone(),
-            "--gcs-port".into(),
-            gcs_port.to_string(),
-            "--port".into(),
-            http_port.to_string(),
-            "--ready-file".into(),
-            head_ready.display().to_string(),
-        ];
-        if opts.no_head_raylet {
-            args.push("--no-raylet".into());
-        } else {
-            args.extend([
-                "--num-cpus".into(),
-                opts.head_cpus.to_string(),
-                "--raylet-port".into(),
-                "0".into(),
-                "--raylet-metrics-port".into(),
-                "0".into(),
-                "--worker-socket".into(),
-                session_dir.join("head.sock").display().to_string(),
-                "--spill-dir".into(),
-                session_dir.join("head-spill").display().to_string(),
-            ]);
+        let head_args = |gcs_port: u16, http_port: u16| {
+            let mut args: Vec<String> = vec![
+                "head".into(),
+                "--host".into(),
+                opts.host.clone(),
+                "--gcs-port".into(),
+                gcs_port.to_string(),
+                "--port".into(),
+                http_port.to_string(),
+                "--ready-file".into(),
+                head_ready.display().to_string(),
+            ];
+            if opts.no_head_raylet {
+                args.push("--no-raylet".into());
+            } else {
+                args.extend([
+                    "--num-cpus".into(),
+                    opts.head_cpus.to_string(),
+                    "--raylet-port".into(),
+                    "0".into(),
+                    "--raylet-metrics-port".into(),
+                    "0".into(),
+                    "--worker-socket".into(),
+                    session_dir.join("head.sock").display().to_string(),
+                    "--spill-dir".into(),
+                    session_dir.join("head-spill").display().to_string(),
+                ]);
+            }
+            args.extend(opts.head_args.iter().cloned());
+            args
+        };
+        let mut head = spawn_child(&opts.binary, &head_args(gcs_port, http_port), &head_log)?;
+        let mut ready = wait_ready(&head_ready, &mut head, &head_log, deadline).await;
+        if ready.is_err() && (gcs_port, http_port) != (0, 0) && log_tail(&head_log).contains("in use") {
+            // Another cluster took a well-known port between the check and the bind.
+            cluster.port_note =
+                Some("the well-known ports were taken while starting: this cluster listens on free ports".into());
+            let _ = head.wait();
+            head = spawn_child(&opts.binary, &head_args(0, 0), &head_log)?;
+            ready = wait_ready(&head_ready, &mut head, &head_log, deadline).await;
         }
-        args.extend(opts.head_args.iter().cloned());
-        let mut head = spawn_child(&opts.binary, &args, &head_log)?;
         cluster.head_pid = head.id();
-        let ready = wait_ready(&head_ready, &mut head, &head_log, deadline).await;
         cluster.children.push(head);
         let ready = ready?;
         cluster.gcs_address = ready["grpc"].as_str().unwrap_or_default().to_string();

@@ -2,6 +2,7 @@
 //! (`up`, `run`, `bench`).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -421,8 +422,10 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     println!("Rust clients connect with Client::connect(\"auto\") or SHOAL_ADDRESS={}.", cluster.driver_address());
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
-    println!("stopping...");
     shoal::discovery::remove_if_owned(std::process::id());
+    // Whoever read the banner may be gone: a closed stdout is no reason to
+    // leave the cluster running.
+    let _ = writeln!(std::io::stdout(), "stopping...");
     cluster.stop();
     Ok(ExitCode::SUCCESS)
 }
