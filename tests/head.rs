@@ -118,7 +118,7 @@ fn shoal_up_is_found_without_an_address_and_a_second_up_takes_free_ports() {
 
     // With no cluster at all, the CLI says how to start one.
     let (ok, out, err) = run(shoal(&empty).arg("jobs"));
-    if !std::net::TcpStream::connect("127.0.0.1:8265").is_ok() {
+    if std::net::TcpStream::connect("127.0.0.1:8265").is_err() {
         assert!(!ok, "{out}");
         assert!(err.contains("no shoal cluster found") && err.contains("shoal up"), "{err}");
     }

@@ -74,7 +74,8 @@ async fn prometheus_scrapes_every_process_and_every_dashboard_query_has_series()
     let cluster = LocalCluster::start(o).await.expect("cluster starts");
     let api = RestClient::new(&cluster.http_address, None).unwrap();
     let mut targets = vec![cluster.http_address.clone()];
-    targets.extend(cluster.raylets.iter().map(|r| r.http_address.clone()));
+    // The head's raylet too: it owns the jobs, so owner-side series come from it.
+    targets.extend(cluster.all_raylets().map(|r| r.http_address.clone()));
 
     // Work for every family: a pipeline, a large object, a failure.
     let pipeline = std::fs::read_to_string(format!("{}/examples/pipeline.yaml", env!("CARGO_MANIFEST_DIR"))).unwrap();

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -23,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::labels::{self, TEMPLATE_HASH};
 use crate::quantity::Amount;
-use crate::validate::{ValidCluster, ValidGroup, WORKER_CONTAINER};
+use crate::validate::{HeadState, ValidCluster, ValidGroup, WORKER_CONTAINER};
 
 /// GCS gRPC port.
 pub const GCS_PORT: i32 = 6379;
@@ -46,6 +47,8 @@ pub const RAYLET_SOCKET: &str = "/var/run/shoal/raylet.sock";
 pub const TOKEN_DIR: &str = "/var/run/shoal/token";
 /// Where raylets spill objects.
 pub const SPILL_DIR: &str = "/var/lib/shoal/spill";
+/// Where the head keeps its job table, job logs and KV store.
+pub const STATE_DIR: &str = "/var/lib/shoal/state";
 /// Seconds the GCS-wait init container waits before failing (and being retried by the kubelet).
 pub const GCS_WAIT_TIMEOUT_SECS: u32 = 300;
 
@@ -137,15 +140,100 @@ fn head_template(cluster: &ValidCluster) -> Pod {
         );
         mounts.push(mount("shoal-token", TOKEN_DIR, true));
     }
-    let mut ports = vec![container_port("gcs", GCS_PORT), container_port("http", HEAD_HTTP_PORT)];
+    // The head's own raylet: it owns every job the head runs and runs entrypoint
+    // drivers, so losing a raylet pod never fails a job. Other raylets reach it at the
+    // pod's IP, as they reach each other.
+    args.extend(strings(&[
+        "--num-cpus",
+        &Amount(cluster.head.num_cpus).to_string(),
+        "--node-ip",
+        "$(POD_IP)",
+        "--raylet-port",
+        &RAYLET_PORT.to_string(),
+        "--raylet-metrics-port",
+        &RAYLET_METRICS_PORT.to_string(),
+        "--state-dir",
+        STATE_DIR,
+    ]));
+    push_volume(
+        spec,
+        Volume {
+            name: "shoal-spill".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: cluster.spill_volume.medium.clone(),
+                size_limit: cluster.spill_volume.size_limit.clone(),
+            }),
+            ..Volume::default()
+        },
+    );
+    mounts.push(mount("shoal-spill", SPILL_DIR, false));
+    push_volume(spec, head_state_volume(cluster));
+    mounts.push(mount("shoal-state", STATE_DIR, false));
+    let mut ports = vec![
+        container_port("gcs", GCS_PORT),
+        container_port("http", HEAD_HTTP_PORT),
+        container_port("raylet", RAYLET_PORT),
+        container_port("metrics", RAYLET_METRICS_PORT),
+    ];
     ports.extend(cluster.head.ports.iter().map(|p| container_port(&p.name, p.port)));
     let head = upsert_container(spec, "head");
     shoal_container(head, cluster, args, cluster.head.resources.clone());
     head.ports = Some(ports);
+    extend(
+        &mut head.env,
+        vec![
+            field_env("POD_IP", "status.podIP"),
+            field_env("SHOAL_NODE_NAME", "metadata.name"),
+            env("SHOAL_SPILL_DIR", SPILL_DIR),
+        ],
+    );
     head.readiness_probe.get_or_insert_with(|| probe("/readyz", HEAD_HTTP_PORT, 5));
     head.liveness_probe.get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
     extend(&mut head.volume_mounts, mounts);
     pod
+}
+
+/// Name of the claim the operator creates for the head's state.
+pub fn head_state_claim_name(cluster: &str) -> String {
+    format!("{}-state", labels::head_name(cluster))
+}
+
+fn head_state_volume(cluster: &ValidCluster) -> Volume {
+    let claim = |name: String| Volume {
+        name: "shoal-state".to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: name, read_only: None }),
+        ..Volume::default()
+    };
+    match &cluster.head.state {
+        HeadState::EmptyDir => empty_dir("shoal-state"),
+        HeadState::Claim(name) => claim(name.clone()),
+        HeadState::Create { .. } => claim(head_state_claim_name(&cluster.name)),
+    }
+}
+
+/// The claim holding the head's state, when the cluster asks the operator to create one.
+/// Owned by the TaskCluster: deleting the cluster deletes its state.
+pub fn head_state_claim(cluster: &ValidCluster, owner: &OwnerReference) -> Option<PersistentVolumeClaim> {
+    let HeadState::Create { size, storage_class } = &cluster.head.state else { return None };
+    Some(PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(head_state_claim_name(&cluster.name)),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(labels::object_labels(&cluster.name, labels::ROLE_HEAD, None)),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: storage_class.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), Quantity(size.to_string()))])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    })
 }
 
 fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
@@ -488,6 +576,56 @@ mod tests {
     }
 
     #[test]
+    fn the_head_pod_runs_the_heads_raylet_and_keeps_its_state_on_a_volume() {
+        let (valid, _) = fixtures::valid_and_desired();
+        let pod = head_pod(&valid, &owner());
+        let head = container(&pod, "head");
+        let args = head.args.clone().unwrap_or_default().join(" ");
+        assert!(
+            args.ends_with(
+                "--num-cpus 0 --node-ip $(POD_IP) --raylet-port 6380 --raylet-metrics-port 8080 \
+                 --state-dir /var/lib/shoal/state"
+            ),
+            "{args}"
+        );
+        let ports: Vec<i32> = head.ports.iter().flatten().map(|p| p.container_port).collect();
+        assert_eq!(&ports[..4], [6379, 8265, 6380, 8080]);
+        let env: Vec<&str> = head.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        assert!(env.contains(&"POD_IP") && env.contains(&"SHOAL_SPILL_DIR"), "{env:?}");
+        let volume = |pod: &Pod| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.volumes.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .find(|v| v.name == "shoal-state")
+        };
+        assert!(volume(&pod).and_then(|v| v.empty_dir).is_some(), "an emptyDir by default");
+        let mounts: Vec<&str> = head.volume_mounts.iter().flatten().map(|m| m.mount_path.as_str()).collect();
+        assert!(mounts.contains(&STATE_DIR) && mounts.contains(&SPILL_DIR), "{mounts:?}");
+        assert!(head_state_claim(&valid, &owner()).is_none(), "no claim unless asked for");
+
+        let mut asked = valid.clone();
+        asked.head.num_cpus = 2.0;
+        asked.head.state = HeadState::Create { size: 1 << 30, storage_class: Some("fast".into()) };
+        let pod = head_pod(&asked, &owner());
+        let args = container(&pod, "head").args.clone().unwrap_or_default().join(" ");
+        assert!(args.contains("--num-cpus 2 "), "{args}");
+        let claim = volume(&pod).and_then(|v| v.persistent_volume_claim).expect("a claim");
+        assert_eq!(claim.claim_name, "demo-head-state");
+        let pvc = head_state_claim(&asked, &owner()).expect("the claim the operator creates");
+        assert_eq!(pvc.metadata.name.as_deref(), Some("demo-head-state"));
+        assert_eq!(pvc.metadata.owner_references, Some(vec![owner()]));
+        let spec = pvc.spec.expect("spec");
+        assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(spec.resources.and_then(|r| r.requests).expect("requests")["storage"].0, "1073741824");
+        asked.head.state = HeadState::Claim("mine".into());
+        let claim = volume(&head_pod(&asked, &owner())).and_then(|v| v.persistent_volume_claim).expect("a claim");
+        assert_eq!(claim.claim_name, "mine");
+        assert!(head_state_claim(&asked, &owner()).is_none(), "an existing claim is not created");
+    }
+
+    #[test]
     fn raylet_flags_come_from_the_group_resources() {
         let (valid, _) = fixtures::valid_and_desired();
         let pod = raylet_pod(&valid, &valid.groups[0], "demo-cpu-abcde", &owner());
@@ -552,7 +690,9 @@ mod tests {
         let head = container(&pod, "head");
         assert_eq!(
             head.args.clone().unwrap_or_default().join(" "),
-            "head --host 0.0.0.0 --gcs-port 6379 --port 8265 --token-file /var/run/shoal/token/token"
+            "head --host 0.0.0.0 --gcs-port 6379 --port 8265 --token-file /var/run/shoal/token/token \
+             --num-cpus 0 --node-ip $(POD_IP) --raylet-port 6380 --raylet-metrics-port 8080 \
+             --state-dir /var/lib/shoal/state"
         );
         assert_eq!(pod.metadata.name.as_deref(), Some("demo-head"));
         let svc = head_service(&valid, &owner());

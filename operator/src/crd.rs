@@ -134,6 +134,41 @@ pub struct HeadSpec {
     /// A Secret holding a bearer token the REST API requires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
+    /// CPUs the head's own raylet offers to tasks (like Ray's head `num-cpus`). The head's
+    /// raylet owns every job the head runs and runs entrypoint drivers, which need none;
+    /// the default 0 keeps tasks off the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1024.0))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "double(self) >= 0.0 && double(self) <= 1024.0",
+        "message": "numCpus is in 0..1024"
+    }]))]
+    pub num_cpus: Option<f64>,
+    /// Where the head keeps its job table, job logs and KV store. Absent: an emptyDir,
+    /// which survives a restart of the head container but not a new head pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<HeadStateSpec>,
+}
+
+/// The head's state volume: an existing PersistentVolumeClaim, or one the operator
+/// creates (owned by the TaskCluster, so deleting the cluster deletes its state).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.claimName) != has(self.size)",
+    "message": "give either claimName (an existing claim) or size (a claim the operator creates)"
+}]))]
+pub struct HeadStateSpec {
+    /// An existing PersistentVolumeClaim in the cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: Option<String>,
+    /// Size of a claim `<cluster>-head-state` the operator creates (ReadWriteOnce).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Storage class of the created claim (default: the cluster's default class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
 }
 
 /// Type of the head Service.

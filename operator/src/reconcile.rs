@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -207,6 +207,17 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         let message = format!("applying Service {}: {e}", labels::head_name(&name));
         events.warn("FailedApply", "Apply", message.clone(), None).await;
         failure = Some(Failure { reason: "FailedApply", message });
+    }
+
+    // The head's state claim, when the operator creates it: before the head pod that mounts it.
+    if let (None, Some(claim)) = (&failure, build::head_state_claim(&valid, &owner)) {
+        let claim_name = build::head_state_claim_name(&name);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace);
+        if let Err(e) = claims.patch(&claim_name, &apply, &Patch::Apply(&claim)).await {
+            let message = format!("applying PersistentVolumeClaim {claim_name}: {e}");
+            events.warn("FailedApply", "Apply", message.clone(), None).await;
+            failure = Some(Failure { reason: "FailedApply", message });
+        }
     }
 
     if failure.is_none() {

@@ -64,6 +64,27 @@ pub struct ValidHead {
     pub template: PodTemplateSpec,
     /// Bearer token Secret of the REST API.
     pub token_secret: Option<SecretKeyRef>,
+    /// CPUs the head's raylet offers to tasks.
+    pub num_cpus: f64,
+    /// Where the head keeps its state.
+    pub state: HeadState,
+}
+
+/// The head's state volume, checked.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum HeadState {
+    /// An emptyDir: survives a container restart, not a new pod.
+    #[default]
+    EmptyDir,
+    /// An existing claim.
+    Claim(String),
+    /// A claim the operator creates: its size in bytes and storage class.
+    Create {
+        /// Bytes requested.
+        size: u64,
+        /// Storage class, if not the default.
+        storage_class: Option<String>,
+    },
 }
 
 /// One worker group of a [`ValidCluster`].
@@ -133,10 +154,41 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
         if !(1..=65535).contains(&port.port) {
             problems.push(format!("spec.head.ports {}: port {} is not in 1..65535", port.name, port.port));
         }
-        if ["gcs", "http"].contains(&port.name.as_str()) || !port_names.insert(port.name.clone()) {
+        if ["gcs", "http", "raylet", "metrics"].contains(&port.name.as_str()) || !port_names.insert(port.name.clone()) {
             problems.push(format!("spec.head.ports: port name {:?} is used twice or reserved", port.name));
         }
     }
+
+    let num_cpus = spec.head.num_cpus.unwrap_or(0.0);
+    if !(num_cpus.is_finite() && (0.0..=1024.0).contains(&num_cpus)) {
+        problems.push(format!("spec.head.numCpus {num_cpus} is not in 0..1024"));
+    }
+    let head_state = match &spec.head.state {
+        None => HeadState::EmptyDir,
+        Some(st) => match (&st.claim_name, &st.size) {
+            (Some(claim), None) if !claim.trim().is_empty() => HeadState::Claim(claim.clone()),
+            (None, Some(size)) => match quantity::parse_bytes(&size.0) {
+                Ok(bytes) if bytes > 0 => {
+                    HeadState::Create { size: bytes, storage_class: st.storage_class_name.clone() }
+                }
+                Ok(_) => {
+                    problems.push("spec.head.state.size must be more than 0".to_string());
+                    HeadState::EmptyDir
+                }
+                Err(e) => {
+                    problems.push(format!("spec.head.state.size: {e}"));
+                    HeadState::EmptyDir
+                }
+            },
+            _ => {
+                problems.push(
+                    "spec.head.state: give either claimName (an existing claim) or size (a claim the operator creates)"
+                        .to_string(),
+                );
+                HeadState::EmptyDir
+            }
+        },
+    };
 
     if spec.worker_groups.len() > MAX_WORKER_GROUPS {
         problems.push(format!("spec.workerGroups: at most {MAX_WORKER_GROUPS} groups"));
@@ -210,6 +262,8 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
             ports: spec.head.ports.clone(),
             template: head_template,
             token_secret: spec.head.token_secret.clone(),
+            num_cpus,
+            state: head_state,
         },
         groups,
         spill_volume: spec.object_store.spill_volume.clone().unwrap_or_default(),

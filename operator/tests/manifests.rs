@@ -187,6 +187,7 @@ fn rbac_grants_only_what_the_operator_uses() {
             "taskclusters/finalizers:update",
             "pods:get,list,watch,create,patch,delete",
             "services:get,create,patch",
+            "persistentvolumeclaims:get,create,patch",
             "secrets:get",
             "events:create,patch",
         ]
@@ -225,6 +226,12 @@ fn cel_rules_and_rust_validation_reject_the_same_specs() {
         ("duplicate group names", Box::new(|v| v["spec"]["workerGroups"][1]["name"] = "cpu".into())),
         ("cluster name too long", Box::new(|v| v["metadata"]["name"] = "a".repeat(41).into())),
         ("cluster name not a DNS-1035 label", Box::new(|v| v["metadata"]["name"] = "1demo".into())),
+        (
+            "head state with both a claim and a size",
+            Box::new(|v| v["spec"]["head"]["state"] = serde_json::json!({"claimName": "x", "size": "1Gi"})),
+        ),
+        ("head state with neither", Box::new(|v| v["spec"]["head"]["state"] = serde_json::json!({}))),
+        ("negative head CPUs", Box::new(|v| v["spec"]["head"]["numCpus"] = serde_json::json!(-1))),
     ];
     for (what, mutate) in cases {
         let mut v = base.clone();

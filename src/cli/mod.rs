@@ -45,7 +45,7 @@ pub enum Command {
     /// Run the global control service alone.
     Gcs(cluster::GcsArgs),
     /// Run the head: GCS plus the HTTP API.
-    Head(cluster::HeadArgs),
+    Head(Box<cluster::HeadArgs>),
     /// Run a raylet (one per node).
     Raylet(Box<cluster::RayletArgs>),
     /// Run a worker process (started by a raylet, or by a worker container).
@@ -101,7 +101,7 @@ pub fn init_logging(cli: &Cli) {
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Gcs(a) => cluster::gcs(a).await,
-        Command::Head(a) => cluster::head(a).await,
+        Command::Head(a) => cluster::head(*a).await,
         Command::Raylet(a) => cluster::raylet(*a).await,
         Command::Up(a) => cluster::up(a).await,
         Command::Run(a) => cluster::run(a).await,

@@ -91,6 +91,39 @@ fn created_names(made: &[Made]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_head_state_claim_is_applied_before_the_head_pod_that_mounts_it() {
+    let mut h = harness();
+    let mut tc = fixtures::cluster();
+    tc.spec.head.state = Some(crate::crd::HeadStateSpec {
+        size: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity("2Gi".into())),
+        ..Default::default()
+    });
+    let valid = validate(&tc).expect("valid");
+    let claim_path = "/api/v1/namespaces/default/persistentvolumeclaims/demo-head-state";
+    let mut calls = vec![call(Method::PATCH, SERVICE), call(Method::PATCH, claim_path)];
+    calls.extend(apply_calls(&["demo-head"]));
+    for group in ["cpu", "cpu", "gpu"] {
+        calls.extend(apply_calls(&[&format!("demo-{group}-*")]));
+    }
+    calls.push(call(Method::PATCH, STATUS));
+    let (ok, made) = run(&mut h, &mut tc, calls).await;
+    assert!(ok);
+    assert!(made[1].query.contains("fieldManager=shoal-operator"), "{}", made[1].query);
+    let claim = build::head_state_claim(&valid, &owner(&tc)).expect("a claim");
+    assert_eq!(made[1].body, serde_json::to_value(claim).expect("json"));
+    assert_eq!(made[1].body["spec"]["resources"]["requests"]["storage"], "2147483648");
+    assert_eq!(
+        made[2].body["spec"]["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter(|v| v["persistentVolumeClaim"]["claimName"] == "demo-head-state")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn create_from_scratch_applies_service_head_raylets_then_status() {
     let mut h = harness();
     let mut tc = fixtures::cluster();
