@@ -165,3 +165,26 @@ fn shoal_run_survives_each_worker_raylet_killed_in_turn() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_tasks_whose_owner_died_are_submitted_again_by_their_retried_parent() {
+    let mut cluster = cluster().await;
+    // A driver on the head: the parents are owned there, their nested
+    // tasks by the raylet each parent runs on.
+    let c = shoal::Client::connect(cluster.driver_address()).await.unwrap();
+    let n = 1500u64;
+    let mut parents = Vec::new();
+    for _ in 0..12 {
+        let t = shoal::Task::builtin("spawn_sum").arg(n).strategy(shoal::Strategy::Spread).max_retries(-1);
+        parents.push(c.submit(t).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200 + fastrand::u64(..600))).await;
+    let victim = fastrand::usize(..3);
+    cluster.kill_raylet(victim);
+    let values = tokio::time::timeout(Duration::from_secs(120), c.get_many(&parents, None)).await.expect("no hang");
+    let sums = common::as_u64s(values.expect("get_many"));
+    assert_eq!(sums, vec![(0..n).sum::<u64>(); 12], "raylet {victim} killed");
+    let head = cluster.head_raylet.clone().unwrap();
+    let stats = shoal::node_stats(&head.address).await.unwrap();
+    assert!(stats.task_retries > 0, "the parents on the killed raylet were retried: {stats:?}");
+}
