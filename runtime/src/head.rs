@@ -21,6 +21,9 @@ pub struct HeadConfig {
     pub ready_file: Option<PathBuf>,
     /// REST API settings (token, body limit).
     pub rest: crate::rest::RestConfig,
+    /// Where jobs, logs and the key-value store are kept across restarts
+    /// (`None`: in memory, lost with the process).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A running head.
@@ -37,7 +40,8 @@ pub struct Head {
 pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let (listener, bound) = crate::net::bind(&cfg.host, cfg.gcs_port).await?;
     let ip = crate::net::advertise_ip(&cfg.host);
-    let gcs = Gcs::new(cfg.gcs.clone());
+    let store = crate::gcs::state::open_store(cfg.state_dir.clone()).await?;
+    let gcs = Gcs::open(cfg.gcs.clone(), store)?;
     gcs.spawn_background();
     let svc = crate::gcs::service(gcs.clone());
     tokio::spawn(async move {
@@ -48,7 +52,7 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     });
     let gcs_address = format!("{ip}:{}", bound.port());
     let http_address = if with_http {
-        let app = crate::rest::router(gcs.clone(), cfg.rest.clone());
+        let app = crate::rest::router(gcs.clone(), cfg.rest.clone())?;
         crate::http::serve(&cfg.host, cfg.http_port, &ip, app).await?
     } else {
         String::new()

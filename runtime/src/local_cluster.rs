@@ -151,6 +151,10 @@ impl LocalCluster {
                 .map(|s| s.to_string())
                 .collect();
         args.push(head_ready.display().to_string());
+        // A durable head keeps finished jobs on disk, not in memory.
+        if !opts.head_args.iter().any(|a| a == "--state-dir") {
+            args.extend(["--state-dir".to_string(), session_dir.join("state").display().to_string()]);
+        }
         args.extend(opts.head_args.iter().cloned());
         let mut head = spawn_child(&opts.binary, &args, &head_log)?;
         cluster.head_pid = head.id();

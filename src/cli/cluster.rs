@@ -53,6 +53,12 @@ pub struct HeadArgs {
     /// Most tasks the state API remembers (oldest finished are forgotten first).
     #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_CAPACITY, env = "SHOAL_TASK_HISTORY")]
     pub task_history: usize,
+    /// Most bytes the state API's task records may hold (oldest finished are forgotten first).
+    #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_BYTE_CAPACITY, env = "SHOAL_TASK_HISTORY_BYTES")]
+    pub task_history_bytes: usize,
+    /// Directory of the head's durable state (jobs, logs, key-value store); without it, state is lost on restart.
+    #[arg(long, env = "SHOAL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Largest REST request body in bytes (413 beyond).
     #[arg(long, default_value_t = shoal::rest::DEFAULT_MAX_BODY_BYTES, env = "SHOAL_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
@@ -238,6 +244,7 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
         gcs: GcsConfig { health_timeout: Duration::from_millis(a.health_timeout_ms), ..Default::default() },
         ready_file: a.ready_file,
         rest: Default::default(),
+        state_dir: None,
     };
     let _head = shoal::head::start(cfg, false).await?;
     shutdown_signal().await;
@@ -266,10 +273,12 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
         gcs: GcsConfig {
             health_timeout: Duration::from_millis(a.health_timeout_ms),
             task_history: a.task_history,
+            task_history_bytes: a.task_history_bytes,
             ..Default::default()
         },
         ready_file: a.ready_file,
         rest: shoal::rest::RestConfig { token: head_token(a.token_file.as_deref())?, max_body_bytes: a.max_body_bytes },
+        state_dir: a.state_dir,
     };
     let _head = shoal::head::start(cfg, true).await?;
     shutdown_signal().await;
