@@ -408,11 +408,16 @@ pub struct BenchArgs {
     /// CPUs per raylet (default: the machine's).
     #[arg(long)]
     pub cpus_per_node: Option<f64>,
+    /// Only measure the head's memory after 100 jobs (`head_rss_after_100_jobs_mib`).
+    #[arg(long)]
+    pub head_rss_only: bool,
 }
 
 /// `shoal bench`.
 pub async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    let report = shoal::bench::run(options(a.nodes, a.cpus_per_node)?).await?;
+    let opts = options(a.nodes, a.cpus_per_node)?;
+    let report =
+        if a.head_rss_only { shoal::bench::run_head_rss(opts).await? } else { shoal::bench::run(opts).await? };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
