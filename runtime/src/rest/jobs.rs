@@ -262,7 +262,7 @@ impl JobManager {
     /// anything. A failed write is logged: the runner has no one to tell.
     fn update(&self, t: &mut Table, job_id: u32, f: impl FnOnce(&mut JobRecord) -> bool) -> bool {
         let mut stored = None;
-        if !t.live.get(&job_id).is_some_and(|l| l.record.is_some()) {
+        if t.live.get(&job_id).is_none_or(|l| l.record.is_none()) {
             match self.record(t, job_id) {
                 Ok(Some(r)) => stored = Some(r),
                 Ok(None) => return false,
