@@ -97,6 +97,60 @@ pub async fn cross_node_pull(
     }))
 }
 
+/// Jobs, tasks per job and argument bytes per task of [`head_rss_after_jobs`].
+pub const HEAD_RSS_JOBS: (usize, usize, usize) = (100, 100, 10 * 1024);
+
+/// The head's resident memory before and after running `HEAD_RSS_JOBS`
+/// task-graph jobs one after another over REST (every task a `builtin:noop`
+/// with a 10 KB string argument). A head that keeps finished jobs' specs,
+/// results and logs on disk and bounds its task history stays flat.
+pub async fn head_rss_after_jobs(cluster: &LocalCluster) -> Result<serde_json::Value, Error> {
+    let (jobs, tasks, arg_bytes) = HEAD_RSS_JOBS;
+    let rest = |e: crate::rest::client::RestError| Error::Invalid(format!("REST: {e}"));
+    let c = crate::rest::client::RestClient::new(&cluster.http_address, None).map_err(rest)?;
+    let mib = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
+    let before = crate::process::rss_bytes(cluster.head_pid);
+    let arg = "x".repeat(arg_bytes);
+    let t = Instant::now();
+    for j in 0..jobs {
+        let spec = json!({
+            "name": format!("rss-{j}"),
+            "tasks": (0..tasks).map(|i| json!({"id": format!("t{i}"), "function": "builtin:noop", "args": [arg]})).collect::<Vec<_>>(),
+        });
+        let id = c.submit("application/json", spec.to_string()).await.map_err(rest)?.id;
+        loop {
+            let job = c.job(&id).await.map_err(rest)?;
+            if job.state.is_terminal() {
+                if job.state != crate::rest::types::JobState::Succeeded {
+                    return Err(Error::Invalid(format!("job {id} ended {}: {}", job.state.as_str(), job.message)));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let took = t.elapsed();
+    // Task counts settle and the allocator returns what it can.
+    tokio::time::sleep(crate::rest::jobs::COUNTS_SETTLE + Duration::from_secs(1)).await;
+    let after = crate::process::rss_bytes(cluster.head_pid);
+    Ok(json!({
+        "value": mib(after),
+        "before_jobs_mib": mib(before),
+        "jobs": jobs,
+        "tasks_per_job": tasks,
+        "arg_bytes": arg_bytes,
+        "jobs_s": took.as_secs_f64(),
+    }))
+}
+
+/// Only [`head_rss_after_jobs`], on a fresh cluster started with `opts`.
+pub async fn run_head_rss(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
+    let mut cluster = LocalCluster::start(opts).await?;
+    let figure = head_rss_after_jobs(&cluster).await;
+    cluster.stop();
+    Ok(json!({ "head_rss_after_100_jobs_mib": figure? }))
+}
+
 /// Runs every benchmark on a fresh cluster started with `opts`.
 pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     let nodes = opts.nodes;
@@ -185,6 +239,8 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
     };
     drop(c);
 
+    let head_rss = head_rss_after_jobs(&cluster).await?;
+
     let t = Instant::now();
     cluster.stop();
     let stop_time = t.elapsed();
@@ -203,5 +259,6 @@ pub async fn run(opts: ClusterOptions) -> Result<serde_json::Value, Error> {
         "cluster_start_s": { "value": start_time.as_secs_f64(), "target": 0.5 },
         "cluster_stop_s": stop_time.as_secs_f64(),
         "idle_rss_mib": { "value": (rss as f64 / 1048576.0).round(), "target": 150 },
+        "head_rss_after_100_jobs_mib": head_rss,
     }))
 }

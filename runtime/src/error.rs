@@ -301,6 +301,9 @@ pub enum Error {
     /// The session with the raylet ended.
     #[error("session closed: {0}")]
     SessionClosed(String),
+    /// The head's state store could not be opened or used.
+    #[error(transparent)]
+    State(#[from] crate::gcs::state::StateError),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {
@@ -340,6 +343,7 @@ impl Error {
             Error::Codec(_) => ErrorKind::InvalidRequest,
             Error::SessionClosed(_) => ErrorKind::Unavailable,
             Error::Io { .. } => ErrorKind::Internal,
+            Error::State(_) => ErrorKind::Internal,
         }
     }
 }

@@ -32,6 +32,9 @@ pub struct HeadConfig {
     /// The head's own raylet (its `gcs_address` is filled in here); `None`
     /// runs none, and jobs are then owned by a worker node's raylet.
     pub raylet: Option<crate::raylet::RayletConfig>,
+    /// Where jobs, logs and the key-value store are kept across restarts
+    /// (`None`: in memory, lost with the process).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The label marking the head's raylet.
@@ -62,7 +65,8 @@ impl Head {
 pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let (listener, bound) = crate::net::bind(&cfg.host, cfg.gcs_port).await?;
     let ip = crate::net::advertise_ip(&cfg.host);
-    let gcs = Gcs::new(cfg.gcs.clone());
+    let store = crate::gcs::state::open_store(cfg.state_dir.clone()).await?;
+    let gcs = Gcs::open(cfg.gcs.clone(), store)?;
     gcs.spawn_background();
     let svc = crate::gcs::service(gcs.clone());
     tokio::spawn(async move {
@@ -84,7 +88,7 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
         rest.owner = Some(crate::rest::jobs::Owner { address: r.address.clone(), node_id: r.node_id() });
     }
     let http_address = if with_http {
-        let app = crate::rest::router(gcs.clone(), rest);
+        let app = crate::rest::router(gcs.clone(), rest)?;
         crate::http::serve(&cfg.host, cfg.http_port, &ip, app).await?
     } else {
         String::new()

@@ -232,6 +232,10 @@ impl LocalCluster {
                     session_dir.join("head-spill").display().to_string(),
                 ]);
             }
+            // A durable head keeps finished jobs on disk, not in memory.
+            if !opts.head_args.iter().any(|a| a == "--state-dir") {
+                args.extend(["--state-dir".to_string(), session_dir.join("state").display().to_string()]);
+            }
             args.extend(opts.head_args.iter().cloned());
             args
         };

@@ -54,6 +54,12 @@ pub struct HeadArgs {
     /// Most tasks the state API remembers (oldest finished are forgotten first).
     #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_CAPACITY, env = "SHOAL_TASK_HISTORY")]
     pub task_history: usize,
+    /// Most bytes the state API's task records may hold (oldest finished are forgotten first).
+    #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_BYTE_CAPACITY, env = "SHOAL_TASK_HISTORY_BYTES")]
+    pub task_history_bytes: usize,
+    /// Directory of the head's durable state (jobs, logs, key-value store); without it, state is lost on restart.
+    #[arg(long, env = "SHOAL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Largest REST request body in bytes (413 beyond).
     #[arg(long, default_value_t = shoal::rest::DEFAULT_MAX_BODY_BYTES, env = "SHOAL_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
@@ -278,6 +284,7 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
         ready_file: a.ready_file,
         rest: Default::default(),
         raylet: None,
+        state_dir: None,
     };
     let _head = shoal::head::start(cfg, false).await?;
     shutdown_signal().await;
@@ -319,6 +326,7 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
         gcs: GcsConfig {
             health_timeout: Duration::from_millis(a.health_timeout_ms),
             task_history: a.task_history,
+            task_history_bytes: a.task_history_bytes,
             ..Default::default()
         },
         ready_file: a.ready_file,
@@ -328,6 +336,7 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
             owner: None,
         },
         raylet,
+        state_dir: a.state_dir,
     };
     let head = shoal::head::start(cfg, true).await?;
     shutdown_signal().await;
@@ -502,11 +511,16 @@ pub struct BenchArgs {
     /// CPUs per raylet (default: the machine's).
     #[arg(long)]
     pub cpus_per_node: Option<f64>,
+    /// Only measure the head's memory after 100 jobs (`head_rss_after_100_jobs_mib`).
+    #[arg(long)]
+    pub head_rss_only: bool,
 }
 
 /// `shoal bench`.
 pub async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    let report = shoal::bench::run(options(a.nodes, a.cpus_per_node)?).await?;
+    let opts = options(a.nodes, a.cpus_per_node)?;
+    let report =
+        if a.head_rss_only { shoal::bench::run_head_rss(opts).await? } else { shoal::bench::run(opts).await? };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! Job logs: the output of entrypoint drivers (and the job manager's own
-//! notes), kept per job in a bounded buffer and read by the REST API.
+//! notes), kept per job in a bounded window in the head's state store
+//! ([`super::state`]) and read by the REST API.
 //!
 //! Each job's log is a window onto an append-only byte stream: offsets count
 //! from the job's first byte, and when a log grows past
@@ -7,23 +8,18 @@
 //! for an offset that is gone gets the oldest bytes still held and is told
 //! that some were skipped. A version counter on a watch channel wakes
 //! followers on every append. A job marked stopped tells its driver so on
-//! the driver's next append.
+//! the driver's next append. The bytes live in the store, not in memory:
+//! only the ids of stopped jobs whose drivers may still write are kept here.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::state::{StateError, StateStore};
+
 /// Most bytes kept per job; older bytes are dropped first.
 pub const MAX_LOG_BYTES_PER_JOB: usize = 4 << 20;
-
-#[derive(Default)]
-struct JobLog {
-    data: VecDeque<u8>,
-    /// Stream offset of `data[0]`.
-    start: u64,
-    stopped: bool,
-}
 
 /// Bytes read from a job's log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -38,61 +34,49 @@ pub struct LogChunk {
 
 /// Every job's log.
 pub struct JobLogs {
-    logs: Mutex<HashMap<u32, JobLog>>,
+    store: Arc<StateStore>,
+    stopped: Mutex<HashSet<u32>>,
     version: watch::Sender<u64>,
 }
 
-impl Default for JobLogs {
-    fn default() -> Self {
-        JobLogs { logs: Mutex::new(HashMap::new()), version: watch::channel(0).0 }
-    }
-}
-
 impl JobLogs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, JobLog>> {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    /// Logs kept in `store`.
+    pub fn new(store: Arc<StateStore>) -> Self {
+        JobLogs { store, stopped: Mutex::new(HashSet::new()), version: watch::channel(0).0 }
+    }
+
+    fn stopped(&self) -> std::sync::MutexGuard<'_, HashSet<u32>> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends bytes to a job's log; returns whether the job was stopped.
+    /// A failed write is logged and the bytes are lost: a driver's output
+    /// never fails the driver.
     pub fn append(&self, job_id: u32, data: &[u8]) -> bool {
-        let stopped = {
-            let mut logs = self.lock();
-            let log = logs.entry(job_id).or_default();
-            log.data.extend(data);
-            let excess = log.data.len().saturating_sub(MAX_LOG_BYTES_PER_JOB);
-            if excess > 0 {
-                log.data.drain(..excess);
-                log.start += excess as u64;
-            }
-            log.stopped
-        };
+        if let Err(e) = self.store.append_log(job_id, data) {
+            tracing::warn!(job = job_id, error = %e, "a job log append was lost");
+        }
         if !data.is_empty() {
             self.version.send_modify(|v| *v += 1);
         }
-        stopped
+        self.stopped().contains(&job_id)
     }
 
     /// Up to `max` bytes of a job's log from `offset`.
-    pub fn read(&self, job_id: u32, offset: u64, max: usize) -> LogChunk {
-        let logs = self.lock();
-        let Some(log) = logs.get(&job_id) else { return LogChunk { next_offset: offset, ..Default::default() } };
-        let end = log.start + log.data.len() as u64;
-        let from = offset.clamp(log.start, end);
-        let skipped = from - offset.min(from);
-        let skip = (from - log.start) as usize;
-        let data: Vec<u8> = log.data.iter().skip(skip).take(max).copied().collect();
-        LogChunk { next_offset: from + data.len() as u64, data, skipped }
+    pub fn read(&self, job_id: u32, offset: u64, max: usize) -> Result<LogChunk, StateError> {
+        self.store.read_log(job_id, offset, max)
     }
 
     /// Tells the job's driver to stop on its next append.
     pub fn mark_stopped(&self, job_id: u32) {
-        self.lock().entry(job_id).or_default().stopped = true;
+        self.stopped().insert(job_id);
         self.version.send_modify(|v| *v += 1);
     }
 
-    /// Forgets a job's log.
+    /// Forgets what is kept in memory of a job's log (the store's rows go
+    /// with the job, see [`StateStore::delete_job`]).
     pub fn remove(&self, job_id: u32) {
-        self.lock().remove(&job_id);
+        self.stopped().remove(&job_id);
     }
 
     /// A receiver that changes whenever any log grows or a job is stopped.
@@ -112,17 +96,17 @@ mod tests {
 
     #[test]
     fn a_reader_behind_the_window_skips_to_the_oldest_byte_held() {
-        let logs = JobLogs::default();
+        let logs = JobLogs::new(Arc::new(StateStore::in_memory().expect("a store")));
         let big = vec![b'x'; MAX_LOG_BYTES_PER_JOB];
         logs.append(1, b"0123456789");
         logs.append(1, &big);
-        let c = logs.read(1, 0, 4);
+        let c = logs.read(1, 0, 4).expect("read");
         assert_eq!(c.skipped, 10);
         assert_eq!(c.data, b"xxxx");
         assert_eq!(c.next_offset, 14);
         assert!(!logs.append(1, b""));
         logs.mark_stopped(1);
         assert!(logs.append(1, b""));
-        assert_eq!(logs.read(2, 5, 10), LogChunk { data: vec![], next_offset: 5, skipped: 0 });
+        assert_eq!(logs.read(2, 5, 10).expect("read"), LogChunk { data: vec![], next_offset: 5, skipped: 0 });
     }
 }

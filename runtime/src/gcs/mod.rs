@@ -24,6 +24,10 @@
 //! window every subscriber gets a full view, and a node that died while the
 //! GCS was away disappears from every raylet's view.
 //!
+//! What must survive a restart of the head (the next job id, job logs, the
+//! key-value store, and the REST job table) lives in the state store
+//! ([`state`]); everything else here is rebuilt as raylets register again.
+//!
 //! Times on the wire are milliseconds since the Unix epoch (`u64`, fields
 //! ending in `_ms`, from [`crate::net::now_ms`]); timeouts are measured with
 //! [`Instant`], which never jumps.
@@ -39,6 +43,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub mod job_logs;
+pub mod state;
 pub mod task_events;
 
 use crate::ids::NodeId;
@@ -54,6 +59,8 @@ pub struct GcsConfig {
     pub broadcast_interval: Duration,
     /// Most tasks remembered by the state API.
     pub task_history: usize,
+    /// Most bytes the state API's task records may hold.
+    pub task_history_bytes: usize,
     /// How long after its start the GCS holds back full views while raylets
     /// of an earlier GCS register again; `None` means twice the health
     /// timeout (a raylet re-registers within a second of the GCS coming
@@ -68,6 +75,7 @@ impl Default for GcsConfig {
             health_timeout: Duration::from_secs(3),
             broadcast_interval: Duration::from_millis(50),
             task_history: task_events::DEFAULT_CAPACITY,
+            task_history_bytes: task_events::DEFAULT_BYTE_CAPACITY,
             recovery_window: None,
         }
     }
@@ -91,6 +99,11 @@ pub const UPDATE_QUEUE: usize = 256;
 /// node that comes back after this many later deaths is no longer
 /// recognised and registers as if the GCS had restarted.
 pub const MAX_DEAD_NODES: usize = 1_000;
+
+/// Most finished jobs the GCS's job table (`ListJobs`) remembers, the latest
+/// kept, so that the table stays bounded however many sessions have ended.
+/// The REST job table is the durable record of jobs (see [`state`]).
+pub const MAX_FINISHED_JOBS: usize = 1_000;
 
 struct NodeEntry {
     info: pb::NodeInfo,
@@ -136,8 +149,9 @@ struct State {
     pending: Pending,
     subscribers: Vec<Subscriber>,
     jobs: BTreeMap<u32, pb::JobInfo>,
+    /// Finished jobs, oldest first, for [`MAX_FINISHED_JOBS`].
+    finished_jobs: VecDeque<u32>,
     next_job: u32,
-    kv: BTreeMap<String, bytes::Bytes>,
     /// Until then full views are held back (see the module docs).
     recovering_until: Instant,
 }
@@ -186,6 +200,7 @@ pub struct Gcs {
     pub task_events: Arc<Mutex<task_events::TaskEventStore>>,
     /// Entrypoint drivers' logs, for the REST API.
     pub job_logs: Arc<job_logs::JobLogs>,
+    store: Arc<state::StateStore>,
     metrics: Arc<HeadMetrics>,
 }
 
@@ -199,8 +214,22 @@ impl Gcs {
     }
 
     /// A GCS recording into its own metrics (a test, or a head that serves
-    /// `metrics.registry()` itself).
+    /// `metrics.registry()` itself), its state in memory.
     pub fn with_metrics(config: GcsConfig, metrics: Arc<HeadMetrics>) -> Self {
+        // Only an allocation failure makes an in-memory store fail to open.
+        let store = state::StateStore::in_memory().expect("an in-memory state store opens");
+        let next_job = 1;
+        Gcs::build(config, metrics, Arc::new(store), next_job)
+    }
+
+    /// A GCS over `store` (the head's state directory, or memory), going on
+    /// from the job ids it handed out before.
+    pub fn open(config: GcsConfig, store: Arc<state::StateStore>) -> Result<Self, state::StateError> {
+        let next_job = store.next_job_id()?;
+        Ok(Gcs::build(config, Arc::new(HeadMetrics::new()), store, next_job))
+    }
+
+    fn build(config: GcsConfig, metrics: Arc<HeadMetrics>, store: Arc<state::StateStore>, next_job: u32) -> Self {
         let state = State {
             nodes: HashMap::new(),
             dead_order: VecDeque::new(),
@@ -208,17 +237,26 @@ impl Gcs {
             pending: Pending::default(),
             subscribers: Vec::new(),
             jobs: BTreeMap::new(),
-            next_job: 1,
-            kv: BTreeMap::new(),
+            finished_jobs: VecDeque::new(),
+            next_job,
             recovering_until: Instant::now() + config.recovery_window(),
         };
         Gcs {
             state: Arc::new(Mutex::new(state)),
-            task_events: Arc::new(Mutex::new(task_events::TaskEventStore::new(config.task_history))),
-            job_logs: Arc::new(job_logs::JobLogs::default()),
+            task_events: Arc::new(Mutex::new(task_events::TaskEventStore::with_byte_capacity(
+                config.task_history,
+                config.task_history_bytes,
+            ))),
+            job_logs: Arc::new(job_logs::JobLogs::new(store.clone())),
+            store,
             metrics,
             config,
         }
+    }
+
+    /// The store holding what survives a restart.
+    pub fn store(&self) -> &Arc<state::StateStore> {
+        &self.store
     }
 
     /// The metrics this GCS records into.
@@ -231,8 +269,22 @@ impl Gcs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts the broadcast tick and the health checker.
+    /// Starts the broadcast tick, the health checker and the log flusher.
     pub fn spawn_background(&self) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(state::LOG_FLUSH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "flushing job logs failed"),
+                    Err(e) => tracing::warn!(error = %e, "the log flusher failed"),
+                }
+            }
+        });
         let gcs = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(gcs.config.broadcast_interval);
@@ -370,11 +422,15 @@ impl Gcs {
         self.lock().nodes.values().filter(|e| e.is_alive()).count()
     }
 
-    /// Adds a job to the job table (the RPC and the head's job manager).
+    /// Adds a job to the job table (the RPC and the head's job manager). The
+    /// next id is on disk before the id is handed out, so no id is handed
+    /// out twice, across restarts too.
     pub fn register_job_local(&self, name: String, driver_address: String) -> Result<u32, Status> {
         let mut st = self.lock();
         let job_id = st.next_job;
-        st.next_job = st.next_job.checked_add(1).ok_or_else(|| Status::resource_exhausted("job ids exhausted"))?;
+        let next = job_id.checked_add(1).ok_or_else(|| Status::resource_exhausted("job ids exhausted"))?;
+        self.store.set_next_job_id(next).map_err(|e| Status::unavailable(e.to_string()))?;
+        st.next_job = next;
         st.jobs.insert(
             job_id,
             pb::JobInfo {
@@ -389,15 +445,20 @@ impl Gcs {
         Ok(job_id)
     }
 
-    /// Marks a job finished in the job table (no-op for unknown jobs).
-    pub fn finish_job_local(&self, job_id: u32) {
+    /// Marks a job finished in the job table; `false` for an unknown job.
+    pub fn finish_job_local(&self, job_id: u32) -> bool {
         let mut st = self.lock();
-        if let Some(job) = st.jobs.get_mut(&job_id) {
-            if job.state != pb::JobState::JobSucceeded as i32 {
-                job.state = pb::JobState::JobSucceeded as i32;
-                job.end_time_ms = now_ms();
+        let Some(job) = st.jobs.get_mut(&job_id) else { return false };
+        if job.state != pb::JobState::JobSucceeded as i32 {
+            job.state = pb::JobState::JobSucceeded as i32;
+            job.end_time_ms = now_ms();
+            st.finished_jobs.push_back(job_id);
+            while st.finished_jobs.len() > MAX_FINISHED_JOBS {
+                let Some(old) = st.finished_jobs.pop_front() else { break };
+                st.jobs.remove(&old);
             }
         }
+        true
     }
 
     /// The job table.
@@ -492,11 +553,8 @@ impl pb::gcs_server::Gcs for Gcs {
 
     async fn finish_job(&self, req: Request<pb::FinishJobRequest>) -> Result<Response<pb::FinishJobReply>, Status> {
         let id = req.into_inner().job_id;
-        let mut st = self.lock();
-        let job = st.jobs.get_mut(&id).ok_or_else(|| Status::not_found(format!("job {id} not found")))?;
-        if job.state != pb::JobState::JobSucceeded as i32 {
-            job.state = pb::JobState::JobSucceeded as i32;
-            job.end_time_ms = now_ms();
+        if !self.finish_job_local(id) {
+            return Err(Status::not_found(format!("job {id} not found")));
         }
         Ok(Response::new(pb::FinishJobReply {}))
     }
@@ -510,25 +568,29 @@ impl pb::gcs_server::Gcs for Gcs {
         if req.key.is_empty() {
             return Err(Status::invalid_argument("empty key"));
         }
-        let mut st = self.lock();
-        let exists = st.kv.contains_key(&req.key);
-        if exists && !req.overwrite {
-            return Ok(Response::new(pb::KvPutReply { added: false }));
-        }
-        st.kv.insert(req.key, req.value);
-        Ok(Response::new(pb::KvPutReply { added: !exists }))
+        let store = self.store.clone();
+        let added = tokio::task::spawn_blocking(move || store.kv_put(&req.key, &req.value, req.overwrite))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::KvPutReply { added }))
     }
 
     async fn kv_get(&self, req: Request<pb::KvGetRequest>) -> Result<Response<pb::KvGetReply>, Status> {
-        let st = self.lock();
-        Ok(Response::new(match st.kv.get(&req.get_ref().key) {
-            Some(v) => pb::KvGetReply { found: true, value: v.clone() },
+        let value = self.store.kv_get(&req.get_ref().key).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(match value {
+            Some(v) => pb::KvGetReply { found: true, value: v.into() },
             None => pb::KvGetReply { found: false, value: Default::default() },
         }))
     }
 
     async fn kv_del(&self, req: Request<pb::KvDelRequest>) -> Result<Response<pb::KvDelReply>, Status> {
-        let deleted = self.lock().kv.remove(&req.get_ref().key).is_some();
+        let store = self.store.clone();
+        let key = req.into_inner().key;
+        let deleted = tokio::task::spawn_blocking(move || store.kv_del(&key))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::KvDelReply { deleted }))
     }
 
@@ -554,14 +616,7 @@ impl pb::gcs_server::Gcs for Gcs {
     }
 
     async fn kv_list(&self, req: Request<pb::KvListRequest>) -> Result<Response<pb::KvListReply>, Status> {
-        let prefix = &req.get_ref().prefix;
-        let st = self.lock();
-        let keys = st
-            .kv
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(prefix.as_str()))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = self.store.kv_list(&req.get_ref().prefix).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(pb::KvListReply { keys }))
     }
 }

@@ -14,7 +14,12 @@
 //! per-job and global state counts equal the index sizes; at most `capacity`
 //! tasks are remembered, and when one must go, the oldest task in a terminal
 //! state goes first (the oldest of all only when none has finished). The
-//! number evicted, the events raylets dropped and the capacity are reported.
+//! same eviction keeps the records' bytes within a byte capacity
+//! ([`DEFAULT_BYTE_CAPACITY`]): each record is accounted by what it holds on
+//! the heap (its strings, its error, its events as protobuf sizes) plus a
+//! fixed share for the record itself and its index entries
+//! ([`RECORD_OVERHEAD_BYTES`]), kept up to date on every event. The number
+//! evicted, the events raylets dropped and the capacities are reported.
 //!
 //! The store is plain data: it records no metrics itself, it returns what
 //! happened ([`StartLatency`]) for its caller to record, so that metrics
@@ -28,6 +33,12 @@ use crate::ids::{NodeId, TaskId};
 
 /// Default number of tasks remembered.
 pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Default bytes the remembered tasks may hold.
+pub const DEFAULT_BYTE_CAPACITY: usize = 64 << 20;
+/// Bytes accounted to every record besides what it holds: the record, its
+/// key in the task map and its entries in the order and the five indexes
+/// (B-tree and hash-map entries with their share of node overhead).
+pub const RECORD_OVERHEAD_BYTES: usize = std::mem::size_of::<TaskRecord>() + 320;
 /// Most events kept per task (the first ones and the latest are kept).
 pub const MAX_EVENTS_PER_TASK: usize = 32;
 /// Most records one page may examine before it returns with a cursor.
@@ -153,8 +164,12 @@ pub struct StoreSummary {
     pub tasks: usize,
     /// Most tasks remembered.
     pub capacity: usize,
-    /// Tasks forgotten to stay within the capacity.
+    /// Tasks forgotten to stay within the capacities.
     pub evicted: u64,
+    /// Bytes the remembered tasks hold (as accounted, see the module docs).
+    pub bytes: usize,
+    /// Most bytes the remembered tasks may hold.
+    pub byte_capacity: usize,
     /// Events raylets reported dropping.
     pub dropped: u64,
     /// Tasks remembered, by state (`pb::TaskState` order).
@@ -183,8 +198,28 @@ pub struct TaskEventStore {
     job_counts: HashMap<u32, [u64; STATES]>,
     next_seq: u64,
     capacity: usize,
+    byte_capacity: usize,
+    bytes: usize,
     dropped: u64,
     evicted: u64,
+}
+
+fn event_bytes(e: &pb::TaskEvent) -> usize {
+    use prost::Message;
+    std::mem::size_of::<pb::TaskEvent>() + e.encoded_len()
+}
+
+/// What a record holds, as accounted against the byte capacity.
+fn record_bytes(r: &TaskRecord) -> usize {
+    use prost::Message;
+    RECORD_OVERHEAD_BYTES
+        + r.name.capacity()
+        + r.function.capacity()
+        + r.error.as_ref().map_or(0, |e| std::mem::size_of::<pb::TaskError>() + e.encoded_len())
+        + (r.events.capacity() - r.events.len()) * std::mem::size_of::<pb::TaskEvent>()
+        + r.events.iter().map(event_bytes).sum::<usize>()
+        // The function's index is keyed by its own copy of the name.
+        + r.function.len()
 }
 
 fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key: &K, seq: u64) {
@@ -197,8 +232,15 @@ fn remove_from<K: std::hash::Hash + Eq>(map: &mut HashMap<K, BTreeSet<u64>>, key
 }
 
 impl TaskEventStore {
-    /// An empty store remembering at most `capacity` tasks.
+    /// An empty store remembering at most `capacity` tasks in at most
+    /// [`DEFAULT_BYTE_CAPACITY`] bytes.
     pub fn new(capacity: usize) -> Self {
+        Self::with_byte_capacity(capacity, DEFAULT_BYTE_CAPACITY)
+    }
+
+    /// An empty store remembering at most `capacity` tasks in at most
+    /// `byte_capacity` bytes (the newest task is always kept).
+    pub fn with_byte_capacity(capacity: usize, byte_capacity: usize) -> Self {
         TaskEventStore {
             tasks: HashMap::new(),
             order: BTreeSet::new(),
@@ -210,6 +252,8 @@ impl TaskEventStore {
             job_counts: HashMap::new(),
             next_seq: 1,
             capacity: capacity.max(1),
+            byte_capacity,
+            bytes: 0,
             dropped: 0,
             evicted: 0,
         }
@@ -225,13 +269,18 @@ impl TaskEventStore {
             if let Some(s) = self.apply(id, e) {
                 started.push(s);
             }
+            while self.bytes > self.byte_capacity && self.tasks.len() > 1 {
+                if !self.evict_one(Some(id)) {
+                    break;
+                }
+            }
         }
         started
     }
 
     fn insert_new(&mut self, id: TaskId, e: &pb::TaskEvent) {
         while self.tasks.len() >= self.capacity {
-            if !self.evict_one() {
+            if !self.evict_one(None) {
                 break;
             }
         }
@@ -251,18 +300,21 @@ impl TaskEventStore {
         self.by_job.entry(rec.job_id).or_default().insert(seq);
         self.by_state[state as usize].insert(seq);
         self.job_counts.entry(rec.job_id).or_default()[state as usize] += 1;
+        self.bytes += record_bytes(&rec);
         self.tasks.insert(id, rec);
     }
 
-    /// Forgets the oldest terminal task, or the oldest task when none is terminal.
-    fn evict_one(&mut self) -> bool {
+    /// Forgets the oldest terminal task, or the oldest task when none is
+    /// terminal; never `keep` (the task an event just updated).
+    fn evict_one(&mut self, keep: Option<TaskId>) -> bool {
+        let kept = keep.and_then(|k| self.tasks.get(&k)).map(|r| r.seq);
         let oldest_terminal = [pb::TaskState::TaskFinished, pb::TaskState::TaskFailed, pb::TaskState::TaskCancelled]
             .iter()
-            .filter_map(|s| self.by_state[*s as usize].first().copied())
+            .filter_map(|s| self.by_state[*s as usize].iter().find(|seq| Some(**seq) != kept).copied())
             .min();
         let victim = match oldest_terminal {
             Some(seq) => self.seq_to_task.get(&seq).copied(),
-            None => self.order.first().map(|(_, id)| *id),
+            None => self.order.iter().find(|(seq, _)| Some(*seq) != kept).map(|(_, id)| *id),
         };
         let Some(victim) = victim else { return false };
         self.remove(&victim);
@@ -272,6 +324,7 @@ impl TaskEventStore {
 
     fn remove(&mut self, id: &TaskId) {
         let Some(rec) = self.tasks.remove(id) else { return };
+        self.bytes = self.bytes.saturating_sub(record_bytes(&rec));
         self.order.remove(&(rec.seq, *id));
         self.seq_to_task.remove(&rec.seq);
         remove_from(&mut self.by_job, &rec.job_id, rec.seq);
@@ -296,6 +349,7 @@ impl TaskEventStore {
         }
         let mut started = None;
         let rec = self.tasks.get_mut(&id)?;
+        let bytes_before = record_bytes(rec);
         let seq = rec.seq;
         if !e.function.is_empty() && rec.function != e.function {
             if !rec.function.is_empty() {
@@ -372,6 +426,7 @@ impl TaskEventStore {
             rec.events.push(e);
             rec.events_dropped += 1;
         }
+        self.bytes = (self.bytes + record_bytes(rec)).saturating_sub(bytes_before);
         started
     }
 
@@ -405,6 +460,8 @@ impl TaskEventStore {
             tasks: self.tasks.len(),
             capacity: self.capacity,
             evicted: self.evicted,
+            bytes: self.bytes,
+            byte_capacity: self.byte_capacity,
             dropped: self.dropped,
             by_state,
         }
@@ -522,6 +579,39 @@ mod tests {
         assert_eq!(s.summary().evicted, 1);
         assert_eq!(s.len(), 3);
         assert_eq!(s.job_counts(1).iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn the_byte_capacity_evicts_the_oldest_finished_tasks_and_accounts_every_byte() {
+        let one = {
+            let mut s = TaskEventStore::new(10);
+            let t = TaskId::random(JobId(1));
+            s.record(batch(vec![ev(t, pb::TaskState::TaskFinished, 0, 1)]));
+            s.summary().bytes
+        };
+        assert!(one >= RECORD_OVERHEAD_BYTES + "builtin:noop".len() * 2, "{one}");
+        // Room for about three such tasks, whatever the count capacity.
+        let mut s = TaskEventStore::with_byte_capacity(1_000, one * 3 + one / 2);
+        let running = TaskId::random(JobId(1));
+        s.record(batch(vec![ev(running, pb::TaskState::TaskRunning, 0, 1)]));
+        let done: Vec<TaskId> = (0..5).map(|_| TaskId::random(JobId(1))).collect();
+        for (i, t) in done.iter().enumerate() {
+            s.record(batch(vec![ev(*t, pb::TaskState::TaskFinished, 0, 2 + i as u64)]));
+        }
+        assert_eq!(s.len(), 3);
+        assert!(s.get(&running).is_some(), "an older running task outlives finished ones");
+        assert!(s.get(&done[4]).is_some() && s.get(&done[3]).is_some());
+        assert!(s.get(&done[0]).is_none());
+        assert_eq!(s.summary().evicted, 3);
+        assert!(s.summary().bytes <= one * 3 + one / 2);
+        // A long error and many events count too; forgetting gives them back.
+        let big = TaskId::random(JobId(2));
+        let mut e = ev(big, pb::TaskState::TaskFailed, 0, 10);
+        e.error = Some(pb::TaskError { message: "x".repeat(one * 2), ..Default::default() });
+        s.record(batch(vec![e]));
+        assert!(s.get(&big).is_some(), "the newest task is kept");
+        let total: usize = s.tasks.values().map(record_bytes).sum();
+        assert_eq!(s.summary().bytes, total, "the running sum equals the records' sizes");
     }
 
     #[test]

@@ -70,6 +70,19 @@ impl ApiError {
         Self::new(ErrorKind::NotFound, "not_found", format!("{what} {id} not found"))
     }
 
+    /// 410: a result object of a job that ended before the head restarted;
+    /// the sessions that owned it ended with the old head.
+    pub fn object_gone(id: &str, job: &str) -> Self {
+        Self::new(
+            ErrorKind::OwnerDied,
+            "object_gone",
+            format!(
+                "object {id} was a result of job {job}, which ended before the head restarted; its owner ended with \
+                 the old head, so it can no longer be served (run the job again to compute it)"
+            ),
+        )
+    }
+
     /// 404: no such route.
     pub fn no_route(method: &str, path: &str) -> Self {
         Self::new(ErrorKind::NotFound, "not_found", format!("no route for {method} {path}"))

@@ -113,12 +113,13 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, 
         Some(_) => return Err(ApiError::invalid_job("submission_id must be a string", Vec::new())),
     };
     check_submission_id(&submission_id)?;
-    let fingerprint = doc.to_string();
+    let canonical = doc.to_string();
+    let fingerprint = super::jobs::fingerprint(&canonical);
     // JSON goes back to the spec reader as JSON. YAML goes as written, so its
     // scalars are read exactly as `shoal run` reads them; only a top-level
     // `submission_id:` line is taken out.
     let spec_text = match format {
-        Format::Json => fingerprint.clone(),
+        Format::Json => canonical,
         Format::Yaml if submission_id.is_none() => text.to_string(),
         Format::Yaml => {
             let stripped: String =
@@ -171,9 +172,14 @@ fn entrypoint_submission(job: EntrypointJob, mut doc: serde_json::Value) -> Resu
     Ok(Submission {
         name: job.name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "entrypoint".into()),
         submission_id: job.submission_id.clone(),
-        fingerprint: doc.to_string(),
+        fingerprint: super::jobs::fingerprint(&doc.to_string()),
         work: Work::Entrypoint { job, resources },
     })
+}
+
+/// Runs a job-manager call that writes the state store on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// `POST /api/v1/jobs`.
@@ -181,7 +187,8 @@ pub async fn submit_job(State(st): State<AppState>, headers: HeaderMap, body: Bo
     let limit = st.config.max_body_bytes;
     let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::payload_too_large(limit))?;
     let sub = parse_submission(&headers, &bytes)?;
-    let (id, existing) = st.jobs.submit(sub)?;
+    let jobs = st.jobs.clone();
+    let (id, existing) = blocking(move || jobs.submit(sub)).await?;
     let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
     let location = format!("/api/v1/jobs/{id}");
     Ok((status, [(header::LOCATION, location)], Json(SubmitJobResponse { id, existing })).into_response())
@@ -223,7 +230,7 @@ pub async fn list_jobs(
         None => 0,
         Some(c) => c.parse::<JobId>().map_err(|_| ApiError::invalid_parameter(format!("invalid cursor `{c}`")))?.0,
     };
-    let (jobs, next) = st.jobs.list(state, after, page_limit(q.limit)?);
+    let (jobs, next) = st.jobs.list(state, after, page_limit(q.limit)?)?;
     Ok(Json(JobList { jobs, next_cursor: next.map(|n| JobId(n).to_string()) }))
 }
 
@@ -234,13 +241,17 @@ pub async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> Resu
 
 /// `POST /api/v1/jobs/{id}/stop`.
 pub async fn stop_job(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<JobAction>, ApiError> {
-    let state = st.jobs.stop(&id)?;
+    let jobs = st.jobs.clone();
+    let job = id.clone();
+    let state = blocking(move || jobs.stop(&job)).await?;
     Ok(Json(JobAction { id, state }))
 }
 
 /// `DELETE /api/v1/jobs/{id}`.
 pub async fn delete_job(State(st): State<AppState>, Path(id): Path<String>) -> Result<Json<JobAction>, ApiError> {
-    let state = st.jobs.delete(&id)?;
+    let jobs = st.jobs.clone();
+    let job = id.clone();
+    let state = blocking(move || jobs.delete(&job)).await?;
     Ok(Json(JobAction { id, state }))
 }
 
@@ -268,7 +279,7 @@ pub async fn job_logs(
     let logs = st.jobs.gcs().job_logs.clone();
     let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !q.follow {
-        let chunk = logs.read(job_id, q.offset, MAX_LOG_READ);
+        let chunk = logs.read(job_id, q.offset, MAX_LOG_READ).map_err(|e| ApiError::unavailable(e.to_string()))?;
         return Ok((text, chunk.data).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::convert::Infallible>>(LOG_STREAM_QUEUE);
@@ -280,7 +291,13 @@ pub async fn job_logs(
             // Read the state first, then the log: output written before the
             // job ended is always sent before the stream closes.
             let ended = jobs.state(job_id).is_none_or(JobState::is_terminal);
-            let chunk = logs.read(job_id, offset, 64 * 1024);
+            let chunk = match logs.read(job_id, offset, 64 * 1024) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(job = job_id, error = %e, "reading a followed job log failed");
+                    return;
+                }
+            };
             offset = chunk.next_offset;
             if !chunk.data.is_empty() {
                 if tx.send(Ok(chunk.data)).await.is_err() {

@@ -444,9 +444,9 @@ async fn not_found(req: Request) -> Response {
     error::ApiError::no_route(req.method().as_str(), req.uri().path()).into_response()
 }
 
-/// The head's whole HTTP app: the API, health and metrics.
-pub fn router(gcs: Gcs, config: RestConfig) -> Router {
-    let jobs = jobs::JobManager::new(gcs).with_owner(config.owner.clone());
+/// The head's whole HTTP app: the API, health and metrics. Restores the jobs the GCS's state store holds; an unreadable store is an error.
+pub fn router(gcs: Gcs, config: RestConfig) -> Result<Router, crate::gcs::state::StateError> {
+    let jobs = jobs::JobManager::open(gcs)?.with_owner(config.owner.clone());
     let state = AppState { jobs, config: std::sync::Arc::new(config) };
     let mut api: Router<AppState> = Router::new();
     let mut open: Router<AppState> = Router::new();
@@ -462,12 +462,13 @@ pub fn router(gcs: Gcs, config: RestConfig) -> Router {
     let refresh: crate::http::Refresh = std::sync::Arc::new(move || refresh_head_metrics(&refresh_state));
     let registry = state.jobs.gcs().metrics().registry().clone();
     let track_state = state.clone();
-    api.merge(open)
+    Ok(api
+        .merge(open)
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed().into_response() })
         .fallback(not_found)
         .with_state(state)
         .merge(crate::http::health_and_metrics(registry, Some(refresh)))
-        .layer(axum::middleware::from_fn_with_state(track_state, track))
+        .layer(axum::middleware::from_fn_with_state(track_state, track)))
 }
 
 fn refresh_head_metrics(st: &AppState) {

@@ -15,7 +15,7 @@ pub struct ErrorBody {
     /// `unauthorized`, `not_found`, `method_not_allowed`, `submission_conflict`,
     /// `job_not_terminal`, `job_terminal`, `payload_too_large`,
     /// `unsupported_media_type`, `invalid_job_spec`, `object_error`,
-    /// `unavailable`, `internal`.
+    /// `object_gone`, `unavailable`, `internal`.
     pub error: String,
     /// What went wrong in the runtime's vocabulary (shared with task errors
     /// and gRPC statuses); the HTTP status is this kind's.
