@@ -88,6 +88,11 @@ impl GcsConfig {
     }
 }
 
+/// Job ids are reserved in the state store this many at a time; a restart
+/// skips the rest of the block it was in (ids stay unique and increasing,
+/// not dense).
+pub const JOB_ID_BLOCK: u32 = 64;
+
 /// Bound of each raylet's outgoing update queue. A raylet that falls this far
 /// behind has its further deltas dropped and gets one full view when its
 /// queue has room again.
@@ -152,6 +157,9 @@ struct State {
     /// Finished jobs, oldest first, for [`MAX_FINISHED_JOBS`].
     finished_jobs: VecDeque<u32>,
     next_job: u32,
+    /// Job ids below this are reserved in the state store: a restarted head
+    /// starts here, so no id is ever handed out twice (see [`JOB_ID_BLOCK`]).
+    reserved_jobs: u32,
     /// Until then full views are held back (see the module docs).
     recovering_until: Instant,
 }
@@ -239,6 +247,7 @@ impl Gcs {
             jobs: BTreeMap::new(),
             finished_jobs: VecDeque::new(),
             next_job,
+            reserved_jobs: next_job,
             recovering_until: Instant::now() + config.recovery_window(),
         };
         Gcs {
@@ -429,7 +438,13 @@ impl Gcs {
         let mut st = self.lock();
         let job_id = st.next_job;
         let next = job_id.checked_add(1).ok_or_else(|| Status::resource_exhausted("job ids exhausted"))?;
-        self.store.set_next_job_id(next).map_err(|e| Status::unavailable(e.to_string()))?;
+        if job_id >= st.reserved_jobs {
+            // One durable write per block of ids, not per session: this
+            // runs under the GCS lock, which heartbeats need too.
+            let until = next.saturating_add(JOB_ID_BLOCK - 1);
+            self.store.set_next_job_id(until).map_err(|e| Status::unavailable(e.to_string()))?;
+            st.reserved_jobs = until;
+        }
         st.next_job = next;
         st.jobs.insert(
             job_id,

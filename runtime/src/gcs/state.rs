@@ -4,13 +4,13 @@
 //!
 //! What is stored: the REST job table (each job's record as bytes the job
 //! manager encodes, its state in a small index, the submission-id index and
-//! the result objects of each job), the GCS's next job id (ids are never
-//! reused after a restart), job logs (a window of at most
+//! the result objects of each job), the end of the block of job ids the GCS
+//! has reserved (ids are never reused after a restart), job logs (a window of at most
 //! [`MAX_LOG_BYTES_PER_JOB`] per job, as chunks keyed by their stream offset)
 //! and the GCS key-value store. What is not: node membership (rebuilt from
 //! raylets registering again) and the task history (in memory, bounded).
 //!
-//! Durability: a job write, a job id and a key-value write are committed
+//! Durability: a job write, a block of job ids and a key-value write are committed
 //! durably ([`Durability::Immediate`]: on disk when the call returns) before
 //! the API answers. Log appends are frequent and small; each is committed
 //! without a flush ([`Durability::None`]), and they reach the disk together

@@ -390,6 +390,13 @@ impl JobManager {
     }
 
     /// Moves a job to `state` unless it is already terminal; returns whether it moved.
+    /// [`JobManager::transition`] from async code: the store write waits
+    /// for a flush to disk, so it runs on the blocking pool.
+    async fn transition_off_thread(&self, job_id: u32, state: JobState, message: String) -> bool {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.transition(job_id, state, message)).await.unwrap_or(false)
+    }
+
     fn transition(&self, job_id: u32, state: JobState, message: String) -> bool {
         let now = now_ms();
         let counts = self.lock().live.get(&job_id).and_then(|l| l.record.as_ref()).map(|r| r.plan_tasks);
@@ -472,7 +479,7 @@ impl JobManager {
             Ok(c) => c,
             Err(e) => {
                 self.log(job_id, &format!("job failed: {e}"));
-                self.transition(job_id, JobState::Failed, e.message);
+                self.transition_off_thread(job_id, JobState::Failed, e.message).await;
                 return;
             }
         };
@@ -494,7 +501,7 @@ impl JobManager {
             }
         }
         self.log(job_id, &format!("job {} running through node {}", job_hex(job_id), client.node_id()));
-        self.transition(job_id, JobState::Running, "running".into());
+        self.transition_off_thread(job_id, JobState::Running, "running".into()).await;
         let outcome = match sub.work {
             Work::TaskGraph(plan) => self.run_graph(job_id, &client, &plan, &mut stop).await,
             Work::Entrypoint { job, resources } => {
@@ -519,11 +526,11 @@ impl JobManager {
                     }
                 }
                 self.log(job_id, "job succeeded");
-                self.transition(job_id, JobState::Succeeded, "succeeded".into());
+                self.transition_off_thread(job_id, JobState::Succeeded, "succeeded".into()).await;
             }
             Some(Err(message)) => {
                 self.log(job_id, &format!("job failed: {message}"));
-                self.transition(job_id, JobState::Failed, message);
+                self.transition_off_thread(job_id, JobState::Failed, message).await;
             }
             None => {}
         }
