@@ -29,8 +29,8 @@
 //! ([`state`]); everything else here is rebuilt as raylets register again.
 //!
 //! Times on the wire are milliseconds since the Unix epoch (`u64`, fields
-//! ending in `_ms`, from [`crate::net::now_ms`]); timeouts are measured with
-//! [`Instant`], which never jumps.
+//! ending in `_at_ms`, from [`crate::net::now_ms`]); timeouts are measured
+//! with [`Instant`], which never jumps.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -421,7 +421,7 @@ impl Gcs {
     pub fn nodes(&self) -> (Vec<pb::NodeInfo>, Vec<pb::NodeLoad>) {
         let st = self.lock();
         let mut nodes: Vec<_> = st.nodes.values().map(|e| e.info.clone()).collect();
-        nodes.sort_by_key(|n| n.start_time_ms);
+        nodes.sort_by_key(|n| n.started_at_ms);
         let loads = st.nodes.values().filter_map(|e| e.load.clone()).collect();
         (nodes, loads)
     }
@@ -452,8 +452,8 @@ impl Gcs {
                 job_id,
                 name,
                 state: pb::JobState::JobRunning as i32,
-                start_time_ms: now_ms(),
-                end_time_ms: 0,
+                started_at_ms: now_ms(),
+                ended_at_ms: 0,
                 driver_address,
             },
         );
@@ -466,7 +466,7 @@ impl Gcs {
         let Some(job) = st.jobs.get_mut(&job_id) else { return false };
         if job.state != pb::JobState::JobSucceeded as i32 {
             job.state = pb::JobState::JobSucceeded as i32;
-            job.end_time_ms = now_ms();
+            job.ended_at_ms = now_ms();
             st.finished_jobs.push_back(job_id);
             while st.finished_jobs.len() > MAX_FINISHED_JOBS {
                 let Some(old) = st.finished_jobs.pop_front() else { break };
@@ -509,8 +509,8 @@ impl pb::gcs_server::Gcs for Gcs {
             }
         }
         info.state = pb::NodeState::NodeAlive as i32;
-        if info.start_time_ms == 0 {
-            info.start_time_ms = now_ms();
+        if info.started_at_ms == 0 {
+            info.started_at_ms = now_ms();
         }
         tracing::info!(node = %id, address = %info.address, "node registered");
         st.nodes.insert(id, NodeEntry { info: info.clone(), load: None, last_seen: Instant::now() });
@@ -916,12 +916,12 @@ mod tests {
     async fn task_starts_are_timed_in_this_gcs_metrics_only() {
         let (a, b) = (gcs(), gcs());
         let t = crate::ids::TaskId::random(crate::ids::JobId(1));
-        let ev = |state: pb::TaskState, time_ms| pb::TaskEvent {
+        let ev = |state: pb::TaskState, at_ms| pb::TaskEvent {
             task_id: t.to_bytes(),
             job_id: 1,
             function: "builtin:noop".into(),
             state: state as i32,
-            time_ms,
+            at_ms,
             ..Default::default()
         };
         let batch = pb::ReportTaskEventsRequest {

@@ -294,7 +294,7 @@ impl TaskEventStore {
             seq,
             job_id: id.job().0,
             state: state as i32,
-            created_ms: e.time_ms,
+            created_ms: e.at_ms,
             ..Default::default()
         };
         self.order.insert((seq, id));
@@ -366,8 +366,8 @@ impl TaskEventStore {
         if !e.owner_node_id.is_empty() {
             rec.owner_node_id = NodeId::from_slice(&e.owner_node_id).ok();
         }
-        if e.time_ms > 0 && (rec.created_ms == 0 || e.time_ms < rec.created_ms) {
-            rec.created_ms = e.time_ms;
+        if e.at_ms > 0 && (rec.created_ms == 0 || e.at_ms < rec.created_ms) {
+            rec.created_ms = e.at_ms;
         }
         let new_state = state_of(e.state);
         let old_state = rec.state();
@@ -392,19 +392,19 @@ impl TaskEventStore {
             }
             // Timings are kept even from a late RUNNING that does not change the state.
             if new_state == pb::TaskState::TaskRunning && (advance || rec.start_ms == 0) {
-                rec.start_ms = e.time_ms;
+                rec.start_ms = e.at_ms;
             }
             if advance {
                 match new_state {
                     pb::TaskState::TaskRunning => {
                         rec.end_ms = 0;
                         // Only once the owner's submission event is in (it names the function).
-                        if !rec.function.is_empty() && rec.created_ms > 0 && e.time_ms >= rec.created_ms {
-                            let seconds = (e.time_ms - rec.created_ms) as f64 / 1000.0;
+                        if !rec.function.is_empty() && rec.created_ms > 0 && e.at_ms >= rec.created_ms {
+                            let seconds = (e.at_ms - rec.created_ms) as f64 / 1000.0;
                             started = Some(StartLatency { function: rec.function.clone(), seconds });
                         }
                     }
-                    s if is_terminal(s) => rec.end_ms = e.time_ms,
+                    s if is_terminal(s) => rec.end_ms = e.at_ms,
                     _ => {}
                 }
             }
@@ -527,7 +527,7 @@ mod tests {
             function: "builtin:noop".into(),
             state: state as i32,
             attempt,
-            time_ms: t,
+            at_ms: t,
             ..Default::default()
         }
     }

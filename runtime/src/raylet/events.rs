@@ -64,7 +64,7 @@ impl TaskEvents {
             state: state as i32,
             attempt,
             node_id: node.map(|n| n.to_bytes()).unwrap_or_default(),
-            time_ms: now_ms(),
+            at_ms: now_ms(),
             error: error.map(Into::into),
             owner_node_id: owner,
         });

@@ -403,7 +403,7 @@ async fn register(inner: &Arc<Inner>) -> Result<(), Error> {
             labels: inner.config.labels.clone(),
             state: pb::NodeState::NodeAlive as i32,
             hostname: hostname(),
-            start_time_ms: crate::net::now_ms(),
+            started_at_ms: crate::net::now_ms(),
             death_reason: String::new(),
         }
     };

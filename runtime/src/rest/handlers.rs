@@ -383,7 +383,7 @@ fn task_view(r: &TaskRecord, with_events: bool) -> TaskView {
                     state: task_events::state_name(pb::TaskState::try_from(e.state).unwrap_or_default()).to_string(),
                     attempt: e.attempt,
                     node_id: node_hex(&e.node_id),
-                    time_ms: e.time_ms,
+                    at_ms: e.at_ms,
                 })
                 .collect()
         } else {
@@ -462,7 +462,7 @@ fn node_views(st: &AppState) -> Vec<NodeView> {
                 object_store_used_bytes: load.map(|l| l.object_store_used).unwrap_or(0),
                 object_store_capacity_bytes: load.map(|l| l.object_store_capacity).unwrap_or(0),
                 idle: queued == 0 && all_free,
-                started_at_ms: n.start_time_ms,
+                started_at_ms: n.started_at_ms,
                 death_reason: n.death_reason.clone(),
             }
         })

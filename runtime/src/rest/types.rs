@@ -395,7 +395,7 @@ pub struct TaskEventView {
     #[serde(default)]
     pub node_id: Option<String>,
     /// When, ms since the epoch.
-    pub time_ms: u64,
+    pub at_ms: u64,
 }
 
 /// A task error.

@@ -238,8 +238,8 @@ impl Executor {
             returns: Vec::new(),
             error: Some((&err).into()),
             system_failure: system,
-            start_time_ms: 0,
-            end_time_ms: now_ms(),
+            started_at_ms: 0,
+            ended_at_ms: now_ms(),
         };
         self.results.push((spec.owner_address.clone(), r));
     }
@@ -465,8 +465,8 @@ impl Executor {
                     returns: Vec::new(),
                     error: Some((&err).into()),
                     system_failure: true,
-                    start_time_ms: run.start_ms,
-                    end_time_ms: now_ms(),
+                    started_at_ms: run.start_ms,
+                    ended_at_ms: now_ms(),
                 };
                 self.results.push((run.owner_address, r));
             }
@@ -499,8 +499,8 @@ impl Executor {
             returns: Vec::new(),
             error: None,
             system_failure: false,
-            start_time_ms: run.start_ms,
-            end_time_ms: now_ms(),
+            started_at_ms: run.start_ms,
+            ended_at_ms: now_ms(),
         };
         let context = |mut e: TaskError| {
             e.task_id = task_id.to_string();
