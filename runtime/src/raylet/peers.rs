@@ -278,4 +278,37 @@ mod tests {
     fn results_of_a_gone_owner_are_given_up() {
         assert_eq!(result_retry(OwnerState::Gone, 0), None);
     }
+
+    #[tokio::test]
+    async fn a_stalled_peer_fills_a_bounded_outbox_and_tasks_fail_over_instead() {
+        // A peer that accepts connections and never answers: every call to it hangs.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = std::thread::spawn(move || {
+            let conns: Vec<_> = listener.incoming().take(4).filter_map(Result::ok).collect();
+            std::thread::sleep(Duration::from_secs(30));
+            drop(conns);
+        });
+        let peers = Peers::new(Weak::new());
+        // The sender takes up to one batch and hangs on it; the rest queue
+        // up to the bound, then frees are dropped and counted.
+        let mut sent = 0usize;
+        while peers.dropped.load(Ordering::Relaxed) == 0 {
+            assert!(peers.send(&addr, PeerMsg::Free(crate::ids::ObjectId::default())).is_ok());
+            sent += 1;
+            assert!(sent <= OUTBOX_BOUND + 2 * BATCH, "the outbox grew past its bound: {sent} queued");
+            if sent.is_multiple_of(1024) {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(sent >= OUTBOX_BOUND, "only {sent} queued before dropping");
+        // A task for that peer is handed back to be placed elsewhere.
+        let task = pb::TaskSpec { name: "t".into(), ..Default::default() };
+        let back = peers.send(&addr, PeerMsg::Execute(task)).expect_err("a full outbox refuses a task");
+        assert_eq!(back.name, "t");
+        // Results never go through the bounded outbox: they are queued for retries.
+        assert!(peers.send(&addr, PeerMsg::Result(pb::TaskResult::default())).is_ok());
+        drop(peers);
+        drop(held);
+    }
 }
