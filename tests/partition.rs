@@ -155,3 +155,79 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     let stats = shoal::node_stats(&cluster.raylets[0].address).await.unwrap();
     assert!(stats.task_retries > 0, "tasks on the lost node were retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_reaches_an_owner_that_could_not_be_reached_while_its_task_ran() {
+    // Its own subnet: the tests of this file run at the same time.
+    let n = (std::process::id() + 100) % 200 + 20;
+    let net = Netns::new(n);
+    let (host_ip, ns_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+    let mut o = ClusterOptions::new(common::binary(), 1);
+    o.host = host_ip.clone();
+    o.cpus_per_node = Some(1.0);
+    // Long enough that the owner is not declared dead while it cannot be reached.
+    o.head_args = vec!["--health-timeout-ms".into(), "15000".into()];
+    o.no_head_raylet = true;
+    let cluster = LocalCluster::start(o).await.expect("cluster starts");
+
+    // The owner lives in the namespace, with no CPUs: its task runs on the host's raylet.
+    let dir = cluster.session_dir.join("owner");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = std::fs::File::create(dir.join("raylet.log")).unwrap();
+    let ready = dir.join("ready");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.name, common::binary(), "raylet", "--gcs", &cluster.gcs_address])
+        .args(["--host", &ns_ip, "--port", "0", "--metrics-port", "0", "--num-cpus", "0"])
+        .arg("--worker-socket")
+        .arg(dir.join("raylet.sock"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--spill-dir")
+        .arg(dir.join("spill"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _owner = KillOnDrop(child);
+    common::wait_for("the owner raylet is ready", Duration::from_secs(20), || async { ready.exists() }).await;
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
+    let owner = info["grpc"].as_str().unwrap().to_string();
+    common::wait_for("the owner knows both nodes", Duration::from_secs(20), || async {
+        common::stats(&owner).await.known_nodes >= 2
+    })
+    .await;
+
+    let c = Client::connect(&owner).await.unwrap();
+    let executor = cluster.raylets[0].address.clone();
+    let there = Strategy::NodeAffinity { node: common::node(&cluster, 0), soft: false };
+    let r = c.submit(shoal::Task::builtin("delay").arg(7u64).arg(1.0).strategy(there)).await.unwrap();
+    common::wait_for("the task runs on the host", Duration::from_secs(20), || async {
+        shoal::node_stats(&executor).await.is_ok_and(|s| s.running_tasks == 1)
+    })
+    .await;
+    // From the host the owner is now unreachable: every send to it fails at
+    // once (no route), so the executor's result delivery fails and retries.
+    let route = format!("{ns_ip}/32");
+    ip(&["route", "add", "unreachable", &route]);
+    struct Route(String);
+    impl Drop for Route {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["route", "del", "unreachable", &self.0]).output();
+        }
+    }
+    let route = Route(route);
+    let executor_log = cluster.session_dir.join("logs/raylet-0.log");
+    common::wait_for("the executor fails to report the result", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&executor_log).unwrap_or_default().contains("reporting results failed; retrying")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(route);
+    let v: u64 = tokio::time::timeout(Duration::from_secs(30), c.get(&r))
+        .await
+        .expect("the result never reached its owner")
+        .expect("the task succeeds");
+    assert_eq!(v, 7);
+    assert_eq!(common::stats(&owner).await.task_retries, 0, "the result was delivered, not recomputed");
+}
