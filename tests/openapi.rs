@@ -81,7 +81,7 @@ async fn every_generated_request_gets_an_answer_the_openapi_document_allows() {
     cmd.arg("--config-file")
         .arg(&config)
         .arg("--no-color")
-        .args(["run", &url, "--checks", "all", "--exclude-checks", "negative_data_rejection"])
+        .args(["run", &url, "--checks", "all"])
         .args(["--mode", "all", "--phases", "examples,coverage,fuzzing"])
         // One worker: hypothesis reads lambda sources with `ast.parse`, which
         // CPython 3.11 can fail when two threads parse at once.

@@ -218,7 +218,10 @@ impl<'de> Deserialize<'de> for StrategyDecl {
                     match key.as_str() {
                         "node" => node = Some(map.next_value::<String>()?),
                         "soft" => soft = Some(map.next_value::<bool>()?),
-                        "labels" => labels = Some(map.next_value::<BTreeMap<String, String>>()?),
+                        "labels" => {
+                            let read = map.next_value::<BTreeMap<String, LabelValue>>()?;
+                            labels = Some(read.into_iter().map(|(k, v)| (k, v.0)).collect());
+                        }
                         other => return Err(bad(&format!("has unknown key `{other}`"))),
                     }
                 }
@@ -233,6 +236,38 @@ impl<'de> Deserialize<'de> for StrategyDecl {
         }
 
         deserializer.deserialize_any(StrategyVisitor)
+    }
+}
+
+/// A label value in a strategy: a string, or a number or boolean read as
+/// its text (YAML's `tier: 1`); a null is refused, not read as `"null"`.
+struct LabelValue(String);
+
+impl<'de> Deserialize<'de> for LabelValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LabelValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a label value (a string, number or boolean)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LabelValue, E> {
+                Ok(LabelValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<LabelValue, E> {
+                Ok(LabelValue(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LabelValue, E> {
+                Ok(LabelValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<LabelValue, E> {
+                Ok(LabelValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<LabelValue, E> {
+                Ok(LabelValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(V)
     }
 }
 
@@ -775,15 +810,18 @@ enum ArgForm<'a> {
 
 /// Tells a reference from a literal. An object with a `ref` key is a
 /// reference and may carry only `index` besides; `{value: X}` is always the
-/// literal `X`.
+/// literal `X` and carries nothing else.
 fn classify_arg(arg: &Json) -> Result<ArgForm<'_>, String> {
     let Json::Object(map) = arg else {
         return Ok(ArgForm::Literal(arg));
     };
-    if map.len() == 1 {
-        if let Some(v) = map.get("value") {
-            return Ok(ArgForm::Literal(v));
+    if let Some(v) = map.get("value") {
+        if let Some(extra) = map.keys().find(|k| *k != "value") {
+            return Err(format!(
+                "has `value` and also `{extra}`; {{value: X}} takes nothing else (wrap a literal object in {{value: ...}})"
+            ));
         }
+        return Ok(ArgForm::Literal(v));
     }
     let Some(r) = map.get("ref") else {
         return Ok(ArgForm::Literal(arg));

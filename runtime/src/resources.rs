@@ -130,11 +130,18 @@ fn amount_to_units(name: &str, v: f64, text: &str) -> Result<i64, ResourceError>
     Ok(units as i64)
 }
 
+/// Largest amount written as a plain number (the REST API's documented
+/// bound; larger amounts take a suffix, e.g. `20000Gi`).
+pub const MAX_NUMBER_AMOUNT: f64 = 1.0e13;
+
 /// Reads a JSON number or string quantity.
 pub fn parse_json_quantity(name: &str, v: &serde_json::Value) -> Result<i64, ResourceError> {
     match v {
         serde_json::Value::Number(n) => {
             let f = n.as_f64().unwrap_or(f64::NAN);
+            if f > MAX_NUMBER_AMOUNT {
+                return Err(ResourceError::TooLarge { name: name.to_string(), value: n.to_string() });
+            }
             amount_to_units(name, f, &n.to_string())
         }
         serde_json::Value::String(s) => parse_quantity(name, s),

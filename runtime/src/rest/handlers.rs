@@ -61,6 +61,64 @@ fn body_format(headers: &HeaderMap, text: &str) -> Result<Format, ApiError> {
     }
 }
 
+/// What the job spec reader would read differently from the document: a
+/// null where a value belongs (the optional fields may be null, meaning
+/// left out), and a YAML number, boolean or null where text belongs (YAML's
+/// reader would take `id: false` as the text `false`). Both are refused,
+/// each problem naming its task, so a YAML body means what the same JSON
+/// body means.
+fn values_of_the_wrong_type(doc: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value::Null;
+    let mut problems = Vec::new();
+    let text = |v: &serde_json::Value| v.is_string();
+    if doc.get("tasks") == Some(&Null) {
+        problems.push("`tasks` is null".to_string());
+    }
+    if doc.get("name").is_some_and(|v| !text(v)) {
+        problems.push("`name` must be a string (in YAML, quote it)".to_string());
+    }
+    let Some(tasks) = doc.get("tasks").and_then(|t| t.as_array()) else { return problems };
+    for (i, t) in tasks.iter().enumerate() {
+        let name = match t.get("id").and_then(|v| v.as_str()) {
+            Some(id) => format!("task `{id}`"),
+            None => format!("task {}", i + 1),
+        };
+        for key in ["id", "function", "cwd"] {
+            if t.get(key).is_some_and(|v| !text(v) && !(key == "cwd" && v.is_null())) {
+                problems.push(format!("{name}: `{key}` must be a string (in YAML, quote it)"));
+            }
+        }
+        for key in ["exec", "args"] {
+            if t.get(key) == Some(&Null) {
+                problems.push(format!("{name}: `{key}` is null"));
+            }
+        }
+        if let Some(serde_json::Value::Array(argv)) = t.get("exec") {
+            if argv.iter().any(|v| !text(v)) {
+                problems.push(format!("{name}: every item of `exec` must be a string (in YAML, quote it)"));
+            }
+        }
+        if let Some(serde_json::Value::Object(env)) = t.get("env") {
+            if env.values().any(|v| !text(v)) {
+                problems.push(format!("{name}: every value of `env` must be a string (in YAML, quote it)"));
+            }
+        }
+        if let Some(serde_json::Value::Object(r)) = t.get("resources") {
+            if r.values().any(|v| v.is_null()) {
+                problems.push(format!("{name}: `resources` holds a null"));
+            }
+        }
+        if let Some(serde_json::Value::Object(st)) = t.get("strategy") {
+            let labels_null =
+                st.get("labels").and_then(|l| l.as_object()).is_some_and(|l| l.values().any(|v| v.is_null()));
+            if st.values().any(|v| v.is_null()) || labels_null {
+                problems.push(format!("{name}: `strategy` holds a null"));
+            }
+        }
+    }
+    problems
+}
+
 fn check_submission_id(sid: &Option<String>) -> Result<(), ApiError> {
     if let Some(s) = sid {
         let ok = !s.is_empty()
@@ -107,6 +165,14 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, 
             .map_err(|e| ApiError::invalid_job(format!("invalid entrypoint job: {e}"), Vec::new()))?;
         return entrypoint_submission(job, doc);
     }
+    let wrong = values_of_the_wrong_type(&doc);
+    if !wrong.is_empty() {
+        return Err(ApiError::invalid_job(format!("invalid job spec: {}", wrong.join("; ")), wrong));
+    }
+    let Some(obj) = doc.as_object_mut() else {
+        return Err(ApiError::invalid_job("the body must be an object (a job spec or an entrypoint job)", Vec::new()));
+    };
+    let had_submission_id = obj.contains_key("submission_id");
     let submission_id = match obj.remove("submission_id") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s),
@@ -120,7 +186,8 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, 
     // `submission_id:` line is taken out.
     let spec_text = match format {
         Format::Json => canonical,
-        Format::Yaml if submission_id.is_none() => text.to_string(),
+        // `submission_id: null` is taken out as well.
+        Format::Yaml if !had_submission_id => text.to_string(),
         Format::Yaml => {
             let stripped: String =
                 text.lines().filter(|l| !l.starts_with("submission_id:")).collect::<Vec<_>>().join("\n");

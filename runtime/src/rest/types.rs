@@ -92,7 +92,7 @@ fn env_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema {
 fn quantity_schema() -> serde_json::Value {
     serde_json::json!({
         "oneOf": [
-            { "type": "number", "minimum": 0, "maximum": 1.0e13 },
+            { "type": "number", "minimum": 0, "maximum": crate::resources::MAX_NUMBER_AMOUNT },
             { "type": "string", "pattern": "^[0-9]{1,5}(\\.[0-9]{1,4})?(Ki|Mi|Gi|k|K|M|G|m)?$" },
         ]
     })
@@ -137,7 +137,11 @@ fn tasks_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema
             {
                 "type": "object",
                 "required": ["labels"],
-                "properties": { "labels": { "type": "object", "additionalProperties": { "type": "string" } } },
+                "properties": { "labels": {
+                    "type": "object",
+                    "description": "Label values; a number or boolean is read as its text.",
+                    "additionalProperties": { "type": ["string", "number", "boolean"] },
+                } },
                 "additionalProperties": false,
             },
         ]
@@ -151,6 +155,12 @@ fn tasks_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema
         "retry_exceptions": { "type": "boolean" },
         "strategy": strategy,
     });
+    // An optional field may be given as null: it means the same as leaving it out.
+    let nullable = |v: serde_json::Value| serde_json::json!({ "anyOf": [v, { "type": "null" }] });
+    let mut common = common;
+    for key in ["resources", "num_returns", "max_retries", "retry_exceptions", "strategy"] {
+        common[key] = nullable(common[key].take());
+    }
     let mut builtin = common.clone();
     builtin["function"] = serde_json::json!({ "type": "string", "enum": builtins });
     let mut exec = common;
@@ -168,6 +178,9 @@ fn tasks_schema(_: &mut schemars::generate::SchemaGenerator) -> schemars::Schema
         "additionalProperties": { "type": "string", "pattern": "^[^\\x00]*$" },
     });
     exec["cwd"] = serde_json::json!({ "type": "string", "pattern": "^[^\\x00]*$" });
+    for key in ["output", "env", "cwd"] {
+        exec[key] = nullable(exec[key].take());
+    }
     schemars::json_schema!({
         "type": "array",
         "minItems": 1,
