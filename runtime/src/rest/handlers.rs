@@ -84,7 +84,9 @@ fn values_of_the_wrong_type(doc: &serde_json::Value) -> Vec<String> {
             None => format!("task {}", i + 1),
         };
         for key in ["id", "function", "cwd"] {
-            if t.get(key).is_some_and(|v| !text(v) && !(key == "cwd" && v.is_null())) {
+            // `cwd` is optional: null means the worker's directory.
+            let allowed = |v: &serde_json::Value| text(v) || (key == "cwd" && v.is_null());
+            if t.get(key).is_some_and(|v| !allowed(v)) {
                 problems.push(format!("{name}: `{key}` must be a string (in YAML, quote it)"));
             }
         }
