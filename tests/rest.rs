@@ -512,6 +512,25 @@ async fn an_unknown_field_is_422_naming_the_task() {
 }
 
 #[tokio::test]
+async fn yaml_means_what_the_same_json_means_or_is_422() {
+    // YAML's reader would take these as the text `false`, `null`, `1`.
+    for (body, what) in [
+        ("tasks:\n  - id: false\n    function: builtin:noop\n", "`id` must be a string"),
+        ("tasks:\n  - id: a\n    function: builtin:noop\n    cwd: 1\n", "`cwd` must be a string"),
+        ("tasks:\n  - id: a\n    exec: [echo, null]\n", "every item of `exec` must be a string"),
+        ("name: null\ntasks:\n  - id: a\n    function: builtin:noop\n", "`name` must be a string"),
+    ] {
+        let v = rejected("application/yaml", body, 422, "invalid_job_spec").await;
+        assert!(v.to_string().contains(what), "{body}: {v}");
+    }
+    let body = r#"{"tasks": [{"id": "a", "function": "builtin:identity", "args": [{"value": 1, "unit": "kg"}]}]}"#;
+    let v = rejected("application/json", body, 422, "invalid_job_spec").await;
+    assert!(v.to_string().contains("has `value` and also `unit`"), "{v}");
+    let body = r#"{"entrypoint": "true", "resources": {"cpu": 10000000000001}}"#;
+    rejected("application/json", body, 422, "invalid_job_spec").await;
+}
+
+#[tokio::test]
 async fn a_reference_to_an_unknown_task_is_422_naming_it() {
     let body = r#"{"tasks": [{"id": "a", "function": "builtin:identity", "args": [{"ref": "ghost"}]}]}"#;
     let v = rejected("application/json", body, 422, "invalid_job_spec").await;
