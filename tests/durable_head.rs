@@ -38,13 +38,14 @@ struct Head {
 }
 
 impl Head {
-    /// Starts `shoal head --state-dir dir` and waits until it serves.
+    /// Starts `shoal head --state-dir dir` and waits until it serves. It
+    /// runs no raylet of its own, so a job submitted to it waits (PENDING).
     async fn start(state_dir: &Path, log: &Path) -> Head {
         let ready = log.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let out = std::fs::File::create(log).expect("head log");
         let child = Command::new(common::binary())
-            .args(["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--state-dir"])
+            .args(["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--no-raylet", "--state-dir"])
             .arg(state_dir)
             .arg("--ready-file")
             .arg(&ready)
@@ -259,7 +260,7 @@ async fn an_unreadable_state_dir_stops_the_head_with_a_clear_error_and_leaves_it
         let out = tokio::time::timeout(
             Duration::from_secs(30),
             tokio::process::Command::new(common::binary())
-                .args(["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--state-dir"])
+                .args(["head", "--host", "127.0.0.1", "--gcs-port", "0", "--port", "0", "--no-raylet", "--state-dir"])
                 .arg(&state_dir)
                 .stdin(Stdio::null())
                 .output(),
