@@ -117,6 +117,10 @@ pub struct TaskRecord {
     pub events: Vec<pb::TaskEvent>,
     /// Events left out of `events`.
     pub events_dropped: u32,
+    /// Whether the latest start's latency was reported (it is once both the
+    /// owner's submission and the executor's RUNNING are in, whichever
+    /// arrives last: they come from different raylets).
+    start_reported: bool,
 }
 
 impl TaskRecord {
@@ -398,11 +402,7 @@ impl TaskEventStore {
                 match new_state {
                     pb::TaskState::TaskRunning => {
                         rec.end_ms = 0;
-                        // Only once the owner's submission event is in (it names the function).
-                        if !rec.function.is_empty() && rec.created_ms > 0 && e.at_ms >= rec.created_ms {
-                            let seconds = (e.at_ms - rec.created_ms) as f64 / 1000.0;
-                            started = Some(StartLatency { function: rec.function.clone(), seconds });
-                        }
+                        rec.start_reported = false;
                     }
                     s if is_terminal(s) => rec.end_ms = e.at_ms,
                     _ => {}
@@ -423,6 +423,13 @@ impl TaskEventStore {
                     rec.node_id = node;
                 }
             }
+        }
+        // The submit-to-start latency, once the owner's submission event
+        // (it names the function) and the start are both in.
+        if !rec.start_reported && rec.start_ms > 0 && !rec.function.is_empty() && rec.created_ms > 0 {
+            rec.start_reported = true;
+            let seconds = rec.start_ms.saturating_sub(rec.created_ms) as f64 / 1000.0;
+            started = Some(StartLatency { function: rec.function.clone(), seconds });
         }
         if rec.events.len() < MAX_EVENTS_PER_TASK {
             rec.events.push(e);
@@ -573,6 +580,20 @@ mod tests {
         s.record(batch(vec![ev(t, pb::TaskState::TaskFinished, 1, 6), ev(t, pb::TaskState::TaskCancelled, 1, 7)]));
         assert_eq!(s.get(&t).unwrap().state(), pb::TaskState::TaskFinished);
         assert_eq!(s.summary().by_state.iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn a_start_reported_before_its_submission_still_gives_its_latency_once() {
+        let mut s = TaskEventStore::new(10);
+        let t = TaskId::random(JobId(1));
+        // The executor's batch (no function) comes before the owner's.
+        let mut running = ev(t, pb::TaskState::TaskRunning, 0, 3_000);
+        running.function.clear();
+        assert!(s.record(batch(vec![running])).is_empty(), "not without the function");
+        let started = s.record(batch(vec![ev(t, pb::TaskState::TaskPendingArgs, 0, 1_000)]));
+        assert_eq!(started, vec![StartLatency { function: "builtin:noop".into(), seconds: 2.0 }]);
+        let again = s.record(batch(vec![ev(t, pb::TaskState::TaskFinished, 0, 4_000)]));
+        assert!(again.is_empty(), "reported once");
     }
 
     #[test]
