@@ -362,6 +362,9 @@ async fn task_listing_paginates_across_more_than_ten_thousand_tasks() {
     let page = a.client.tasks("limit=5").await.unwrap();
     assert_eq!(page.tasks.len(), 5);
     assert!(page.history.tasks >= N as u64 && page.history.capacity >= page.history.tasks);
+    // Bounded in bytes too: what the tasks hold is counted against the default bound.
+    assert_eq!(page.history.byte_capacity, shoal::gcs::task_events::DEFAULT_BYTE_CAPACITY as u64);
+    assert!(page.history.bytes > 0 && page.history.bytes <= page.history.byte_capacity, "{:?}", page.history);
 }
 
 #[tokio::test]

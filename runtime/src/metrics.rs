@@ -372,6 +372,10 @@ pub struct HeadMetrics {
     pub task_history_capacity: IntGauge,
     /// Tasks forgotten to stay within the capacity.
     pub task_history_evicted: IntCounter,
+    /// Bytes the state API's history holds.
+    pub task_history_bytes: IntGauge,
+    /// Most bytes the state API's history holds.
+    pub task_history_capacity_bytes: IntGauge,
     /// Task events raylets dropped before sending.
     pub task_events_dropped: IntCounter,
     /// Submission to first start, by function.
@@ -413,6 +417,11 @@ impl HeadMetrics {
             ),
             task_history_evicted: f
                 .counter("shoal_task_history_evicted_total", "Tasks the state API forgot to stay within its capacity."),
+            task_history_bytes: f.gauge("shoal_task_history_bytes", "Bytes the state API's task history holds."),
+            task_history_capacity_bytes: f.gauge(
+                "shoal_task_history_capacity_bytes",
+                "Most bytes the state API's task history holds (oldest finished are evicted first).",
+            ),
             task_events_dropped: f.counter(
                 "shoal_task_events_dropped_total",
                 "Task events raylets dropped because their buffer was full.",
@@ -471,6 +480,8 @@ impl HeadMetrics {
         }
         self.task_history.set(s.tasks as i64);
         self.task_history_capacity.set(s.capacity as i64);
+        self.task_history_bytes.set(s.bytes as i64);
+        self.task_history_capacity_bytes.set(s.byte_capacity as i64);
         catch_up(&self.task_history_evicted, s.evicted);
         catch_up(&self.task_events_dropped, s.dropped);
     }

@@ -405,9 +405,14 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     let jobs: Vec<String> = cluster.jobs.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s}={n}")).collect();
     println!("  jobs:    {}", if jobs.is_empty() { "none".into() } else { jobs.join(" ") });
+    let h = &cluster.history;
     println!(
-        "  tasks:   {} remembered of {} (evicted {})",
-        cluster.history.tasks, cluster.history.capacity, cluster.history.evicted
+        "  tasks:   {} remembered of {}, {} of {} (evicted {})",
+        h.tasks,
+        h.capacity,
+        human_bytes(h.bytes),
+        human_bytes(h.byte_capacity),
+        h.evicted
     );
     println!();
     println!(

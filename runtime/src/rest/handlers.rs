@@ -462,7 +462,14 @@ fn task_view(r: &TaskRecord, with_events: bool) -> TaskView {
 }
 
 fn history(s: &task_events::StoreSummary) -> TaskHistory {
-    TaskHistory { tasks: s.tasks as u64, capacity: s.capacity as u64, evicted: s.evicted, dropped_events: s.dropped }
+    TaskHistory {
+        tasks: s.tasks as u64,
+        capacity: s.capacity as u64,
+        evicted: s.evicted,
+        dropped_events: s.dropped,
+        bytes: s.bytes as u64,
+        byte_capacity: s.byte_capacity as u64,
+    }
 }
 
 /// `GET /api/v1/tasks`.
@@ -556,7 +563,7 @@ pub fn cluster_summary(st: &AppState) -> ClusterSummary {
         object_store_capacity_bytes: 0,
         jobs: st.jobs.counts().into_iter().map(|(s, n)| (s.as_str().to_string(), n)).collect(),
         tasks: BTreeMap::new(),
-        history: TaskHistory { tasks: 0, capacity: 0, evicted: 0, dropped_events: 0 },
+        history: TaskHistory { tasks: 0, capacity: 0, evicted: 0, dropped_events: 0, bytes: 0, byte_capacity: 0 },
     };
     for n in &nodes {
         if n.state != "ALIVE" {

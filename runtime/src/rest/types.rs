@@ -488,6 +488,10 @@ pub struct TaskHistory {
     pub evicted: u64,
     /// Task events raylets dropped before sending (history is partial when non-zero).
     pub dropped_events: u64,
+    /// Bytes the remembered tasks hold.
+    pub bytes: u64,
+    /// Most bytes remembered (`--task-history-bytes`); beyond it the oldest finished are forgotten first.
+    pub byte_capacity: u64,
 }
 
 /// A raylet.
