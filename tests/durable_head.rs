@@ -86,27 +86,14 @@ impl Drop for Head {
     }
 }
 
+/// Kills a head and waits until it is gone: until then it still holds the
+/// state file, and a new head on the same directory is refused.
 fn sigkill(pid: u32) {
     // SAFETY: kill(2) on a head this test started.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-}
-
-async fn wait_until(c: &RestClient, id: &str, what: &str, timeout: Duration, f: impl Fn(&Job) -> bool) -> Job {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = c.job(id).await.expect("job");
-        if f(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} never {what}: {:?} {}", job.state, job.message);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn terminal(c: &RestClient, id: &str) -> Job {
-    wait_until(c, id, "ended", Duration::from_secs(60), |j| j.state.is_terminal()).await
+    common::wait_for_blocking("the killed head exits", Duration::from_secs(10), || !shoal::process::is_running(pid));
 }
 
 async fn logs(c: &RestClient, id: &str) -> String {
@@ -151,13 +138,13 @@ async fn a_head_killed_and_restarted_on_its_state_dir_keeps_every_job_and_fails_
     // Running when the head dies.
     let running = submit(&c, serde_json::json!({"entrypoint": "echo started; sleep 60"})).await;
 
-    let ok_job = terminal(&c, &ok).await;
+    let ok_job = common::wait_terminal(&c, &ok, Duration::from_secs(60)).await;
     assert_eq!(ok_job.state, JobState::Succeeded, "{}", ok_job.message);
     let object_id = ok_job.results.iter().find(|r| r.task == "blob").and_then(|r| r.object_id.clone()).expect("object");
     let inline = ok_job.results.iter().find(|r| r.task == "small").and_then(|r| r.value.clone());
     assert_eq!(inline, Some(serde_json::json!(42)));
-    assert_eq!(terminal(&c, &echo).await.state, JobState::Succeeded);
-    assert_eq!(terminal(&c, &failed).await.state, JobState::Failed);
+    assert_eq!(common::wait_terminal(&c, &echo, Duration::from_secs(60)).await.state, JobState::Succeeded);
+    assert_eq!(common::wait_terminal(&c, &failed, Duration::from_secs(60)).await.state, JobState::Failed);
     let deadline = Instant::now() + Duration::from_secs(30);
     for (id, line) in [(&stopped, "waiting"), (&running, "started")] {
         while !logs(&c, id).await.contains(line) {
@@ -168,7 +155,7 @@ async fn a_head_killed_and_restarted_on_its_state_dir_keeps_every_job_and_fails_
     assert_eq!(c.stop(&stopped).await.expect("stop").state, JobState::Stopped);
     assert_eq!(c.job(&running).await.expect("job").state, JobState::Running);
     // The graph's counts reach the head with the task events, then freeze.
-    wait_until(&c, &ok, "counted its tasks", Duration::from_secs(10), |j| j.tasks.finished == 2).await;
+    common::wait_for_job(&c, &ok, "counted its tasks", Duration::from_secs(10), |j| j.tasks.finished == 2).await;
     tokio::time::sleep(shoal::rest::jobs::COUNTS_SETTLE + Duration::from_millis(500)).await;
     let before: Vec<Job> = c.jobs(None).await.expect("list");
     assert_eq!(before.len(), 5);
