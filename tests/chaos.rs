@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal::local_cluster::LocalCluster;
 use shoal::rest::client::RestClient;
-use shoal::rest::types::{Job, JobState};
+use shoal::rest::types::JobState;
 
 /// Tasks per job: half-second tasks, spread, as a user's long job would be.
 const TASKS: u64 = 36;
@@ -52,18 +52,6 @@ fn random_moment() -> Duration {
     Duration::from_millis(300 + fastrand::u64(..1500))
 }
 
-async fn wait_terminal(c: &RestClient, id: &str, timeout: Duration) -> Job {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = c.job(id).await.expect("job");
-        if job.state.is_terminal() {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} still {:?} after {timeout:?}: {}", job.state, job.message);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Kills worker raylet `victim` (an index into `raylets`) after a random
 /// moment, then starts a replacement so the next job has three again.
 async fn kill_then_replace(cluster: &mut LocalCluster, victim: usize) {
@@ -80,7 +68,7 @@ async fn rest_task_graphs_survive_each_worker_raylet_killed_in_turn() {
         let body = spec(&format!("graph-{victim}")).to_string();
         let id = api.submit("application/json", body).await.expect("submitted").id;
         kill_then_replace(&mut cluster, victim).await;
-        let job = wait_terminal(&api, &id, Duration::from_secs(120)).await;
+        let job = common::wait_terminal(&api, &id, Duration::from_secs(120)).await;
         assert_eq!(job.state, JobState::Succeeded, "job {id} with raylet {victim} killed: {}", job.message);
         let head = cluster.head_raylet.as_ref().unwrap();
         assert_eq!(job.driver_node_id.as_deref(), Some(head.node_id.as_str()), "the head owns the job");
@@ -107,7 +95,7 @@ async fn entrypoint_drivers_survive_each_worker_raylet_killed_in_turn() {
         });
         let id = api.submit("application/json", body.to_string()).await.expect("submitted").id;
         kill_then_replace(&mut cluster, victim).await;
-        let job = wait_terminal(&api, &id, Duration::from_secs(120)).await;
+        let job = common::wait_terminal(&api, &id, Duration::from_secs(120)).await;
         let log = String::from_utf8_lossy(&api.logs(&id).await.unwrap()).to_string();
         assert_eq!(job.state, JobState::Succeeded, "job {id} with raylet {victim} killed: {}\n{log}", job.message);
         let head = cluster.head_raylet.as_ref().unwrap();

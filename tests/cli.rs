@@ -100,12 +100,9 @@ fn raylet_reports_every_bad_flag_at_once() {
     assert!(err.contains("--resources") && err.contains("--labels") && err.contains("--memory"), "{err}");
 }
 
+/// A zombie still has a /proc entry; it counts as gone.
 fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; count it as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    shoal::process::is_running(pid)
 }
 
 /// A running `shoal up`: the process, every process below it once it is
@@ -119,36 +116,12 @@ struct Up {
 /// Starts `shoal up` and waits until it is serving and every raylet has
 /// started its workers.
 fn start_up() -> Up {
-    use std::io::{BufRead, BufReader};
     // Its cluster record goes to a directory of its own.
     let home = std::env::temp_dir().join(format!("shoal-cli-home-{}", fastrand::u64(..)));
-    let mut child = shoal()
-        .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
-        .env("SHOAL_HOME", &home)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Ctrl-C") {
-            break;
-        }
-    }
-    assert!(seen.contains("raylet 1:"), "{seen}");
-    let api = seen
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("REST API:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|url| url.trim_start_matches("http://").to_string())
-        .unwrap_or_else(|| panic!("no REST API address in {seen}"));
-    // Keep draining stdout so `shoal up` never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let mut cmd = shoal();
+    cmd.env("SHOAL_HOME", &home);
+    let (child, banner) = common::start_up(cmd);
+    let api = common::rest_api_of(&banner).trim_start_matches("http://").to_string();
     let root = child.id();
     common::wait_for_blocking("head, two raylets and their workers run", Duration::from_secs(20), || {
         shoal::process::descendants(root).len() >= 5

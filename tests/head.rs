@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 fn shoal(home: &Path) -> Command {
@@ -30,32 +29,12 @@ struct Up {
 
 impl Up {
     fn start(home: &Path) -> Up {
-        let mut child = shoal(home)
-            .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut banner = String::new();
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            let line = line.unwrap();
-            banner.push_str(&line);
-            banner.push('\n');
-            if line.contains("Ctrl-C") {
-                break;
-            }
-        }
-        assert!(banner.contains("raylet 1:"), "shoal up did not start:\n{banner}");
+        let (child, banner) = common::start_up(shoal(home));
         Up { child, banner }
     }
 
     fn api(&self) -> String {
-        self.banner
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("REST API:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .to_string()
+        common::rest_api_of(&self.banner)
     }
 
     fn stop(mut self) {
@@ -162,18 +141,6 @@ async fn the_heads_raylet_owns_jobs_and_runs_drivers_unless_they_need_cpus() {
     assert_eq!(total.get("cpu"), 0.0, "no CPUs for tasks by default: {total}");
 
     let api = RestClient::new(&cluster.http_address, None).unwrap();
-    let wait = |id: String| {
-        let api = api.clone();
-        async move {
-            loop {
-                let job = api.job(&id).await.unwrap();
-                if job.state.is_terminal() {
-                    return job;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     // The driver's node is known from its task events, which lag a little.
     let driver_on = |id: String, nodes: Vec<String>| {
         let api = api.clone();
@@ -184,13 +151,13 @@ async fn the_heads_raylet_owns_jobs_and_runs_drivers_unless_they_need_cpus() {
     };
     let on_head = serde_json::json!({"entrypoint": "echo on-the-head"});
     let id = api.submit("application/json", on_head.to_string()).await.unwrap().id;
-    let job = wait(id.clone()).await;
+    let job = common::wait_terminal(&api, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, shoal::rest::types::JobState::Succeeded, "{}", job.message);
     assert!(driver_on(id.clone(), vec![head.node_id.clone()]).await, "on the head: {:?}", api.job(&id).await);
     // A driver asking for a CPU runs on a worker node.
     let needs_cpu = serde_json::json!({"entrypoint": "echo elsewhere", "resources": {"cpu": 1}});
     let id = api.submit("application/json", needs_cpu.to_string()).await.unwrap().id;
-    let job = wait(id.clone()).await;
+    let job = common::wait_terminal(&api, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, shoal::rest::types::JobState::Succeeded, "{}", job.message);
     let workers: Vec<String> = cluster.raylets.iter().map(|r| r.node_id.clone()).collect();
     assert!(driver_on(id.clone(), workers).await, "on a worker: {:?}", api.job(&id).await);

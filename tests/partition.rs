@@ -16,6 +16,8 @@ use shoal::{Client, Strategy};
 struct Netns {
     name: String,
     host_if: String,
+    /// The namespace's address.
+    ns_ip: String,
 }
 
 fn ip(args: &[&str]) {
@@ -39,7 +41,31 @@ impl Netns {
         ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("10.213.{n}.2/24"), "dev", &ns_if]);
         ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
         ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
-        Netns { name, host_if }
+        Netns { name, host_if, ns_ip: format!("10.213.{n}.2") }
+    }
+
+    /// Starts a raylet of `cluster` inside the namespace at 10.213.N.2 with
+    /// `cpus` CPUs, its files under the session's `dir`; returns it and its ready file.
+    fn start_raylet(&self, cluster: &LocalCluster, dir: &str, cpus: u32) -> (KillOnDrop, std::path::PathBuf) {
+        let dir = cluster.session_dir.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("raylet.log")).unwrap();
+        let ready = dir.join("ready");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, common::binary(), "raylet", "--gcs", &cluster.gcs_address])
+            .args(["--host", &self.ns_ip, "--port", "0", "--metrics-port", "0", "--num-cpus", &cpus.to_string()])
+            .arg("--worker-socket")
+            .arg(dir.join("raylet.sock"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--spill-dir")
+            .arg(dir.join("spill"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (KillOnDrop(child), ready)
     }
 
     fn cut(&self) {
@@ -80,25 +106,7 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     let cluster = LocalCluster::start(o).await.expect("cluster starts");
 
     // The third raylet lives in the namespace.
-    let dir = cluster.session_dir.join("ns-raylet");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(dir.join("raylet.log")).unwrap();
-    let ready = dir.join("ready");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.name, common::binary(), "raylet", "--gcs", &cluster.gcs_address])
-        .args(["--host", &format!("10.213.{n}.2"), "--port", "0", "--metrics-port", "0", "--num-cpus", "2"])
-        .arg("--worker-socket")
-        .arg(dir.join("raylet.sock"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--spill-dir")
-        .arg(dir.join("spill"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _guard = KillOnDrop(child);
+    let (_guard, ready) = net.start_raylet(&cluster, "ns-raylet", 2);
     let alive = |nodes: &[shoal_proto::v1::NodeInfo]| nodes.iter().filter(|n| n.state == 0).count();
     assert!(
         common::eventually(Duration::from_secs(20), || async { alive(&cluster.nodes().await.unwrap()) == 3 }).await,
@@ -161,7 +169,7 @@ async fn a_result_reaches_an_owner_that_could_not_be_reached_while_its_task_ran(
     // Its own subnet: the tests of this file run at the same time.
     let n = (std::process::id() + 100) % 200 + 20;
     let net = Netns::new(n);
-    let (host_ip, ns_ip) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+    let host_ip = format!("10.213.{n}.1");
     let mut o = ClusterOptions::new(common::binary(), 1);
     o.host = host_ip.clone();
     o.cpus_per_node = Some(1.0);
@@ -171,25 +179,7 @@ async fn a_result_reaches_an_owner_that_could_not_be_reached_while_its_task_ran(
     let cluster = LocalCluster::start(o).await.expect("cluster starts");
 
     // The owner lives in the namespace, with no CPUs: its task runs on the host's raylet.
-    let dir = cluster.session_dir.join("owner");
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = std::fs::File::create(dir.join("raylet.log")).unwrap();
-    let ready = dir.join("ready");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &net.name, common::binary(), "raylet", "--gcs", &cluster.gcs_address])
-        .args(["--host", &ns_ip, "--port", "0", "--metrics-port", "0", "--num-cpus", "0"])
-        .arg("--worker-socket")
-        .arg(dir.join("raylet.sock"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--spill-dir")
-        .arg(dir.join("spill"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _owner = KillOnDrop(child);
+    let (_owner, ready) = net.start_raylet(&cluster, "owner", 0);
     common::wait_for("the owner raylet is ready", Duration::from_secs(20), || async { ready.exists() }).await;
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     let owner = info["grpc"].as_str().unwrap().to_string();
@@ -208,7 +198,7 @@ async fn a_result_reaches_an_owner_that_could_not_be_reached_while_its_task_ran(
     .await;
     // From the host the owner is now unreachable: every send to it fails at
     // once (no route), so the executor's result delivery fails and retries.
-    let route = format!("{ns_ip}/32");
+    let route = format!("{}/32", net.ns_ip);
     ip(&["route", "add", "unreachable", &route]);
     struct Route(String);
     impl Drop for Route {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use shoal::local_cluster::{ClusterOptions, LocalCluster};
 use shoal::rest::client::{Method, RawResponse, RestClient};
-use shoal::rest::types::{Job, JobState};
+use shoal::rest::types::JobState;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shoal");
 
@@ -28,18 +28,6 @@ async fn api_with(nodes: usize, head_args: &[&str], token: Option<&str>) -> Api 
 
 async fn api(nodes: usize) -> Api {
     api_with(nodes, &[], None).await
-}
-
-async fn wait_terminal(c: &RestClient, id: &str, timeout: Duration) -> Job {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let job = c.job(id).await.expect("job");
-        if job.state.is_terminal() {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} still {:?} after {timeout:?}: {}", job.state, job.message);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn json_body(v: serde_json::Value) -> Option<(&'static str, bytes::Bytes)> {
@@ -69,7 +57,7 @@ async fn a_task_graph_job_succeeds_with_its_sink_results_and_task_states() {
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
     assert_eq!(r.headers["location"], format!("/api/v1/jobs/{id}").as_str());
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, JobState::Succeeded, "{}", job.message);
     assert_eq!(job.results.len(), 1);
     assert_eq!(job.results[0].task, "evaluate");
@@ -118,7 +106,7 @@ async fn a_failing_task_fails_the_job_with_the_task_error() {
         {"id": "boom", "function": "builtin:fail", "args": ["disk on fire"]}
     ]});
     let id = a.client.submit("application/json", spec.to_string()).await.unwrap().id;
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, JobState::Failed);
     assert!(job.message.contains("boom") && job.message.contains("disk on fire"), "{}", job.message);
 }
@@ -128,7 +116,7 @@ async fn a_large_result_is_an_object_to_download_until_the_job_is_deleted() {
     let a = api(1).await;
     let spec = serde_json::json!({"tasks": [{"id": "blob", "function": "builtin:bytes", "args": [300000]}]});
     let id = a.client.submit("application/json", spec.to_string()).await.unwrap().id;
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, JobState::Succeeded, "{}", job.message);
     let oid = job.results[0].object_id.clone().expect("an object id, not an inline value");
     let (ct, bytes) = a.client.object(&oid).await.unwrap();
@@ -240,7 +228,7 @@ async fn a_failing_entrypoint_fails_the_job_with_its_output() {
     let a = api(1).await;
     let body = serde_json::json!({"entrypoint": "echo about to fail; exit 3"});
     let id = a.client.submit("application/json", body.to_string()).await.unwrap().id;
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.state, JobState::Failed);
     assert!(job.message.contains("exit code 3") && job.message.contains("about to fail"), "{}", job.message);
 }
@@ -314,7 +302,7 @@ async fn stop_ends_a_running_task_graph_and_a_finished_job_cannot_be_stopped() {
 
     let quick = serde_json::json!({"tasks": [{"id": "one", "function": "builtin:identity", "args": [1]}]});
     let done = a.client.submit("application/json", quick.to_string()).await.unwrap().id;
-    assert_eq!(wait_terminal(&a.client, &done, Duration::from_secs(30)).await.state, JobState::Succeeded);
+    assert_eq!(common::wait_terminal(&a.client, &done, Duration::from_secs(30)).await.state, JobState::Succeeded);
     let r = a.client.raw(Method::POST, &format!("/api/v1/jobs/{done}/stop"), None).await.unwrap();
     assert_eq!((r.status, error_code(&r).as_str()), (409, "job_terminal"));
 }
@@ -328,7 +316,7 @@ async fn task_listing_paginates_across_more_than_ten_thousand_tasks() {
         .collect();
     let id = a.client.submit("application/json", serde_json::json!({"name": "wide", "tasks": tasks}).to_string()).await;
     let id = id.unwrap().id;
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(300)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(300)).await;
     assert_eq!(job.state, JobState::Succeeded, "{}", job.message);
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.client.job(&id).await.unwrap().tasks.finished < N as u64 {
@@ -392,7 +380,7 @@ async fn the_task_history_cap_is_reported_and_evicts_finished_tasks_first() {
             .collect();
         let spec = serde_json::json!({"tasks": tasks}).to_string();
         let id = a.client.submit("application/json", spec).await.unwrap().id;
-        wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+        common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     }
     // The GCS takes task events in batches: wait for the last ones.
     let evicted = common::eventually(Duration::from_secs(10), || async {
@@ -432,7 +420,7 @@ async fn with_a_token_every_api_route_needs_it_but_health_and_metrics_stay_open(
     assert_eq!(a.client.nodes().await.unwrap().nodes.len(), 2);
     let spec = serde_json::json!({"tasks": [{"id": "x", "function": "builtin:add", "args": [40, 2]}]});
     let id = a.client.submit("application/json", spec.to_string()).await.unwrap().id;
-    let job = wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
+    let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.results[0].value, Some(serde_json::json!(42)));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -155,17 +155,7 @@ fn head_template(cluster: &ValidCluster) -> Pod {
         "--state-dir",
         STATE_DIR,
     ]));
-    push_volume(
-        spec,
-        Volume {
-            name: "shoal-spill".to_string(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: cluster.spill_volume.medium.clone(),
-                size_limit: cluster.spill_volume.size_limit.clone(),
-            }),
-            ..Volume::default()
-        },
-    );
+    push_volume(spec, spill_volume(cluster));
     mounts.push(mount("shoal-spill", SPILL_DIR, false));
     push_volume(spec, head_state_volume(cluster));
     mounts.push(mount("shoal-state", STATE_DIR, false));
@@ -179,18 +169,32 @@ fn head_template(cluster: &ValidCluster) -> Pod {
     let head = upsert_container(spec, "head");
     shoal_container(head, cluster, args, cluster.head.resources.clone());
     head.ports = Some(ports);
-    extend(
-        &mut head.env,
-        vec![
-            field_env("POD_IP", "status.podIP"),
-            field_env("SHOAL_NODE_NAME", "metadata.name"),
-            env("SHOAL_SPILL_DIR", SPILL_DIR),
-        ],
-    );
+    extend(&mut head.env, node_env());
     head.readiness_probe.get_or_insert_with(|| probe("/readyz", HEAD_HTTP_PORT, 5));
     head.liveness_probe.get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
     extend(&mut head.volume_mounts, mounts);
     pod
+}
+
+/// The emptyDir raylets (the head's too) spill objects to.
+fn spill_volume(cluster: &ValidCluster) -> Volume {
+    Volume {
+        name: "shoal-spill".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: cluster.spill_volume.medium.clone(),
+            size_limit: cluster.spill_volume.size_limit.clone(),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// What every container running a raylet (the head's too) is told about its pod.
+fn node_env() -> Vec<EnvVar> {
+    vec![
+        field_env("POD_IP", "status.podIP"),
+        field_env("SHOAL_NODE_NAME", "metadata.name"),
+        env("SHOAL_SPILL_DIR", SPILL_DIR),
+    ]
 }
 
 /// Name of the claim the operator creates for the head's state.
@@ -277,17 +281,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
 
     let gcs_env = env("SHOAL_GCS_ADDRESS", &gcs_address(cluster));
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
-    push_volume(
-        spec,
-        Volume {
-            name: "shoal-spill".to_string(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: cluster.spill_volume.medium.clone(),
-                size_limit: cluster.spill_volume.size_limit.clone(),
-            }),
-            ..Volume::default()
-        },
-    );
+    push_volume(spec, spill_volume(cluster));
     let mut raylet_mounts = vec![mount("shoal-spill", SPILL_DIR, false)];
 
     // Init: wait until the GCS accepts connections, so raylets never crash-loop while the
@@ -353,15 +347,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
     let raylet = upsert_container(spec, "raylet");
     shoal_container(raylet, cluster, args, raylet_resources);
     raylet.ports = Some(vec![container_port("raylet", RAYLET_PORT), container_port("metrics", RAYLET_METRICS_PORT)]);
-    extend(
-        &mut raylet.env,
-        vec![
-            gcs_env,
-            field_env("POD_IP", "status.podIP"),
-            field_env("SHOAL_NODE_NAME", "metadata.name"),
-            env("SHOAL_SPILL_DIR", SPILL_DIR),
-        ],
-    );
+    extend(&mut raylet.env, std::iter::once(gcs_env).chain(node_env()).collect());
     raylet.readiness_probe.get_or_insert_with(|| probe("/readyz", RAYLET_METRICS_PORT, 5));
     raylet.liveness_probe.get_or_insert_with(|| probe("/healthz", RAYLET_METRICS_PORT, 10));
     extend(&mut raylet.volume_mounts, raylet_mounts);

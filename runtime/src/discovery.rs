@@ -51,16 +51,6 @@ pub fn record_path() -> PathBuf {
     home().join("cluster.json")
 }
 
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists; a zombie is not
-    // a running cluster, so /proc is checked as well.
-    let exists = pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0;
-    exists
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
-            .unwrap_or(false)
-}
-
 /// Records `rec` as the running cluster (atomically, mode 0600).
 pub fn write(rec: &ClusterRecord) -> Result<PathBuf, Error> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -88,7 +78,7 @@ pub fn write(rec: &ClusterRecord) -> Result<PathBuf, Error> {
 pub fn find() -> Option<ClusterRecord> {
     let text = std::fs::read_to_string(record_path()).ok()?;
     let rec: ClusterRecord = serde_json::from_str(&text).ok()?;
-    alive(rec.pid).then_some(rec)
+    crate::process::is_running(rec.pid).then_some(rec)
 }
 
 /// Removes the record if it is the one process `pid` wrote.

@@ -241,8 +241,10 @@ impl LocalCluster {
         };
         let mut head = spawn_child(&opts.binary, &head_args(gcs_port, http_port), &head_log)?;
         let mut ready = wait_ready(&head_ready, &mut head, &head_log, deadline).await;
-        if ready.is_err() && (gcs_port, http_port) != (0, 0) && log_tail(&head_log).contains("in use") {
-            // Another cluster took a well-known port between the check and the bind.
+        if ready.is_err() && (gcs_port, http_port) != (0, 0) {
+            // Another cluster may have taken a well-known port between the
+            // check and the bind: start over on free ports (any other
+            // failure happens again and is reported).
             cluster.port_note =
                 Some("the well-known ports were taken while starting: this cluster listens on free ports".into());
             let _ = head.wait();

@@ -264,6 +264,13 @@ pub fn tree_rss(roots: &[u32]) -> u64 {
     all.into_iter().map(rss_bytes).sum()
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie.
+pub fn is_running(pid: u32) -> bool {
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
 /// Writes `body` to `path` atomically (write, then rename).
 pub fn write_ready_file(path: &std::path::Path, body: &serde_json::Value) -> Result<(), crate::error::Error> {
     let tmp = path.with_extension("tmp");
@@ -278,15 +285,9 @@ mod tests {
     use std::io::BufRead;
     use std::time::{Duration, Instant};
 
-    /// Whether `pid` runs (a zombie counts as gone).
-    fn running(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-    }
-
     fn gone_within(pids: &[u32], timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while pids.iter().any(|p| running(*p)) {
+        while pids.iter().any(|p| is_running(*p)) {
             if Instant::now() > deadline {
                 return false;
             }
@@ -306,7 +307,7 @@ mod tests {
         let mut line = String::new();
         std::io::BufReader::new(shell.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let sleep: u32 = line.trim().parse().unwrap();
-        assert!(running(sleep));
+        assert!(is_running(sleep));
         (group, shell, sleep)
     }
 

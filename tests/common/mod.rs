@@ -190,11 +190,9 @@ pub fn processes_with_arg(marker: &str) -> Vec<u32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-                .unwrap_or(true);
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            !zombie && cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker))
+            shoal::process::is_running(*pid)
+                && cmdline.split(|b| *b == 0).any(|arg| String::from_utf8_lossy(arg).contains(marker))
         })
         .collect()
 }
@@ -230,4 +228,70 @@ pub fn assert_each_mark_once(marks: &Marks, values: Vec<Result<shoal::Value, sho
         );
     }
     kept.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Polls job `id` over REST until `f` holds, failing the test (naming
+/// `what`) after `timeout`.
+pub async fn wait_for_job(
+    c: &shoal::rest::client::RestClient,
+    id: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Fn(&shoal::rest::types::Job) -> bool,
+) -> shoal::rest::types::Job {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = c.job(id).await.expect("job");
+        if f(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} never {what} in {timeout:?}: {:?} {}", job.state, job.message);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls job `id` until it reaches a terminal state.
+pub async fn wait_terminal(
+    c: &shoal::rest::client::RestClient,
+    id: &str,
+    timeout: Duration,
+) -> shoal::rest::types::Job {
+    wait_for_job(c, id, "ended", timeout, |j| j.state.is_terminal()).await
+}
+
+/// Starts `cmd` (the `shoal` binary, its environment set) as `shoal up
+/// --nodes 2 --cpus-per-node 1` and waits for its banner, up to "Press
+/// Ctrl-C"; stdout is drained from then on so `shoal up` never blocks on a
+/// full pipe. Returns the process and the banner.
+pub fn start_up(mut cmd: std::process::Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .args(["up", "--nodes", "2", "--cpus-per-node", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("shoal up starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut banner = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("a line of the banner");
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(banner.contains("raylet 1:"), "shoal up did not start:\n{banner}");
+    std::thread::spawn(move || for _ in lines {});
+    (child, banner)
+}
+
+/// The REST API URL a `shoal up` banner names (`http://host:port`).
+pub fn rest_api_of(banner: &str) -> String {
+    banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("REST API:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no REST API address in {banner}"))
+        .to_string()
 }

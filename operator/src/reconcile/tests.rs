@@ -75,6 +75,17 @@ fn apply_calls(pods: &[&str]) -> Vec<Call> {
     pods.iter().flat_map(|p| [call(Method::PATCH, &pod_path(p)), call(Method::POST, EVENTS)]).collect()
 }
 
+/// Creating the fixture cluster's pods after what precedes them: the head,
+/// 2 cpu and 1 gpu raylets (each with an Event), then the status.
+fn create_calls() -> Vec<Call> {
+    let mut calls = apply_calls(&["demo-head"]);
+    for group in ["cpu", "cpu", "gpu"] {
+        calls.extend(apply_calls(&[&format!("demo-{group}-*")]));
+    }
+    calls.push(call(Method::PATCH, STATUS));
+    calls
+}
+
 fn with(mut calls: Vec<Call>, first: Vec<Call>, last: Vec<Call>) -> Vec<Call> {
     let mut all = first;
     all.append(&mut calls);
@@ -100,12 +111,7 @@ async fn a_head_state_claim_is_applied_before_the_head_pod_that_mounts_it() {
     });
     let valid = validate(&tc).expect("valid");
     let claim_path = "/api/v1/namespaces/default/persistentvolumeclaims/demo-head-state";
-    let mut calls = vec![call(Method::PATCH, SERVICE), call(Method::PATCH, claim_path)];
-    calls.extend(apply_calls(&["demo-head"]));
-    for group in ["cpu", "cpu", "gpu"] {
-        calls.extend(apply_calls(&[&format!("demo-{group}-*")]));
-    }
-    calls.push(call(Method::PATCH, STATUS));
+    let calls = with(create_calls(), vec![call(Method::PATCH, SERVICE), call(Method::PATCH, claim_path)], vec![]);
     let (ok, made) = run(&mut h, &mut tc, calls).await;
     assert!(ok);
     assert!(made[1].query.contains("fieldManager=shoal-operator"), "{}", made[1].query);
@@ -130,12 +136,7 @@ async fn create_from_scratch_applies_service_head_raylets_then_status() {
     let valid = validate(&tc).expect("valid");
 
     // Service, head, 2 cpu + 1 gpu raylets (each with an Event), status.
-    let mut calls = vec![call(Method::PATCH, SERVICE)];
-    calls.extend(apply_calls(&["demo-head"]));
-    for group in ["cpu", "cpu", "gpu"] {
-        calls.extend(apply_calls(&[&format!("demo-{group}-*")]));
-    }
-    calls.push(call(Method::PATCH, STATUS));
+    let calls = with(create_calls(), vec![call(Method::PATCH, SERVICE)], vec![]);
     let (ok, made) = run(&mut h, &mut tc, calls).await;
     assert!(ok);
     let service = &made[0];

@@ -181,6 +181,7 @@ fn infeasible_reason(view: &ClusterView, req: &Request<'_>) -> String {
 mod tests {
     use super::*;
     use shoal_proto::v1 as pb;
+    use std::collections::BTreeMap;
 
     fn node(i: u8, cpus: f64, free: f64, labels: &[(&str, &str)]) -> (pb::NodeInfo, pb::NodeLoad) {
         let id = NodeId([i; 8]);
@@ -265,28 +266,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn spread_round_robins_evenly_even_when_every_node_looks_full() {
-        // The owner (node 0) has no CPUs, as the head does: every placement is remote.
+    /// A view of a CPU-less owner (node 0, as the head is) and three nodes of `cpus` CPUs.
+    fn owner_without_cpus(cpus: f64) -> ClusterView {
         let mut nodes = vec![node(0, 0.0, 0.0, &[])];
-        nodes.extend((1..=3).map(|i| node(i, 2.0, 2.0, &[])));
-        let mut v = view(&nodes);
+        nodes.extend((1..=3).map(|i| node(i, cpus, cpus, &[])));
+        view(&nodes)
+    }
+
+    /// Places `n` one-CPU tasks from node 0, reserving each in the view as
+    /// the owner does on a send; adds them to `counts` by node.
+    fn place_burst(v: &mut ClusterView, strategy: &Strategy, n: usize, counts: &mut BTreeMap<NodeId, u32>) {
         let one = ResourceSet::new().with("cpu", 1.0);
         let mut c = 0;
-        let mut counts = std::collections::BTreeMap::new();
-        for _ in 0..30 {
-            match place(&v, NodeId([0; 8]), &req(&one, &Strategy::Spread, &[]), &mut c) {
-                Placement::Node(n) => {
-                    // What the owner does on a send: the view fills up.
-                    v.reserve(n, &one);
-                    *counts.entry(n).or_insert(0) += 1;
+        for _ in 0..n {
+            match place(v, NodeId([0; 8]), &req(&one, strategy, &[]), &mut c) {
+                Placement::Node(node) => {
+                    v.reserve(node, &one);
+                    *counts.entry(node).or_insert(0) += 1;
                 }
                 p => panic!("{p:?}"),
             }
         }
+    }
+
+    #[test]
+    fn spread_round_robins_evenly_even_when_every_node_looks_full() {
+        // The owner has no CPUs, as the head does: every placement is remote.
+        let mut v = owner_without_cpus(2.0);
+        let mut counts = BTreeMap::new();
+        place_burst(&mut v, &Strategy::Spread, 30, &mut counts);
         assert!(!counts.contains_key(&NodeId([0; 8])), "the CPU-less owner is not feasible: {counts:?}");
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![10, 10, 10], "{counts:?}");
         // A node without room is skipped while another has room.
+        let one = ResourceSet::new().with("cpu", 1.0);
         let v = view(&[node(1, 2.0, 0.0, &[]), node(2, 2.0, 2.0, &[]), node(3, 2.0, 0.0, &[])]);
         let mut c = 0;
         for _ in 0..3 {
@@ -299,29 +311,12 @@ mod tests {
 
     #[test]
     fn hybrid_spreads_a_burst_from_an_owner_without_cpus() {
-        let mut nodes = vec![node(0, 0.0, 0.0, &[])];
-        nodes.extend((1..=3).map(|i| node(i, 4.0, 4.0, &[])));
-        let mut v = view(&nodes);
-        let one = ResourceSet::new().with("cpu", 1.0);
-        let mut c = 0;
-        let mut counts = std::collections::BTreeMap::new();
-        for _ in 0..12 {
-            match place(&v, NodeId([0; 8]), &req(&one, &Strategy::Default, &[]), &mut c) {
-                Placement::Node(n) => {
-                    v.reserve(n, &one);
-                    *counts.entry(n).or_insert(0) += 1;
-                }
-                p => panic!("{p:?}"),
-            }
-        }
+        let mut v = owner_without_cpus(4.0);
+        let mut counts = BTreeMap::new();
+        place_burst(&mut v, &Strategy::Default, 12, &mut counts);
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![4, 4, 4], "{counts:?}");
         // Beyond every node's room, the queue is shortest relative to size.
-        for _ in 0..6 {
-            if let Placement::Node(n) = place(&v, NodeId([0; 8]), &req(&one, &Strategy::Default, &[]), &mut c) {
-                v.reserve(n, &one);
-                *counts.entry(n).or_insert(0) += 1;
-            }
-        }
+        place_burst(&mut v, &Strategy::Default, 6, &mut counts);
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![6, 6, 6], "{counts:?}");
     }
 

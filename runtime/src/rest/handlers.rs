@@ -67,7 +67,7 @@ fn body_format(headers: &HeaderMap, text: &str) -> Result<Format, ApiError> {
 /// reader would take `id: false` as the text `false`). Both are refused,
 /// each problem naming its task, so a YAML body means what the same JSON
 /// body means.
-fn values_of_the_wrong_type(doc: &serde_json::Value) -> Vec<String> {
+fn values_of_the_wrong_type(doc: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
     use serde_json::Value::Null;
     let mut problems = Vec::new();
     let text = |v: &serde_json::Value| v.is_string();
@@ -167,13 +167,10 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<Submission, 
             .map_err(|e| ApiError::invalid_job(format!("invalid entrypoint job: {e}"), Vec::new()))?;
         return entrypoint_submission(job, doc);
     }
-    let wrong = values_of_the_wrong_type(&doc);
+    let wrong = values_of_the_wrong_type(obj);
     if !wrong.is_empty() {
         return Err(ApiError::invalid_job(format!("invalid job spec: {}", wrong.join("; ")), wrong));
     }
-    let Some(obj) = doc.as_object_mut() else {
-        return Err(ApiError::invalid_job("the body must be an object (a job spec or an entrypoint job)", Vec::new()));
-    };
     let had_submission_id = obj.contains_key("submission_id");
     let submission_id = match obj.remove("submission_id") {
         None | Some(serde_json::Value::Null) => None,
