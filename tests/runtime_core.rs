@@ -314,6 +314,37 @@ async fn builtins_submit_and_get_nested_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_get_given_up_by_dropping_the_call_takes_the_lent_cpu_back() {
+    // Two CPUs: the parent takes one, its nested sleep the other once the
+    // parent lends its own while it waits in `get`.
+    let cluster = common::cluster(1, 2.0).await;
+    let addr = cluster.raylets[0].address.clone();
+    let c = Client::connect(&addr).await.unwrap();
+    let free_cpus = |s: shoal_proto::v1::NodeStatsReply| {
+        s.available.and_then(|a| a.amounts.get(shoal::resources::CPU).copied()).unwrap_or(0) as f64 / 10_000.0
+    };
+    // Waits 2 s in the nested `get`, drops it, then works on for 3 s.
+    let r = c.submit(Task::builtin("abandoned_get").arg(2.0).arg(3.0)).await.unwrap();
+    let lent = || async {
+        let s = common::stats(&addr).await;
+        s.running_tasks == 2 && free_cpus(s) == 1.0
+    };
+    common::wait_for("the parent lends its CPU while its nested get waits", Duration::from_secs(10), lent).await;
+    let taken_back = || async {
+        let s = common::stats(&addr).await;
+        s.running_tasks == 2 && free_cpus(s) == 0.0
+    };
+    common::wait_for("the parent takes its CPU back once the get is dropped", Duration::from_secs(10), taken_back)
+        .await;
+    c.get_value(&r).await.unwrap();
+    common::wait_for("the node is idle with both CPUs free", Duration::from_secs(10), || async {
+        let s = common::stats(&addr).await;
+        s.running_tasks == 0 && free_cpus(s) == 2.0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_its_task_retried() {
     let cluster = common::cluster(1, 1.0).await;
     let c = Client::connect(&cluster.raylets[0].address).await.unwrap();

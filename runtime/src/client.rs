@@ -47,6 +47,8 @@ const OPS_PER_MESSAGE: usize = 8192;
 enum Op {
     Submit(pb::TaskSpec),
     AddRef(ObjectId),
+    /// A hold on an object owned by another raylet.
+    Borrow(pb::ObjectRef),
     RemoveRef(ObjectId),
     Cancel(pb::CancelTasks),
 }
@@ -631,6 +633,37 @@ impl Client {
         self.inner.ops.send(Op::AddRef(id)).await?;
         Ok(self.make_ref(id))
     }
+
+    /// Holds an object that a reference handed over from elsewhere names by
+    /// its id and its owner's address ([`ObjectRef::id`], [`ObjectRef::owner`]).
+    /// When another raylet owns it, this client's raylet becomes a borrower:
+    /// the owner keeps the object while the returned reference (or a task
+    /// given it) lives, even once the original holder lets go. Returns once
+    /// the owner has counted the borrow; an object its owner no longer has
+    /// reads as `ObjectLost`, one whose owner is gone as `OwnerDied`.
+    pub async fn borrow(&self, id: ObjectId, owner: &str) -> Result<ObjectRef> {
+        if owner.is_empty() || owner == self.inner.address {
+            return self.add_ref(id).await;
+        }
+        let wire = pb::ObjectRef { object_id: id.to_bytes(), owner_address: owner.to_string() };
+        self.inner.ops.send(Op::Borrow(wire)).await?;
+        self.flush().await?;
+        Ok(ObjectRef { inner: Arc::new(RefInner { id, owner: owner.to_string(), ops: self.inner.ops.clone() }) })
+    }
+
+    /// Waits until the raylet has applied every submission and reference
+    /// change this client queued (borrows included).
+    pub async fn flush(&self) -> Result<()> {
+        let mut raylet = self.inner.raylet.clone();
+        let req = pb::GetObjectsRequest {
+            session_id: self.inner.session_id,
+            after_seq: self.inner.ops.enqueued.load(Ordering::SeqCst),
+            refs: Vec::new(),
+            timeout_ms: 0,
+        };
+        raylet.get_objects(req).await.map_err(|s| Error::rpc("flush", s))?;
+        Ok(())
+    }
 }
 
 async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionRequest>) {
@@ -670,6 +703,7 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
                 let mut u = pb::RefUpdate::default();
                 let push = |op: Op, u: &mut pb::RefUpdate| match op {
                     Op::AddRef(id) => u.add.push(id.to_bytes()),
+                    Op::Borrow(r) => u.borrow.push(r),
                     Op::RemoveRef(id) => u.remove.push(id.to_bytes()),
                     Op::Submit(_) | Op::Cancel(_) => {}
                 };

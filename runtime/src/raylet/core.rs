@@ -128,8 +128,8 @@ impl Core {
         self.owner.close_session(session)
     }
 
-    pub(crate) fn update_refs(&mut self, session: u64, add: &[Bytes], remove: &[Bytes]) {
-        self.owner.update_refs(session, add, remove)
+    pub(crate) fn update_refs(&mut self, session: u64, add: &[Bytes], remove: &[Bytes], borrow: &[pb::ObjectRef]) {
+        self.owner.update_refs(session, add, remove, borrow)
     }
 
     pub(crate) fn check_put(&self, session: u64, id: ObjectId) -> Result<(), PutError> {

@@ -9,6 +9,7 @@
 //! Lock order, where two locks meet: the core lock, then the object store's
 //! or the peers' (never the other way). Effects run with no lock held.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use tokio::sync::mpsc;
 use crate::error::{ErrorKind, TaskError};
 use crate::ids::{ObjectId, TaskId, WorkerId};
 use crate::raylet::executor::worker_pool::Attempt;
-use crate::raylet::peers::PeerMsg;
+use crate::raylet::owner::borrows::{self, PendingBorrow};
+use crate::raylet::peers::{self, OwnerState, PeerMsg};
 use crate::raylet::Inner;
 
 /// One thing to do once the lock is released.
@@ -39,6 +41,9 @@ pub(crate) enum Effect {
     Dispatch(Dispatch),
     /// Schedule a retried task again after a back-off.
     RetryLater { task: TaskId, attempt: u32, delay: Duration },
+    /// Ask the owner of a borrowed object for its state (after a pause),
+    /// until it is no longer pending.
+    ResolveBorrowed { owner: String, id: ObjectId, after: Duration },
 }
 
 /// An attempt on its way to a worker.
@@ -112,6 +117,10 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                     None => read(),
                 }
             }
+            Effect::ResolveBorrowed { owner, id, after } => {
+                let Some(rt) = &rt else { continue };
+                rt.spawn(resolve_borrowed(inner.clone(), owner, id, after));
+            }
             Effect::RetryLater { task, attempt, delay } => {
                 let Some(rt) = &rt else { continue };
                 let inner = inner.clone();
@@ -134,6 +143,91 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
             Some(rt) => drop(rt.spawn_blocking(delete)),
             None => delete(),
         }
+    }
+}
+
+/// How long one `GetObjectStatus` call to a borrowed object's owner waits
+/// for it to be ready before asking again.
+const RESOLVE_WAIT_MS: u64 = 10_000;
+/// Pause before asking an owner again after a failed call.
+const RESOLVE_RETRY: Duration = Duration::from_millis(200);
+
+/// Follows a borrowed object at its owner until it is ready or failed, or
+/// no longer borrowed here. A failed call is retried while the GCS counts the
+/// owner alive; a dead owner fails the object with `OwnerDied`.
+async fn resolve_borrowed(inner: Arc<Inner>, owner: String, id: ObjectId, after: Duration) {
+    if !after.is_zero() {
+        tokio::time::sleep(after).await;
+    }
+    loop {
+        if !inner.core().owner.is_borrowing(id) {
+            return;
+        }
+        let Some(mut client) = inner.peers.client(&owner) else {
+            let e = borrows::owner_unreachable(id, &owner, "its address is invalid");
+            inner.core().owner.borrow_resolved(id, Err(e));
+            return;
+        };
+        let req =
+            pb::GetObjectStatusRequest { object_ids: vec![id.to_bytes()], wait_for: 1, timeout_ms: RESOLVE_WAIT_MS };
+        match client.get_object_status(req).await {
+            Ok(r) => {
+                let st = r.into_inner().statuses.into_iter().next().unwrap_or_default();
+                if st.kind == pb::ObjectStatusKind::ObjectPending as i32 {
+                    continue;
+                }
+                inner.core().owner.borrow_resolved(id, Ok(st));
+                return;
+            }
+            Err(s) => {
+                if peers::owner_state(&inner, &owner) == OwnerState::Gone {
+                    let e = borrows::owner_unreachable(id, &owner, s.message());
+                    inner.core().owner.borrow_resolved(id, Err(e));
+                    return;
+                }
+                tokio::time::sleep(RESOLVE_RETRY).await;
+            }
+        }
+    }
+}
+
+/// Settles the borrows a session message took before the message counts
+/// as applied: registers new ones at their owners (one call per owner) and
+/// waits for those another message is registering.
+pub(crate) async fn settle_borrows(inner: &Arc<Inner>, borrows: Vec<PendingBorrow>) {
+    let mut by_owner: HashMap<String, Vec<ObjectId>> = HashMap::new();
+    let mut waits = Vec::new();
+    for b in borrows {
+        if b.first {
+            by_owner.entry(b.owner).or_default().push(b.id);
+        } else {
+            waits.push(b.settled);
+        }
+    }
+    let borrower = inner.node_id.to_string();
+    for (owner, ids) in by_owner {
+        let result = match inner.peers.client(&owner) {
+            None => Err("its address is invalid".to_string()),
+            Some(mut c) => {
+                let refs = pb::RefUpdate { add: ids.iter().map(|id| id.to_bytes()).collect(), ..Default::default() };
+                let req = pb::UpdateBorrowsRequest { borrower: borrower.clone(), refs: Some(refs) };
+                c.update_borrows(req).await.map(|r| r.into_inner().unknown).map_err(|s| s.message().to_string())
+            }
+        };
+        let mut core = inner.core();
+        for id in ids {
+            let r = match &result {
+                Ok(unknown) if unknown.iter().any(|b| b[..] == id.to_bytes()[..]) => {
+                    Err(borrows::unknown_at_owner(id, &owner))
+                }
+                Ok(_) => Ok(()),
+                Err(why) => Err(borrows::owner_unreachable(id, &owner, why)),
+            };
+            core.owner.borrow_registered(id, &owner, r);
+        }
+    }
+    for mut rx in waits {
+        let _ = rx.wait_for(|settled| *settled).await;
     }
 }
 

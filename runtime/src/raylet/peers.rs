@@ -43,6 +43,8 @@ pub(crate) enum PeerMsg {
     Result(pb::TaskResult),
     Free(crate::ids::ObjectId),
     Cancel(pb::CancelTaskRequest),
+    /// This raylet no longer borrows the peer's object.
+    Unborrow(crate::ids::ObjectId),
 }
 
 /// Results waiting for one owner.
@@ -62,7 +64,9 @@ struct Peer {
 pub(crate) struct Peers {
     map: Mutex<HashMap<String, Peer>>,
     me: Weak<Inner>,
-    /// Frees and cancels dropped because a peer's outbox was full.
+    /// Frees, cancels and borrow releases dropped because a peer's outbox
+    /// was full (a dropped release keeps the object at its owner until this
+    /// raylet dies).
     pub dropped: AtomicU64,
 }
 
@@ -131,7 +135,7 @@ impl Peers {
                 _ => {
                     let n = self.dropped.fetch_add(1, Ordering::Relaxed);
                     if n.is_power_of_two() {
-                        tracing::warn!(peer = %addr, dropped = n + 1, "outbox full: dropping frees and cancels");
+                        tracing::warn!(peer = %addr, dropped = n + 1, "outbox full: dropping frees, cancels and borrow releases");
                     }
                     Ok(())
                 }
@@ -151,7 +155,8 @@ impl Peers {
     }
 }
 
-fn owner_state(inner: &Arc<Inner>, addr: &str) -> OwnerState {
+/// Whether the GCS counts the raylet at `addr` alive.
+pub(crate) fn owner_state(inner: &Arc<Inner>, addr: &str) -> OwnerState {
     let alive = inner.core().owner.view.nodes().any(|n| n.address == addr && n.alive);
     if alive {
         OwnerState::Alive
@@ -209,6 +214,7 @@ async fn run_outbox(addr: String, mut client: RayletClient<Channel>, mut rx: mps
     let mut execute = Vec::new();
     let mut frees = Vec::new();
     let mut cancels = Vec::new();
+    let mut unborrows = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(m) = next.take() {
@@ -218,8 +224,9 @@ async fn run_outbox(addr: String, mut client: RayletClient<Channel>, mut rx: mps
                 PeerMsg::Result(_) => {}
                 PeerMsg::Free(id) => frees.push(id.to_bytes()),
                 PeerMsg::Cancel(c) => cancels.push(c),
+                PeerMsg::Unborrow(id) => unborrows.push(id.to_bytes()),
             }
-            if execute.len() + frees.len() >= BATCH {
+            if execute.len() + frees.len() + unborrows.len() >= BATCH {
                 break;
             }
             next = rx.try_recv().ok();
@@ -251,6 +258,15 @@ async fn run_outbox(addr: String, mut client: RayletClient<Channel>, mut rx: mps
         for c in cancels.drain(..) {
             if let Err(status) = client.cancel_task(c).await {
                 tracing::debug!(peer = %addr, error = %status.message(), "cancelling a task failed");
+            }
+        }
+        if !unborrows.is_empty() {
+            let Some(inner) = me.upgrade() else { return };
+            let borrower = inner.node_id.to_string();
+            drop(inner);
+            let refs = pb::RefUpdate { remove: std::mem::take(&mut unborrows), ..Default::default() };
+            if let Err(status) = client.update_borrows(pb::UpdateBorrowsRequest { borrower, refs: Some(refs) }).await {
+                tracing::debug!(peer = %addr, error = %status.message(), "releasing borrowed objects failed");
             }
         }
         if !frees.is_empty() {

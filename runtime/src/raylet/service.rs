@@ -12,10 +12,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{status, ErrorKind, TaskError};
-use crate::ids::{ObjectId, WorkerId};
+use crate::ids::{NodeId, ObjectId, WorkerId};
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::Lookup;
-use crate::raylet::Inner;
+use crate::raylet::{effects, Inner};
 use crate::value::error_value;
 use crate::value::INLINE_LIMIT;
 
@@ -382,12 +382,12 @@ impl pb::raylet_server::Raylet for RayletService {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => {
-                        let problems = {
+                        let (problems, borrows) = {
                             let mut core = inner.core();
                             let problems = match m.kind {
                                 Some(pb::session_request::Kind::Submit(s)) => core.submit(session, s.tasks),
                                 Some(pb::session_request::Kind::Refs(r)) => {
-                                    core.update_refs(session, &r.add, &r.remove);
+                                    core.update_refs(session, &r.add, &r.remove, &r.borrow);
                                     Vec::new()
                                 }
                                 Some(pb::session_request::Kind::Cancel(c)) => {
@@ -399,9 +399,18 @@ impl pb::raylet_server::Raylet for RayletService {
                                 }
                                 None => Vec::new(),
                             };
-                            core.mark_applied(session, m.seq);
-                            problems
+                            let borrows = core.owner.take_pending_borrows();
+                            if borrows.is_empty() {
+                                core.mark_applied(session, m.seq);
+                            }
+                            (problems, borrows)
                         };
+                        if !borrows.is_empty() {
+                            // Borrows are settled with their owners before
+                            // the message counts as applied.
+                            effects::settle_borrows(&inner, borrows).await;
+                            inner.core().mark_applied(session, m.seq);
+                        }
                         for p in problems {
                             tracing::warn!(session, problem = %p, "rejected part of a submission");
                             let _ = tx.try_send(Ok(pb::SessionEvent { kind: Some(pb::session_event::Kind::Error(p)) }));
@@ -638,9 +647,15 @@ impl pb::raylet_server::Raylet for RayletService {
 
     async fn update_borrows(
         &self,
-        _req: Request<pb::UpdateBorrowsRequest>,
+        req: Request<pb::UpdateBorrowsRequest>,
     ) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
-        Err(status(ErrorKind::InvalidRequest, "borrowing objects across owners is not supported yet"))
+        let r = req.into_inner();
+        let borrower: NodeId = r.borrower.parse().map_err(|_| {
+            status(ErrorKind::InvalidRequest, format!("borrower `{}` is not a node id", r.borrower))
+        })?;
+        let refs = r.refs.unwrap_or_default();
+        let unknown = self.inner.core().owner.update_borrows(borrower, &refs.add, &refs.remove);
+        Ok(Response::new(pb::UpdateBorrowsReply { unknown }))
     }
 
     type PullObjectStream = BoxStream<pb::ObjectChunk>;

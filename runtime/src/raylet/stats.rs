@@ -39,7 +39,7 @@ impl Core {
             pulled_objects: 0,
             served_bytes: 0,
             tasks_executed: e.stats.tasks_executed,
-            owned_objects: o.objects.len() as u64,
+            owned_objects: (o.objects.len() as u64).saturating_sub(o.borrowed),
             owned_tasks: o.tasks.len() as u64,
             known_nodes: o.view.alive_count() as u32,
             spilled_back: o.stats.spilled_back,
@@ -52,6 +52,8 @@ impl Core {
             reconstructions: o.stats.reconstructions,
             pull_micros: 0,
             infeasible_tasks: o.infeasible.len() as u32,
+            lent_objects: o.lent,
+            borrowed_objects: o.borrowed,
         }
     }
 }

@@ -122,6 +122,12 @@ impl Registry {
             entrypoint,
         );
         r.register(
+            "abandoned_get",
+            "abandoned_get(wait, hold) -> null: submits a nested sleep, waits `wait` seconds for it in a `get` it \
+             then gives up by dropping the call, and works on for `hold` seconds",
+            abandoned_get,
+        );
+        r.register(
             "submit_and_sleep",
             "submit_and_sleep(name, args, seconds) -> null: submits a nested `builtin:name` task given the array args, \
              then sleeps holding its reference without waiting for it (or lending its resources)",
@@ -190,6 +196,20 @@ fn submit_and_sleep(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, St
     let held = ctx.submit(task).map_err(|e| format!("submit_and_sleep: {e}"))?;
     std::thread::sleep(Duration::from_secs_f64(seconds));
     drop(held);
+    Ok(Value::Json(Json::Null))
+}
+
+fn abandoned_get(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> {
+    const F: &str = "abandoned_get";
+    arity(F, &args, 2)?;
+    let wait = f64_arg(F, 0, &args[0], 0.0, MAX_SLEEP_SECONDS)?;
+    let hold = f64_arg(F, 1, &args[1], 0.0, MAX_SLEEP_SECONDS)?;
+    let nested = crate::client::Task::builtin("sleep").arg(wait + hold + 1.0);
+    let r = ctx.submit(nested).map_err(|e| format!("{F}: {e}"))?;
+    if let Some(Err(e)) = ctx.get_giving_up_after(&r, Duration::from_secs_f64(wait)) {
+        return Err(format!("{F}: {e}"));
+    }
+    std::thread::sleep(Duration::from_secs_f64(hold));
     Ok(Value::Json(Json::Null))
 }
 

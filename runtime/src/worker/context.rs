@@ -96,6 +96,15 @@ impl TaskContext {
         n.runtime.block_on(n.client.get_value(r))
     }
 
+    /// Waits for a nested task's result for at most `after`, then gives the
+    /// call up by dropping it, as a caller that went away would (`None`).
+    /// Unlike [`Client::get_timeout`], whose deadline the raylet keeps, the
+    /// raylet only sees the call vanish.
+    pub fn get_giving_up_after(&mut self, r: &ObjectRef, after: Duration) -> Option<Result<Value, Error>> {
+        let n = self.nested().ok()?;
+        n.runtime.block_on(async { tokio::time::timeout(after, n.client.get_value(r)).await.ok() })
+    }
+
     /// Waits for several results at once.
     pub fn get_many(
         &mut self,

@@ -7,7 +7,10 @@
 //!   references held by pending tasks and by lineage, freeing at zero, and
 //!   the `get`/`wait` callers and dependent tasks waiting on each object;
 //! - lineage reconstruction ([`reconstruction`]): re-running the task that
-//!   made an object whose every copy is lost.
+//!   made an object whose every copy is lost;
+//! - borrowed references ([`borrows`]): other raylets holding objects owned
+//!   here, and objects owned elsewhere that this raylet's sessions and tasks
+//!   hold.
 //!
 //! Every task is recorded with its spec (lineage) until all its return
 //! objects are freed. Invariant: an object is removed only when nothing
@@ -17,6 +20,7 @@
 //! local work (attempts placed on this node, local cancels) for the
 //! coordinator.
 
+pub(crate) mod borrows;
 pub(crate) mod reconstruction;
 pub(crate) mod reference_counter;
 pub(crate) mod task_manager;
@@ -35,6 +39,7 @@ use crate::raylet::events::TaskEvents;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::peers::PeerMsg;
 use crate::raylet::RayletConfig;
+use borrows::{Borrowed, PendingBorrow};
 pub(crate) use crate::strategy::strategy_of;
 
 pub use crate::ids::MAX_RETURNS;
@@ -107,6 +112,13 @@ pub(crate) struct OwnedObject {
     pub dependents: Vec<TaskId>,
     /// `get`/`wait` calls waiting for this object, one entry per call.
     pub waiters: Vec<mpsc::Sender<ObjectId>>,
+    /// As owner: the raylets that borrow this object, each with its count
+    /// of adds minus removes. A borrowed object is never freed.
+    pub borrowers: Vec<(NodeId, i64)>,
+    /// As borrower: set when the object is owned by another raylet and
+    /// this entry only stands for it here (the holds of this raylet's
+    /// sessions and tasks, and what its owner said of it).
+    pub borrowed: Option<Box<Borrowed>>,
 }
 
 impl OwnedObject {
@@ -122,6 +134,8 @@ impl OwnedObject {
             lineage_refs: 0,
             dependents: Vec::new(),
             waiters: Vec::new(),
+            borrowers: Vec::new(),
+            borrowed: None,
         }
     }
 }
@@ -184,6 +198,13 @@ pub(crate) struct Owner {
     pub local: Vec<pb::TaskSpec>,
     /// Attempts on this node to cancel: attempt, force, recursive.
     pub cancel_local: Vec<(Attempt, bool, bool)>,
+    /// Borrows taken by the message being applied that their owners have
+    /// not acknowledged yet (see [`borrows`]).
+    pub pending_borrows: Vec<PendingBorrow>,
+    /// Objects owned here that other raylets borrow.
+    pub lent: u64,
+    /// Objects owned elsewhere that this raylet borrows.
+    pub borrowed: u64,
 }
 
 pub(crate) fn oid(b: &[u8]) -> Option<ObjectId> {
@@ -219,6 +240,9 @@ impl Owner {
             out: Vec::new(),
             local: Vec::new(),
             cancel_local: Vec::new(),
+            pending_borrows: Vec::new(),
+            lent: 0,
+            borrowed: 0,
         }
     }
 

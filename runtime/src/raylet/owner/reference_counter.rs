@@ -32,9 +32,19 @@ pub(crate) enum PutError {
 }
 
 impl Owner {
-    pub(crate) fn update_refs(&mut self, session: u64, add: &[Bytes], remove: &[Bytes]) {
-        for b in add {
-            let Some(id) = oid(b) else { continue };
+    /// Applies a session's reference changes: `add` and `remove` name
+    /// objects by id (owned here, or borrowed through `borrow` before);
+    /// `borrow` takes holds on objects owned by other raylets.
+    pub(crate) fn update_refs(&mut self, session: u64, add: &[Bytes], remove: &[Bytes], borrow: &[pb::ObjectRef]) {
+        let borrowed = borrow.iter().filter_map(|r| {
+            let id = oid(&r.object_id)?;
+            if self.is_foreign(&r.owner_address) {
+                self.borrow_entry(id, &r.owner_address);
+            }
+            Some(id)
+        });
+        let borrowed: Vec<ObjectId> = borrowed.collect();
+        for id in add.iter().filter_map(|b| oid(b)).chain(borrowed) {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.refs += 1;
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -193,7 +203,18 @@ impl Owner {
 
     fn free_one(&mut self, id: ObjectId, work: &mut Vec<ObjectId>) {
         let Some(o) = self.objects.get(&id) else { return };
-        if o.refs > 0 || o.task_refs > 0 || o.state == ObjState::Pending {
+        if o.refs > 0 || o.task_refs > 0 || !o.borrowers.is_empty() {
+            return;
+        }
+        if o.borrowed.is_some() {
+            // Owned elsewhere: nothing to delete here, even pending. Lineage
+            // does not keep a borrow (it would pin the owner's value for as
+            // long as this raylet remembers the task): a task rebuilt later
+            // finds the argument gone and fails saying so.
+            self.end_borrow(id);
+            return;
+        }
+        if o.state == ObjState::Pending {
             return;
         }
         let creator = id.task_id();

@@ -83,14 +83,15 @@ impl Owner {
                     problem = Some(TaskError::new(ErrorKind::InvalidTask, "an argument's object id is malformed"));
                     continue;
                 };
+                if self.is_foreign(&r.owner_address) {
+                    // Owned by another raylet: this task borrows it.
+                    self.borrow_entry(id, &r.owner_address);
+                }
                 match self.objects.get_mut(&id) {
                     None => {
                         problem = Some(TaskError::new(
                             ErrorKind::ObjectLost,
-                            format!(
-                                "argument {id} is not known to its owner {}: it was freed, or belongs to another owner",
-                                self.address
-                            ),
+                            format!("argument {id} is not known to its owner {}: it was freed", self.address),
                         ))
                     }
                     Some(o) => {
@@ -211,7 +212,7 @@ impl Owner {
                 let locations: Vec<pb::Location> = o.locations.iter().filter_map(|n| self.location_of(*n)).collect();
                 arg.kind = Some(pb::arg::Kind::ObjectRef(pb::RefArg {
                     object_id: r.object_id.clone(),
-                    owner_address: self.address.clone(),
+                    owner_address: self.owner_of(o),
                     locations,
                     size: o.size,
                 }));
@@ -531,6 +532,10 @@ impl Owner {
             .objects
             .iter_mut()
             .filter_map(|(id, o)| {
+                if o.borrowed.is_some() {
+                    // Borrowed: its owner rebuilds it (borrows_on_node_dead).
+                    return None;
+                }
                 o.copies.retain(|n| *n != node);
                 let had = o.locations.len();
                 o.locations.retain(|n| *n != node);
@@ -553,7 +558,9 @@ impl Owner {
                 self.wake(id);
             }
         }
-        if let Some(addr) = self.view.last_address(&node).map(str::to_string) {
+        let addr = self.view.last_address(&node).map(str::to_string);
+        self.borrows_on_node_dead(node, addr.as_deref());
+        if let Some(addr) = addr {
             self.out.push(Effect::ForgetPeer(addr));
         }
         self.retry_infeasible();

@@ -209,9 +209,202 @@ fn freeing_the_last_reference_deletes_everywhere_and_drops_the_task() {
         ..Default::default()
     });
     assert!(matches!(o.lookup(id, None), Lookup::Stored { .. }));
-    o.update_refs(session, &[], &[id.to_bytes()]);
+    o.update_refs(session, &[], &[id.to_bytes()], &[]);
     assert!(o.objects.is_empty() && o.tasks.is_empty());
     let freed_at_peer =
         o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Free(x) } if addr == PEER && *x == id));
     assert!(freed_at_peer);
+}
+
+// ----------------------------------------------------------------------
+// Borrowed references
+// ----------------------------------------------------------------------
+
+/// An owner holding a 1 MiB `put` object of `session` in its own store.
+fn owner_with_a_put(o: &mut Owner, session: u64) -> ObjectId {
+    let id = TaskId::random(JobId(1)).put_id(0);
+    o.put(session, id, 1 << 20, None).unwrap();
+    id
+}
+
+fn deletes(o: &Owner, id: ObjectId) -> bool {
+    o.out.iter().any(|e| matches!(e, Effect::Delete(x) if *x == id))
+}
+
+#[test]
+fn a_borrowed_object_outlives_its_holders_until_every_borrower_lets_go_crossed_updates_included() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let id = owner_with_a_put(&mut o, session);
+    assert!(o.update_borrows(peer, &[id.to_bytes()], &[]).is_empty(), "a known object is borrowed");
+    assert_eq!(o.lent, 1);
+    o.update_refs(session, &[], &[id.to_bytes()], &[]);
+    assert!(o.objects.contains_key(&id) && !deletes(&o, id), "a borrowed object is never freed");
+
+    // The borrower let go and borrowed again, and its new (acknowledged)
+    // add overtook the release of the old borrow (queued in its outbox):
+    // counted, the release does not end the new borrow.
+    o.update_borrows(peer, &[id.to_bytes()], &[]);
+    o.update_borrows(peer, &[], &[id.to_bytes()]);
+    assert!(o.objects.contains_key(&id) && !deletes(&o, id), "the newer borrow keeps the object");
+    o.update_borrows(peer, &[], &[id.to_bytes()]);
+    assert!(!o.objects.contains_key(&id) && deletes(&o, id), "freed once adds and removes cancel out");
+    assert_eq!(o.lent, 0);
+
+    // An object this owner no longer has is refused, not counted.
+    let unknown = o.update_borrows(peer, &[id.to_bytes()], &[]);
+    assert_eq!(unknown, vec![id.to_bytes()]);
+}
+
+#[test]
+fn a_dead_borrower_lets_go_of_everything_it_borrowed() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let id = owner_with_a_put(&mut o, session);
+    o.update_borrows(peer, &[id.to_bytes(), id.to_bytes()], &[]);
+    o.update_refs(session, &[], &[id.to_bytes()], &[]);
+    assert!(o.objects.contains_key(&id));
+    o.on_node_dead(peer);
+    assert!(!o.objects.contains_key(&id) && deletes(&o, id));
+    assert_eq!(o.lent, 0);
+}
+
+fn foreign_arg(id: ObjectId) -> pb::Arg {
+    pb::Arg {
+        kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
+            object_id: id.to_bytes(),
+            owner_address: PEER.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn task_with_foreign_arg(o: &mut Owner, session: u64, id: ObjectId) -> TaskId {
+    let t = TaskId::random(JobId(2));
+    let mut s = spec(t, 1.0, 0);
+    s.args.push(foreign_arg(id));
+    o.submit(session, vec![s]);
+    t
+}
+
+fn failed_with(o: &mut Owner, t: TaskId) -> crate::error::TaskError {
+    match o.lookup(t.return_id(0), None) {
+        Lookup::Inline(v) if crate::value::is_error(&v) => crate::value::decode_error(&v),
+        _ => panic!("task {t} should have failed"),
+    }
+}
+
+#[test]
+fn a_task_with_an_argument_owned_elsewhere_borrows_it_waits_for_it_and_lets_go_when_done() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let x = TaskId::random(JobId(1)).return_id(0);
+    let t = task_with_foreign_arg(&mut o, session, x);
+
+    // The message that took the borrow waits for its registration.
+    let pending = o.take_pending_borrows();
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0].first && pending[0].owner == PEER && pending[0].id == x);
+    assert_eq!(o.borrowed, 1);
+    assert!(executes(&mut o).is_empty(), "the task waits for its argument");
+    o.borrow_registered(x, PEER, Ok(()));
+    assert!(*pending[0].settled.borrow(), "the registration is settled");
+    assert!(o.out.iter().any(|e| matches!(e, Effect::ResolveBorrowed { id, .. } if *id == x)));
+
+    // Its owner says it is ready in the peer's store: the task goes there
+    // with the real owner and the copy's location.
+    let location = pb::Location { node_id: peer.to_bytes(), address: PEER.into() };
+    let st = pb::ObjectStatus {
+        kind: pb::ObjectStatusKind::ObjectReady as i32,
+        locations: vec![location],
+        size: 3 << 20,
+        ..Default::default()
+    };
+    o.borrow_resolved(x, Ok(st));
+    let sent = executes(&mut o);
+    assert_eq!(sent.len(), 1);
+    let Some(pb::arg::Kind::ObjectRef(r)) = &sent[0].args[0].kind else { panic!("a by-reference argument") };
+    assert_eq!(r.owner_address, PEER);
+    assert_eq!(r.locations.len(), 1);
+    assert_eq!(r.size, 3 << 20);
+
+    // Done: the borrow ends at the owner, and nothing of it is deleted here
+    // (the copy on this node, if any, may be the owner's primary).
+    o.apply_result(pb::TaskResult {
+        task_id: t.to_bytes(),
+        node_id: peer.to_bytes(),
+        node_address: PEER.into(),
+        returns: vec![pb::ReturnObject {
+            object_id: t.return_id(0).to_bytes(),
+            inline_value: Some(crate::value::Value::Json(1.into()).encode()),
+            stored_size: 0,
+        }],
+        ..Default::default()
+    });
+    assert!(!o.objects.contains_key(&x));
+    assert_eq!(o.borrowed, 0);
+    let unborrowed =
+        o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Unborrow(id) } if addr == PEER && *id == x));
+    assert!(unborrowed, "the owner hears that the borrow ended");
+    assert!(!deletes(&o, x));
+}
+
+#[test]
+fn a_foreign_argument_that_cannot_be_borrowed_fails_its_task_saying_why() {
+    // Freed at its owner before the borrow arrived.
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let x = TaskId::random(JobId(1)).return_id(0);
+    let t = task_with_foreign_arg(&mut o, session, x);
+    o.borrow_registered(x, PEER, Err(borrows::unknown_at_owner(x, PEER)));
+    let e = failed_with(&mut o, t);
+    assert_eq!(e.kind, crate::error::ErrorKind::ObjectLost);
+    assert!(e.message.contains("freed by its owner"), "{}", e.message);
+
+    // Its owner dies while the task waits for it.
+    let y = TaskId::random(JobId(1)).return_id(0);
+    let t = task_with_foreign_arg(&mut o, session, y);
+    o.borrow_registered(y, PEER, Ok(()));
+    o.on_node_dead(peer);
+    let e = failed_with(&mut o, t);
+    assert_eq!(e.kind, crate::error::ErrorKind::OwnerDied);
+    assert!(e.message.contains(PEER), "{}", e.message);
+}
+
+#[test]
+fn a_borrow_whose_holds_end_before_its_owner_answers_is_undone_at_the_owner() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let x = TaskId::random(JobId(1)).return_id(0);
+    let wire = pb::ObjectRef { object_id: x.to_bytes(), owner_address: PEER.into() };
+    o.update_refs(session, &[], &[], &[wire]);
+    assert_eq!(o.take_pending_borrows().len(), 1);
+    o.update_refs(session, &[], &[x.to_bytes()], &[]);
+    assert!(!o.objects.contains_key(&x), "no hold is left");
+    assert!(!o.out.iter().any(|e| matches!(e, Effect::Peer { msg: PeerMsg::Unborrow(_), .. })));
+    o.borrow_registered(x, PEER, Ok(()));
+    let undone = o.out.iter().any(|e| matches!(e, Effect::Peer { msg: PeerMsg::Unborrow(id), .. } if *id == x));
+    assert!(undone, "a registration that arrives after the last hold is released at once");
+}
+
+#[test]
+fn a_second_hold_on_a_borrow_still_registering_waits_for_it() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (s1, _) = o.open_session(None);
+    let (s2, _) = o.open_session(None);
+    let x = TaskId::random(JobId(1)).return_id(0);
+    let wire = pb::ObjectRef { object_id: x.to_bytes(), owner_address: PEER.into() };
+    o.update_refs(s1, &[], &[], std::slice::from_ref(&wire));
+    let first = o.take_pending_borrows();
+    o.update_refs(s2, &[], &[], &[wire]);
+    let second = o.take_pending_borrows();
+    assert!(first[0].first && !second[0].first);
+    assert!(!*second[0].settled.borrow());
+    o.borrow_registered(x, PEER, Ok(()));
+    assert!(*second[0].settled.borrow());
+    // Both sessions hold it; one closing keeps the borrow.
+    o.close_session(s1);
+    assert!(o.objects.contains_key(&x));
+    o.close_session(s2);
+    assert!(!o.objects.contains_key(&x));
 }
