@@ -118,7 +118,8 @@ async fn a_dead_borrower_lets_go_and_a_dead_owner_fails_its_borrowers() {
     // The owner killed: what its borrower holds reads as `OwnerDied`, and a
     // task given it fails saying so instead of hanging.
     let borrower = Client::connect(&c).await.unwrap();
-    let y = owner.submit(Task::builtin("bytes").arg(SIZE as u64).strategy(on(common::node(&cluster, 0)))).await.unwrap();
+    let y =
+        owner.submit(Task::builtin("bytes").arg(SIZE as u64).strategy(on(common::node(&cluster, 0)))).await.unwrap();
     owner.get_value(&y).await.unwrap();
     let held = borrower.borrow(y.id(), y.owner()).await.unwrap();
     cluster.kill_raylet(0);

@@ -650,9 +650,10 @@ impl pb::raylet_server::Raylet for RayletService {
         req: Request<pb::UpdateBorrowsRequest>,
     ) -> Result<Response<pb::UpdateBorrowsReply>, Status> {
         let r = req.into_inner();
-        let borrower: NodeId = r.borrower.parse().map_err(|_| {
-            status(ErrorKind::InvalidRequest, format!("borrower `{}` is not a node id", r.borrower))
-        })?;
+        let borrower: NodeId = r
+            .borrower
+            .parse()
+            .map_err(|_| status(ErrorKind::InvalidRequest, format!("borrower `{}` is not a node id", r.borrower)))?;
         let refs = r.refs.unwrap_or_default();
         let unknown = self.inner.core().owner.update_borrows(borrower, &refs.add, &refs.remove);
         Ok(Response::new(pb::UpdateBorrowsReply { unknown }))

@@ -8,9 +8,10 @@
 //! Invariants: stdin is written and stdout and stderr are read on separate
 //! threads, so a child may write any amount before reading its input without
 //! deadlocking; only a bounded tail of stderr is kept in memory; the child
-//! gets `SIGKILL` if the thread that started it dies (`PR_SET_PDEATHSIG`), and
-//! [`run_exec`] waits for the child on that same thread, so no child outlives
-//! its worker.
+//! leads a process group of its own, which is killed when the child exits
+//! (what it left running in the background ends with the task) and when the
+//! thread that started it dies (a watcher process, as for entrypoint jobs), so
+//! nothing the command starts outlives its task or its worker.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -23,6 +24,7 @@ use serde_json::Value as Json;
 use shoal_proto::v1 as pb;
 
 use crate::error::{ErrorKind, TaskError};
+use crate::process::ProcessGroup;
 use crate::value::Value;
 
 /// Most stderr lines kept in a task error.
@@ -57,12 +59,18 @@ pub fn run_exec(f: &pb::ExecFunction, args: &[Value], num_returns: u32) -> Resul
         }
         cmd.current_dir(&f.cwd);
     }
-    crate::process::die_with_parent(&mut cmd);
+    ProcessGroup::prepare(&mut cmd);
 
     let mut child = cmd.spawn().map_err(|e| failed(format!("cannot run `{program}`: {e}")))?;
-    let output = collect(&mut child, input);
-    // Always reap the child, even when collecting failed.
-    let status = child.wait();
+    let group = match ProcessGroup::watch(child.id()) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!("cannot watch the process group of `{program}`: {e}")));
+        }
+    };
+    let (status, output) = collect(&mut child, input, group);
     let (stdout, stderr_tail) = output.map_err(|e| failed(format!("talking to `{program}`: {e}")))?;
     let status = status.map_err(|e| failed(format!("waiting for `{program}`: {e}")))?;
 
@@ -102,9 +110,23 @@ fn stdin_payload(args: &[Value]) -> Result<Vec<u8>, String> {
     Ok(payload)
 }
 
-/// Feeds stdin and drains stdout and stderr concurrently; returns all of
-/// stdout and the tail of stderr.
-fn collect(child: &mut Child, input: Vec<u8>) -> io::Result<(Vec<u8>, String)> {
+/// Feeds stdin and drains stdout and stderr concurrently while the command
+/// runs; once it exits, kills what it left running in its process group (a
+/// shell's background job would otherwise outlive the task, and keep its
+/// output pipes open). Returns the command's exit status, all of stdout and
+/// the tail of stderr.
+fn collect(child: &mut Child, input: Vec<u8>, group: ProcessGroup) -> (io::Result<ExitStatus>, io::Result<Output>) {
+    let threads = start_io(child, input);
+    // Always reap the child, even when the helper threads could not start.
+    let status = child.wait();
+    drop(group);
+    (status, threads.and_then(finish_io))
+}
+
+type Output = (Vec<u8>, String);
+type IoThreads = (JoinHandle<()>, JoinHandle<String>, JoinHandle<io::Result<Vec<u8>>>);
+
+fn start_io(child: &mut Child, input: Vec<u8>) -> io::Result<IoThreads> {
     let stdin = child.stdin.take();
     let writer = spawn_named("exec-stdin", move || {
         if let Some(mut stdin) = stdin {
@@ -116,24 +138,32 @@ fn collect(child: &mut Child, input: Vec<u8>) -> io::Result<(Vec<u8>, String)> {
     });
     let stderr = child.stderr.take();
     let reader = spawn_named("exec-stderr", move || stderr.map(read_tail).unwrap_or_default());
-    let (writer, reader) = match (writer, reader) {
-        (Ok(w), Ok(r)) => (w, r),
-        (w, r) => {
-            // Without both helper threads the child could block forever.
+    let stdout = child.stdout.take();
+    let out = spawn_named("exec-stdout", move || {
+        let mut buf = Vec::new();
+        match stdout {
+            Some(mut out) => out.read_to_end(&mut buf).map(|_| buf),
+            None => Ok(buf),
+        }
+    });
+    match (writer, reader, out) {
+        (Ok(w), Ok(r), Ok(o)) => Ok((w, r, o)),
+        (w, r, o) => {
+            // Without every helper thread the child could block forever.
             let _ = child.kill();
             let _ = w.map(JoinHandle::join);
             let _ = r.map(JoinHandle::join);
-            return Err(io::Error::other("cannot start the threads that feed the command"));
+            let _ = o.map(JoinHandle::join);
+            Err(io::Error::other("cannot start the threads that feed the command"))
         }
-    };
-    let mut stdout = Vec::new();
-    let read = match child.stdout.take() {
-        Some(mut out) => out.read_to_end(&mut stdout).map(|_| ()),
-        None => Ok(()),
-    };
+    }
+}
+
+fn finish_io((writer, reader, out): IoThreads) -> io::Result<Output> {
     let _ = writer.join();
     let tail = reader.join().unwrap_or_default();
-    read.map(|()| (stdout, tail))
+    let stdout = out.join().map_err(|_| io::Error::other("the stdout reader panicked"))??;
+    Ok((stdout, tail))
 }
 
 fn spawn_named<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<JoinHandle<T>> {
@@ -312,6 +342,24 @@ mod tests {
         let f = exec(&["python3", "-c", "import sys; sys.stderr.write('é' * 100000); sys.exit(1)"]);
         let e = run_exec(&f, &[], 1).unwrap_err();
         assert!(e.stderr_tail.len() <= STDERR_TAIL_BYTES && e.stderr_tail.len() > 4000, "{}", e.stderr_tail.len());
+    }
+
+    #[test]
+    fn what_the_command_leaves_running_dies_when_the_task_ends() {
+        // The background job keeps the shell's stdout open, and would keep
+        // the task waiting for 30 s if it were not killed with the group.
+        let started = std::time::Instant::now();
+        let v = run_exec(&sh("sleep 30 & echo $!"), &[], 1).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the task waited for its background job");
+        let pid = match v {
+            Value::Json(j) => j.as_u64().expect("the background job's pid") as u32,
+            other => panic!("expected a pid, got {other:?}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while crate::process::is_running(pid) {
+            assert!(std::time::Instant::now() < deadline, "the background job {pid} outlived its task");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -289,10 +289,8 @@ impl Owner {
             self.maybe_free(id);
         }
         for id in owner_died {
-            let e = TaskError::new(
-                ErrorKind::OwnerDied,
-                format!("object {id}: its owner {} died", address.unwrap_or("?")),
-            );
+            let e =
+                TaskError::new(ErrorKind::OwnerDied, format!("object {id}: its owner {} died", address.unwrap_or("?")));
             self.fail_borrowed(id, e);
         }
         for (owner, id) in ask_again {

@@ -39,8 +39,8 @@ use crate::raylet::events::TaskEvents;
 use crate::raylet::executor::worker_pool::Attempt;
 use crate::raylet::peers::PeerMsg;
 use crate::raylet::RayletConfig;
-use borrows::{Borrowed, PendingBorrow};
 pub(crate) use crate::strategy::strategy_of;
+use borrows::{Borrowed, PendingBorrow};
 
 pub use crate::ids::MAX_RETURNS;
 

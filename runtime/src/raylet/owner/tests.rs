@@ -343,8 +343,10 @@ fn a_task_with_an_argument_owned_elsewhere_borrows_it_waits_for_it_and_lets_go_w
     });
     assert!(!o.objects.contains_key(&x));
     assert_eq!(o.borrowed, 0);
-    let unborrowed =
-        o.out.iter().any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Unborrow(id) } if addr == PEER && *id == x));
+    let unborrowed = o
+        .out
+        .iter()
+        .any(|e| matches!(e, Effect::Peer { addr, msg: PeerMsg::Unborrow(id) } if addr == PEER && *id == x));
     assert!(unborrowed, "the owner hears that the borrow ended");
     assert!(!deletes(&o, x));
 }
