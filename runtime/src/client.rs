@@ -132,6 +132,9 @@ pub enum TaskArg {
     Value(Value),
     /// Another object; the task waits until it is ready.
     Ref(ObjectRef),
+    /// A value already encoded (a language binding's own format, such as
+    /// pickled Python), inlined when small and put when large.
+    Encoded(pb::ObjectValue),
 }
 
 impl From<&ObjectRef> for TaskArg {
@@ -326,6 +329,9 @@ pub struct ConnectOptions {
 struct ClientInner {
     raylet: RayletClient<Channel>,
     address: String,
+    /// The raylet's GCS, connected on first use (key-value store, nodes).
+    gcs_address: String,
+    gcs: tokio::sync::OnceCell<shoal_proto::v1::gcs_client::GcsClient<Channel>>,
     session_id: u64,
     job_id: JobId,
     node_id: NodeId,
@@ -405,6 +411,8 @@ impl Client {
             inner: Arc::new(ClientInner {
                 raylet,
                 address: addr.to_string(),
+                gcs_address: opened.gcs_address,
+                gcs: tokio::sync::OnceCell::new(),
                 session_id: opened.session_id,
                 job_id,
                 node_id: NodeId::from_slice(&opened.node_id).unwrap_or_default(),
@@ -453,38 +461,22 @@ impl Client {
         // Keep large literal arguments alive until the submission is queued.
         let mut temporaries = Vec::new();
         for a in task.args {
-            args.push(match a {
+            let enc = match a {
                 TaskArg::Ref(r) => {
-                    let arg = pb::Arg {
-                        kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
-                            object_id: r.id().to_bytes(),
-                            owner_address: r.owner().to_string(),
-                            locations: vec![],
-                            size: 0,
-                        })),
-                    };
+                    args.push(ref_arg(&r));
                     temporaries.push(r);
-                    arg
+                    continue;
                 }
-                TaskArg::Value(v) => {
-                    let enc = v.encode();
-                    if enc.data.len() > INLINE_LIMIT {
-                        let r = self.put_encoded(enc).await?;
-                        let arg = pb::Arg {
-                            kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
-                                object_id: r.id().to_bytes(),
-                                owner_address: r.owner().to_string(),
-                                locations: vec![],
-                                size: 0,
-                            })),
-                        };
-                        temporaries.push(r);
-                        arg
-                    } else {
-                        pb::Arg { kind: Some(pb::arg::Kind::Value(enc)) }
-                    }
-                }
-            });
+                TaskArg::Value(v) => v.encode(),
+                TaskArg::Encoded(e) => e,
+            };
+            if enc.data.len() > INLINE_LIMIT {
+                let r = self.put_encoded(enc).await?;
+                args.push(ref_arg(&r));
+                temporaries.push(r);
+            } else {
+                args.push(pb::Arg { kind: Some(pb::arg::Kind::Value(enc)) });
+            }
         }
         let spec = pb::TaskSpec {
             task_id: task_id.to_bytes(),
@@ -518,7 +510,8 @@ impl Client {
         self.put_encoded(value.encode()).await
     }
 
-    async fn put_encoded(&self, value: pb::ObjectValue) -> Result<ObjectRef> {
+    /// Stores a value already encoded and returns a reference to it.
+    pub async fn put_encoded(&self, value: pb::ObjectValue) -> Result<ObjectRef> {
         let idx = self.inner.put_index.fetch_add(1, Ordering::Relaxed);
         let id = self.inner.driver_task.put_id(idx);
         let mut raylet = self.inner.raylet.clone();
@@ -552,6 +545,18 @@ impl Client {
 
     /// Waits for several objects at once; each gets its own result.
     pub async fn get_many(&self, refs: &[ObjectRef], timeout: Option<Duration>) -> Result<Vec<Result<Value>>> {
+        let encoded = self.get_encoded_many(refs, timeout).await?;
+        Ok(encoded.into_iter().map(|r| r.and_then(|v| Value::decode(&v).map_err(Error::from))).collect())
+    }
+
+    /// [`Client::get_many`] without decoding: each value as stored, in its
+    /// own format (a failed object is a `Format::Error` value, which
+    /// [`crate::value::decode_error`] reads).
+    pub async fn get_encoded_many(
+        &self,
+        refs: &[ObjectRef],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<pb::ObjectValue>>> {
         let mut raylet = self.inner.raylet.clone();
         let req = pb::GetObjectsRequest {
             session_id: self.inner.session_id,
@@ -574,7 +579,7 @@ impl Client {
             .into_iter()
             .zip(refs)
             .map(|(r, oref)| match r.kind {
-                Some(pb::get_result::Kind::Value(v)) => Value::decode(&v).map_err(Error::from),
+                Some(pb::get_result::Kind::Value(v)) => Ok(v),
                 Some(pb::get_result::Kind::TimedOut(_)) => {
                     Err(Error::Timeout(timeout.unwrap_or_default(), format!("object {}", oref.id())))
                 }
@@ -651,6 +656,41 @@ impl Client {
         Ok(ObjectRef { inner: Arc::new(RefInner { id, owner: owner.to_string(), ops: self.inner.ops.clone() }) })
     }
 
+    async fn gcs(&self) -> Result<shoal_proto::v1::gcs_client::GcsClient<Channel>> {
+        let addr = &self.inner.gcs_address;
+        if addr.is_empty() {
+            return Err(Error::Invalid("the raylet did not name its GCS".into()));
+        }
+        let c = self
+            .inner
+            .gcs
+            .get_or_try_init(|| async { crate::net::connect(addr).await.map(shoal_proto::v1::gcs_client::GcsClient::new) })
+            .await?;
+        Ok(c.clone())
+    }
+
+    /// Stores `value` under `key` in the cluster's key-value store (kept by
+    /// the head, durable with its state dir). Returns whether the key was
+    /// new; an existing key is replaced only with `overwrite`.
+    pub async fn kv_put(&self, key: &str, value: Bytes, overwrite: bool) -> Result<bool> {
+        let req = pb::KvPutRequest { key: key.to_string(), value, overwrite };
+        let r = self.gcs().await?.kv_put(req).await.map_err(|s| Error::rpc("kv put", s))?;
+        Ok(r.into_inner().added)
+    }
+
+    /// The value under `key` in the cluster's key-value store.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<Bytes>> {
+        let req = pb::KvGetRequest { key: key.to_string() };
+        let r = self.gcs().await?.kv_get(req).await.map_err(|s| Error::rpc("kv get", s))?.into_inner();
+        Ok(r.found.then_some(r.value))
+    }
+
+    /// The cluster's nodes as the GCS knows them, with their last loads.
+    pub async fn nodes(&self) -> Result<pb::GetNodesReply> {
+        let r = self.gcs().await?.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("listing nodes", s))?;
+        Ok(r.into_inner())
+    }
+
     /// Waits until the raylet has applied every submission and reference
     /// change this client queued (borrows included).
     pub async fn flush(&self) -> Result<()> {
@@ -663,6 +703,18 @@ impl Client {
         };
         raylet.get_objects(req).await.map_err(|s| Error::rpc("flush", s))?;
         Ok(())
+    }
+}
+
+/// A by-reference argument naming `r` and its owner.
+fn ref_arg(r: &ObjectRef) -> pb::Arg {
+    pb::Arg {
+        kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
+            object_id: r.id().to_bytes(),
+            owner_address: r.owner().to_string(),
+            locations: vec![],
+            size: 0,
+        })),
     }
 }
 

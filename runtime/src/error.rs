@@ -193,6 +193,11 @@ pub struct TaskError {
     pub attempt: u32,
     /// The last lines the task wrote to stderr.
     pub stderr_tail: String,
+    /// The exception the function raised, serialized by its language's
+    /// runtime (pickled, for Python); empty for builtins and commands.
+    pub cause: bytes::Bytes,
+    /// The function's traceback as its language prints it.
+    pub traceback: String,
 }
 
 impl TaskError {
@@ -241,6 +246,8 @@ impl From<&TaskError> for pb::TaskError {
             node_id: e.node_id.clone(),
             attempt: e.attempt,
             stderr_tail: e.stderr_tail.clone(),
+            cause: e.cause.clone(),
+            traceback: e.traceback.clone(),
         }
     }
 }
@@ -256,6 +263,8 @@ impl From<&pb::TaskError> for TaskError {
             node_id: e.node_id.clone(),
             attempt: e.attempt,
             stderr_tail: e.stderr_tail.clone(),
+            cause: e.cause.clone(),
+            traceback: e.traceback.clone(),
         }
     }
 }

@@ -66,6 +66,10 @@ impl Value {
                 .map_err(|e| TaskError::new(ErrorKind::CorruptObject, format!("object is not valid JSON: {e}"))),
             Ok(pb::Format::Raw) => Ok(Value::Bytes(v.data.clone())),
             Ok(pb::Format::Error) => Err(decode_error(v)),
+            Ok(pb::Format::Pickle5) => Err(TaskError::new(
+                ErrorKind::UnsupportedFormat,
+                "the object is a pickled Python value: read it from Python (`shoal.get`)",
+            )),
             Ok(pb::Format::Msgpack) | Err(_) => Err(TaskError::new(
                 ErrorKind::UnsupportedFormat,
                 format!("object format {} is not supported", v.format),

@@ -140,6 +140,10 @@ pub struct NodeArgs {
     /// Finished tasks kept to rebuild lost objects (lineage); older lineage is dropped.
     #[arg(long, default_value_t = 100_000, env = "SHOAL_MAX_LINEAGE_TASKS")]
     pub max_lineage_tasks: usize,
+    /// The Python interpreter that runs Python tasks (`PYTHON -m shoal._worker`);
+    /// it must have the `shoal` package installed.
+    #[arg(long, default_value = shoal::raylet::DEFAULT_PYTHON, env = "SHOAL_PYTHON")]
+    pub python: String,
 }
 
 /// Flags of `shoal raylet`.
@@ -249,6 +253,7 @@ impl NodeArgs {
         cfg.pipeline_depth = self.pipeline_depth.max(1);
         cfg.infeasible_timeout = Duration::from_millis(self.infeasible_timeout_ms);
         cfg.max_lineage_tasks = self.max_lineage_tasks;
+        cfg.python_worker = shoal::raylet::python_worker_command(&self.python);
         if self.no_spill {
             cfg.spill_dir = None;
         } else if let Some(d) = &self.spill_dir {

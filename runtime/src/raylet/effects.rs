@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, TaskError};
 use crate::ids::{ObjectId, TaskId, WorkerId};
-use crate::raylet::executor::worker_pool::Attempt;
+use crate::raylet::executor::worker_pool::{Attempt, WorkerKind};
 use crate::raylet::owner::borrows::{self, PendingBorrow};
 use crate::raylet::peers::{self, OwnerState, PeerMsg};
 use crate::raylet::Inner;
@@ -33,8 +33,8 @@ pub(crate) enum Effect {
     Delete(ObjectId),
     /// Pull an argument of a local attempt into the store.
     Pull { attempt: Attempt, object: ObjectId, locations: Vec<pb::Location>, size: u64 },
-    /// Start a worker process.
-    SpawnWorker(WorkerId),
+    /// Start a worker process of a kind.
+    SpawnWorker(WorkerId, WorkerKind),
     /// Kill a worker's process tree (a forced cancel).
     KillTree(u32),
     /// Send an attempt to a worker, reading its stored arguments first.
@@ -82,8 +82,8 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                     inner.core().arg_pulled(attempt, object, res);
                 });
             }
-            Effect::SpawnWorker(id) => {
-                if !inner.spawner.spawn(id) {
+            Effect::SpawnWorker(id, kind) => {
+                if !inner.spawner.spawn(id, kind) {
                     inner.core().worker_spawn_failed(id);
                 }
             }

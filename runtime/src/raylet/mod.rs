@@ -48,6 +48,14 @@ pub const DEFAULT_PORT: u16 = 6380;
 /// The default port of a raylet's /metrics, /healthz and /readyz.
 pub const DEFAULT_METRICS_PORT: u16 = 8080;
 
+/// The interpreter that runs Python tasks unless told otherwise.
+pub const DEFAULT_PYTHON: &str = "python3";
+
+/// The command line of a Python worker run by `python`.
+pub fn python_worker_command(python: &str) -> Vec<String> {
+    vec![python.to_string(), "-m".to_string(), "shoal._worker".to_string()]
+}
+
 /// The object store's default budget: 30 % of the memory the node offers
 /// to tasks, and at least 64 MiB.
 pub fn default_object_store_memory(memory_bytes: u64) -> u64 {
@@ -75,8 +83,12 @@ pub struct RayletConfig {
     pub labels: HashMap<String, String>,
     /// Object store budget in bytes.
     pub object_store_memory: u64,
-    /// Binary started for workers (`shoal`).
-    pub worker_binary: PathBuf,
+    /// Command line that starts a native worker (builtins and `exec`):
+    /// `shoal worker` by default.
+    pub native_worker: Vec<String>,
+    /// Command line that starts a Python worker: `python3 -m shoal._worker`
+    /// by default ([`python_worker_command`]).
+    pub python_worker: Vec<String>,
     /// Unix socket workers connect to.
     pub worker_socket: PathBuf,
     /// Whether workers are started by someone else (an external worker
@@ -125,7 +137,11 @@ impl RayletConfig {
             resources,
             labels: HashMap::new(),
             object_store_memory: default_object_store_memory(memory_bytes),
-            worker_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
+            native_worker: vec![
+                std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")).display().to_string(),
+                "worker".to_string(),
+            ],
+            python_worker: python_worker_command(DEFAULT_PYTHON),
             worker_socket: std::env::temp_dir().join(format!("shoal-raylet-{}.sock", std::process::id())),
             external_workers: false,
             max_workers: cpus,

@@ -374,6 +374,7 @@ impl pb::raylet_server::Raylet for RayletService {
                     session_id: session,
                     job_id,
                     node_id: self.inner.node_id.to_bytes(),
+                    gcs_address: self.inner.config.gcs_address.clone(),
                 })),
             }))
             .await;

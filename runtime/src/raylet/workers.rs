@@ -1,7 +1,9 @@
 //! Worker processes: starting them, and the local socket they connect back on.
 //!
-//! The raylet starts `shoal worker` processes (its own binary by default)
-//! with the socket path and a worker id in the environment. Each worker
+//! The raylet starts worker processes of the kind a task needs (`shoal
+//! worker` for builtins and commands, a Python interpreter running
+//! `shoal._worker` for Python functions) with the socket path and a worker
+//! id in the environment. Each worker
 //! connects, says hello, then takes `ExecuteTask` frames and answers with
 //! `TaskDone` frames. Workers die with their raylet: they get SIGKILL when it
 //! exits (`PR_SET_PDEATHSIG`), and exit on their own when the socket closes.
@@ -18,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::frame;
 use crate::ids::WorkerId;
+use crate::raylet::executor::worker_pool::WorkerKind;
 use crate::raylet::executor::{store_returns, Done};
 use crate::raylet::Inner;
 use crate::value::INLINE_LIMIT;
@@ -35,19 +38,19 @@ pub const ENV_ADDRESS: &str = "SHOAL_ADDRESS";
 /// must not happen on a pool thread that may exit when idle, because a
 /// worker's parent-death signal fires when the *thread* that forked it ends.
 pub(crate) struct Spawner {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<WorkerId>>,
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<(WorkerId, WorkerKind)>>,
 }
 
 impl Spawner {
     /// Starts the spawning thread; it ends with the raylet.
     pub(crate) fn start(inner: std::sync::Weak<Inner>) -> Spawner {
-        let (tx, rx) = std::sync::mpsc::channel::<WorkerId>();
+        let (tx, rx) = std::sync::mpsc::channel::<(WorkerId, WorkerKind)>();
         let rt = tokio::runtime::Handle::try_current().ok();
         let body = move || {
             let _entered = rt.as_ref().map(|h| h.enter());
-            while let Ok(id) = rx.recv() {
+            while let Ok((id, kind)) = rx.recv() {
                 let Some(inner) = inner.upgrade() else { return };
-                let res = spawn(&inner, id);
+                let res = spawn(&inner, id, kind);
                 let mut core = inner.core();
                 match res {
                     Ok(pid) => core.worker_spawned(id, pid),
@@ -64,17 +67,24 @@ impl Spawner {
         Spawner { tx: std::sync::Mutex::new(tx) }
     }
 
-    /// Asks for worker `id` to be started.
-    pub(crate) fn spawn(&self, id: WorkerId) -> bool {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(id).is_ok()
+    /// Asks for worker `id` of `kind` to be started.
+    pub(crate) fn spawn(&self, id: WorkerId, kind: WorkerKind) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send((id, kind)).is_ok()
     }
 }
 
-/// Starts one worker process; returns its pid.
-pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId) -> std::io::Result<u32> {
+/// Starts one worker process of `kind`; returns its pid.
+pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId, kind: WorkerKind) -> std::io::Result<u32> {
     let cfg = &inner.config;
-    let mut cmd = tokio::process::Command::new(&cfg.worker_binary);
-    cmd.arg("worker")
+    let argv = match kind {
+        WorkerKind::Native => &cfg.native_worker,
+        WorkerKind::Python => &cfg.python_worker,
+    };
+    let Some(program) = argv.first() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no command starts {kind:?} workers")));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..])
         .env(ENV_SOCKET, &cfg.worker_socket)
         .env(ENV_WORKER_ID, id.to_string())
         .env(ENV_ADDRESS, &inner.address)

@@ -135,6 +135,10 @@ fn execute(ctx: &mut TaskContext, registry: &Registry, task: pb::ExecuteTask) ->
             exec::run_exec(&e, &args, task.num_returns)
         }
         Some(pb::function_descriptor::Kind::Exec(e)) => exec::run_exec(e, &args, task.num_returns),
+        Some(pb::function_descriptor::Kind::Python(p)) => Err(TaskError::new(
+            ErrorKind::UnknownFunction,
+            format!("Python function `{}` was sent to a native worker; Python workers run it", p.name),
+        )),
         None => Err(TaskError::new(ErrorKind::InvalidTask, "the task names no function")),
     };
     ctx.end();

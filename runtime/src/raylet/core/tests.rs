@@ -163,7 +163,7 @@ fn a_blocked_worker_lends_its_cpus_once_and_gets_them_back_on_every_path() {
 fn starting_workers_and_killing_them_are_effects() {
     let mut core = core_with(ResourceSet::new().with(CPU, 2.0));
     core.prestart(2);
-    let spawns = core.take_effects().into_iter().filter(|e| matches!(e, Effect::SpawnWorker(_))).count();
+    let spawns = core.take_effects().into_iter().filter(|e| matches!(e, Effect::SpawnWorker(..))).count();
     assert_eq!(spawns, 2);
     let ws = workers(&mut core, 1);
     let (session, _) = core.open_session(None);

@@ -400,7 +400,7 @@ impl Executor {
     fn start_worker(&mut self, kind: WorkerKind) {
         let id = WorkerId::random();
         self.pool.starting(id, kind);
-        self.out.push(Effect::SpawnWorker(id));
+        self.out.push(Effect::SpawnWorker(id, kind));
     }
 
     /// Starts `n` workers ahead of demand.
@@ -455,7 +455,7 @@ impl Executor {
                     function: run.function.clone(),
                     node_id: self.node_id.to_string(),
                     attempt: attempt.1,
-                    stderr_tail: String::new(),
+                    ..Default::default()
                 };
                 let r = pb::TaskResult {
                     task_id: attempt.0.to_bytes(),

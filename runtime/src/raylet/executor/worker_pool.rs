@@ -27,6 +27,8 @@ use crate::resources::ResourceSet;
 pub(crate) enum WorkerKind {
     /// `shoal worker`: builtins and `exec` tasks.
     Native,
+    /// A Python interpreter running `shoal._worker`: Python functions.
+    Python,
 }
 
 impl WorkerKind {
@@ -36,6 +38,7 @@ impl WorkerKind {
             Some(pb::function_descriptor::Kind::Builtin(_) | pb::function_descriptor::Kind::Exec(_)) | None => {
                 WorkerKind::Native
             }
+            Some(pb::function_descriptor::Kind::Python(_)) => WorkerKind::Python,
         }
     }
 }

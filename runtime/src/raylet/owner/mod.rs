@@ -217,6 +217,7 @@ pub(crate) fn describe_function(f: &Option<pb::FunctionDescriptor>) -> String {
         Some(pb::function_descriptor::Kind::Exec(e)) => {
             format!("exec:{}", e.argv.first().map(String::as_str).unwrap_or("?"))
         }
+        Some(pb::function_descriptor::Kind::Python(p)) => format!("python:{}", p.name),
         None => "<none>".to_string(),
     }
 }
