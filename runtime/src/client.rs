@@ -664,7 +664,9 @@ impl Client {
         let c = self
             .inner
             .gcs
-            .get_or_try_init(|| async { crate::net::connect(addr).await.map(shoal_proto::v1::gcs_client::GcsClient::new) })
+            .get_or_try_init(|| async {
+                crate::net::connect(addr).await.map(shoal_proto::v1::gcs_client::GcsClient::new)
+            })
             .await?;
         Ok(c.clone())
     }
@@ -687,7 +689,8 @@ impl Client {
 
     /// The cluster's nodes as the GCS knows them, with their last loads.
     pub async fn nodes(&self) -> Result<pb::GetNodesReply> {
-        let r = self.gcs().await?.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("listing nodes", s))?;
+        let r =
+            self.gcs().await?.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("listing nodes", s))?;
         Ok(r.into_inner())
     }
 

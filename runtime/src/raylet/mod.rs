@@ -362,6 +362,11 @@ impl Raylet {
         self.inner.node_id
     }
 
+    /// The process ids of this raylet's workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.inner.core().worker_pids()
+    }
+
     /// Stops every worker process (the raylet is about to exit).
     pub fn shutdown(&self) {
         release_local_resources(&self.inner);

@@ -81,7 +81,10 @@ pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId, kind: WorkerKind) -> std::
         WorkerKind::Python => &cfg.python_worker,
     };
     let Some(program) = argv.first() else {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no command starts {kind:?} workers")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("no command starts {kind:?} workers"),
+        ));
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&argv[1..])

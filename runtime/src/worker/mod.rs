@@ -27,6 +27,20 @@ pub use context::TaskContext;
 
 /// Runs one worker until its raylet closes the socket.
 pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::Result<()> {
+    let mut ctx = TaskContext::new(worker_id);
+    serve(socket, worker_id, |task| execute(&mut ctx, registry, task))
+}
+
+/// The worker protocol with any executor: says hello on the raylet's
+/// socket as `worker_id`, then answers every task with what `execute`
+/// returns (its `attempt` is filled in here), until the raylet closes the
+/// socket. A worker of another language (the Python package's) runs its
+/// functions through this same loop.
+pub fn serve(
+    socket: &Path,
+    worker_id: WorkerId,
+    mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
+) -> std::io::Result<()> {
     let stream = UnixStream::connect(socket)?;
     let mut reader = stream.try_clone()?;
     let mut writer = BufWriter::with_capacity(256 * 1024, stream);
@@ -39,13 +53,12 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     frame::write_blocking(&mut writer, &hello)?;
     writer.flush()?;
     let mut buf = BytesMut::with_capacity(256 * 1024);
-    let mut ctx = TaskContext::new(worker_id);
     loop {
         let msg: Option<pb::ToWorker> = frame::read_blocking(&mut reader, &mut buf)?;
         let Some(msg) = msg else { return Ok(()) };
         let Some(pb::to_worker::Kind::Execute(task)) = msg.kind else { continue };
         let attempt = task.attempt;
-        let done = pb::TaskDone { attempt, ..execute(&mut ctx, registry, task) };
+        let done = pb::TaskDone { attempt, ..execute(task) };
         frame::write_blocking(&mut writer, &pb::FromWorker { kind: Some(pb::from_worker::Kind::Done(done)) })?;
         // Flush unless another task is already waiting to be read.
         if buf.is_empty() {

@@ -1,0 +1,1 @@
+"""Helpers under Ray's `ray.util` names."""
