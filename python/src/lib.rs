@@ -113,6 +113,13 @@ impl ObjRef {
     fn __repr__(&self) -> String {
         format!("ObjectRef({})", self.inner.id())
     }
+
+    /// Pickled by id and owner: whoever unpickles it holds the object again
+    /// through its own client (`shoal._api._adopt`).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, (String, String))> {
+        let adopt = py.import("shoal._api")?.getattr("_adopt")?;
+        Ok((adopt, (self.hex(), self.owner_address())))
+    }
 }
 
 /// What `get` found for one object.
@@ -458,10 +465,40 @@ impl LocalCluster {
 /// args, num_returns, task_id, job_id, attempt, gpu_ids)`, with `args` a list
 /// of `(format, bytes)`; it returns `("ok", [(format, bytes), ...])` or
 /// `("error", kind, message, traceback, cause)`.
+///
+/// An interrupt from the raylet (a cancel without `force`) raises
+/// `KeyboardInterrupt` in the running task if it is still the attempt named.
 #[pyfunction]
 fn run_worker(py: Python<'_>, execute: Py<PyAny>) -> PyResult<()> {
     let (socket, id) = worker_env()?;
-    py.detach(|| shoal_runtime::worker::serve(&socket, id, |task| Python::attach(|py| run_task(py, &execute, task))))
+    let running: std::sync::Arc<Mutex<Option<(Bytes, u32)>>> = Default::default();
+    let watched = running.clone();
+    // SAFETY: pthread_self has no preconditions; this is the interpreter's
+    // main thread, which runs every task.
+    let main_thread = unsafe { libc::pthread_self() } as usize;
+    let interrupt = move |task_id: &[u8], attempt: u32| {
+        let current = watched.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(t, a)| t[..] == task_id[..] && *a == attempt) {
+            // SIGINT to the main thread itself: Python's handler raises
+            // KeyboardInterrupt there, and a blocking call (sleep, a read)
+            // returns early with EINTR to let it.
+            // SAFETY: the main thread outlives this reader thread's use of it
+            // (both end with the process).
+            unsafe { libc::pthread_kill(main_thread as libc::pthread_t, libc::SIGINT) };
+        }
+    };
+    let execute_one = |task: pb::ExecuteTask| {
+        *running.lock().unwrap_or_else(|p| p.into_inner()) = Some((task.task_id.clone(), task.attempt));
+        let done = Python::attach(|py| {
+            // An interrupt meant for an attempt that ended just before it
+            // arrived must not hit this one.
+            let _ = py.check_signals();
+            run_task(py, &execute, task)
+        });
+        *running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        done
+    };
+    py.detach(|| shoal_runtime::worker::serve_interruptible(&socket, id, execute_one, interrupt))
         .map_err(|e| NativeError::new_err(("Internal".to_string(), format!("the worker's socket failed: {e}"))))
 }
 

@@ -67,6 +67,65 @@ pub fn serve(
     }
 }
 
+/// [`serve`] for a worker that can stop a running task: frames are read on
+/// a thread of their own, so that an `InterruptTask` reaches `interrupt`
+/// (with the task id and attempt) while `execute` runs on this thread.
+pub fn serve_interruptible(
+    socket: &Path,
+    worker_id: WorkerId,
+    mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
+    interrupt: impl Fn(&[u8], u32) + Send + 'static,
+) -> std::io::Result<()> {
+    let stream = UnixStream::connect(socket)?;
+    let mut reader = stream.try_clone()?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+    let hello = pb::FromWorker {
+        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
+            worker_id: worker_id.to_bytes(),
+            pid: std::process::id(),
+        })),
+    };
+    frame::write_blocking(&mut writer, &hello)?;
+    writer.flush()?;
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<pb::ExecuteTask>>();
+    std::thread::Builder::new().name("shoal-worker-reader".into()).spawn(move || {
+        let mut buf = BytesMut::with_capacity(256 * 1024);
+        loop {
+            let msg = match frame::read_blocking::<pb::ToWorker, _>(&mut reader, &mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            match msg.kind {
+                Some(pb::to_worker::Kind::Execute(t)) => {
+                    if tx.send(Ok(t)).is_err() {
+                        return;
+                    }
+                }
+                Some(pb::to_worker::Kind::Interrupt(i)) => interrupt(&i.task_id, i.attempt),
+                None => {}
+            }
+        }
+    })?;
+    let mut next = rx.recv().ok();
+    while let Some(task) = next.take() {
+        let task = task?;
+        let attempt = task.attempt;
+        let done = pb::TaskDone { attempt, ..execute(task) };
+        frame::write_blocking(&mut writer, &pb::FromWorker { kind: Some(pb::from_worker::Kind::Done(done)) })?;
+        // Flush unless another task is already waiting.
+        next = rx.try_recv().ok();
+        if next.is_none() {
+            writer.flush()?;
+            next = rx.recv().ok();
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::result_large_err)] // becomes the task's error as is
 fn split_returns(v: Value, n: u32) -> Result<Vec<pb::ObjectValue>, TaskError> {
     if n == 1 {

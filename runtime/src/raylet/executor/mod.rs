@@ -577,6 +577,11 @@ impl Executor {
             if let Some(pid) = self.pool.workers.get(&w).map(|s| s.pid).filter(|p| *p > 0) {
                 self.out.push(Effect::KillTree(pid));
             }
+        } else if let Some(tx) = self.pool.workers.get(&w).and_then(|s| s.tx.as_ref()) {
+            // Interrupted where the worker can (Python); the owner has
+            // already failed the task as cancelled, whatever it answers.
+            let interrupt = pb::InterruptTask { task_id: attempt.0.to_bytes(), attempt: attempt.1 };
+            let _ = tx.send(pb::ToWorker { kind: Some(pb::to_worker::Kind::Interrupt(interrupt)) });
         }
     }
 
