@@ -9,6 +9,8 @@
 //! `SHOAL_SCHEMATHESIS` points. When it cannot be installed this test fails:
 //! a contract test that skips itself proves nothing.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,31 +28,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 const SCHEMATHESIS: &str = "schemathesis>=4.32,<5";
 
 /// Where schemathesis is: `SHOAL_SCHEMATHESIS`, or the repository's `.venv`,
-/// made and filled here when it lacks it (pip is quiet and quick when it
-/// already has it).
+/// made and filled when it lacks it.
 fn schemathesis() -> PathBuf {
     if let Some(path) = std::env::var_os("SHOAL_SCHEMATHESIS") {
         return PathBuf::from(path);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv");
-    let path = venv.join("bin/schemathesis");
-    if !path.is_file() {
-        let run = |cmd: &mut std::process::Command| {
-            let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-            assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        };
-        if !venv.join("bin/python").is_file() {
-            run(std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv));
-        }
-        run(std::process::Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            SCHEMATHESIS,
-        ]));
-    }
-    assert!(path.is_file(), "schemathesis is not at {} after installing it", path.display());
-    path
+    common::venv("bin/schemathesis", &[SCHEMATHESIS]).join("bin/schemathesis")
 }
 
 /// What schemathesis may not check from the document alone. A task graph's

@@ -37,6 +37,30 @@ pub async fn cluster_with(per_node: Vec<Vec<&str>>) -> LocalCluster {
     LocalCluster::start(o).await.expect("cluster starts")
 }
 
+/// The repository's Python virtual environment (`.venv`), made with
+/// `python3 -m venv` when missing, with `requirements` installed from PyPI
+/// unless `marker` (a file in it, such as `bin/schemathesis`) is already
+/// there. Panics with pip's output when it cannot be set up: a test that
+/// needs Python tools and skips itself without them proves nothing.
+pub fn venv(marker: &str, requirements: &[&str]) -> std::path::PathBuf {
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv");
+    if venv.join(marker).exists() {
+        return venv;
+    }
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    };
+    if !venv.join("bin/python").is_file() {
+        run(std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv));
+    }
+    run(std::process::Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(requirements));
+    assert!(venv.join(marker).exists(), "{marker} is not in {} after installing it", venv.display());
+    venv
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where

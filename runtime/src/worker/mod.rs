@@ -99,14 +99,16 @@ pub fn serve_interruptible(
                     return;
                 }
             };
-            match msg.kind {
-                Some(pb::to_worker::Kind::Execute(t)) => {
-                    if tx.send(Ok(t)).is_err() {
-                        return;
-                    }
+            let sent = match msg.kind {
+                Some(pb::to_worker::Kind::Execute(t)) => tx.send(Ok(t)).is_ok(),
+                Some(pb::to_worker::Kind::Interrupt(i)) => {
+                    interrupt(&i.task_id, i.attempt);
+                    true
                 }
-                Some(pb::to_worker::Kind::Interrupt(i)) => interrupt(&i.task_id, i.attempt),
-                None => {}
+                None => true,
+            };
+            if !sent {
+                return;
             }
         }
     })?;
