@@ -262,11 +262,14 @@ def put(value: Any) -> ObjectRef:
     return _client().put(_serialize(value, "the value given to put()"))
 
 
-def _serialize(value: Any, what: str) -> bytes:
+def _serialize(value: Any, what: str) -> Any:
+    """The pickled value as the extension takes it: its bytes, with the
+    ObjectRefs inside it when there are any."""
     try:
-        return _serialization.serialize(value)
+        data, refs = _serialization.serialize(value)
     except Exception as e:
         raise TypeError(f"{what} could not be pickled: {type(e).__name__}: {e}") from e
+    return (data, refs) if refs else data
 
 
 def wait(
@@ -433,7 +436,7 @@ class RemoteFunction:
         client = _client()
         fid = self._export(client)
         o = self._options
-        task_args: List[Any] = [_serialization.serialize((len(args), tuple(kwargs)))]
+        task_args: List[Any] = [_serialization.serialize((len(args), tuple(kwargs)))[0]]
         for i, a in enumerate(list(args) + list(kwargs.values())):
             if isinstance(a, ObjectRef):
                 task_args.append(a)

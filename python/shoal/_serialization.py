@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import cloudpickle
 
@@ -41,8 +41,13 @@ FORMAT_PICKLE5 = 4
 
 
 class _Pickler(cloudpickle.Pickler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refs: List[Any] = []
+
     def persistent_id(self, obj: Any) -> Optional[tuple]:
         if type(obj) is _native.ObjectRef:
+            self.refs.append(obj)
             return (_REF_TAG, obj.hex(), obj.owner_address)
         return None
 
@@ -62,11 +67,13 @@ def _pad(n: int) -> int:
     return (-n) % ALIGN
 
 
-def serialize(value: Any) -> bytes:
-    """Pickles ``value`` into one frame."""
+def serialize(value: Any) -> Tuple[bytes, List[Any]]:
+    """Pickles ``value`` into one frame; returns it with the ObjectRefs
+    found inside (which whoever holds the value must hold too)."""
     buffers: List[pickle.PickleBuffer] = []
     out = io.BytesIO()
-    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(value)
+    pickler = _Pickler(out, protocol=5, buffer_callback=buffers.append)
+    pickler.dump(value)
     body = out.getbuffer()
     raws = [b.raw() for b in buffers]
     header = bytearray(_HEAD.pack(MAGIC, len(raws), body.nbytes))
@@ -81,7 +88,7 @@ def serialize(value: Any) -> bytes:
             offset += pad
         parts.append(r)
         offset += r.nbytes
-    return b"".join(parts)
+    return b"".join(parts), pickler.refs
 
 
 def deserialize(data: bytes, adopt: Callable[[str, str], Any]) -> Any:

@@ -84,7 +84,7 @@ class _ArgumentError(Exception):
         self.cause = cause
 
 
-def _returns(result: Any, n: int, name: str) -> List[Tuple[int, bytes]]:
+def _returns(result: Any, n: int, name: str) -> List[Tuple[int, bytes, list]]:
     if n == 1:
         values = [result]
     else:
@@ -97,7 +97,8 @@ def _returns(result: Any, n: int, name: str) -> List[Tuple[int, bytes]]:
     out = []
     for i, v in enumerate(values):
         try:
-            out.append((_serialization.FORMAT_PICKLE5, _serialization.serialize(v)))
+            data, refs = _serialization.serialize(v)
+            out.append((_serialization.FORMAT_PICKLE5, data, refs))
         except Exception as e:
             raise TypeError(f"result {i} of {name} could not be pickled: {type(e).__name__}: {e}") from e
     return out
@@ -156,9 +157,15 @@ def execute(
             msg = f"{type(e).__name__}: {e}"
             return ("error", "TaskFailed", msg, _remote_traceback(e), _cause_bytes(e))
         try:
-            return ("ok", _returns(result, num_returns, name))
+            returns = _returns(result, num_returns, name)
         except BaseException as e:
             return ("error", "TaskFailed", str(e), "", b"")
+        lent = [r for _, _, refs in returns for r in refs]
+        if lent:
+            # Held by this node's raylet until the task's owner holds them,
+            # so that they outlive this worker's own references.
+            _api._client().lend(task_id, attempt, lent)
+        return ("ok", returns)
     finally:
         for s in (sys.stdout, sys.stderr):
             s.flush()

@@ -155,8 +155,23 @@ fn bytes_of(b: PyBackedBytes) -> Bytes {
     Bytes::from_owner(b)
 }
 
-fn pickled(data: PyBackedBytes) -> pb::ObjectValue {
-    pb::ObjectValue { format: pb::Format::Pickle5 as i32, data: bytes_of(data) }
+fn pickled(data: PyBackedBytes, nested: &[PyRef<'_, ObjRef>]) -> pb::ObjectValue {
+    pb::ObjectValue {
+        format: pb::Format::Pickle5 as i32,
+        data: bytes_of(data),
+        nested_refs: nested.iter().map(|r| r.inner.to_wire()).collect(),
+    }
+}
+
+/// A pickled value as the Python layer hands it over: its bytes, or its
+/// bytes and the references inside it.
+fn value_arg(a: &Bound<'_, PyAny>) -> PyResult<pb::ObjectValue> {
+    if let Ok((data, nested)) = a.extract::<(PyBackedBytes, Vec<PyRef<'_, ObjRef>>)>() {
+        return Ok(pickled(data, &nested));
+    }
+    let data: PyBackedBytes =
+        a.extract().map_err(|_| invalid("a value must be pickled bytes, or (bytes, [ObjectRef])"))?;
+    Ok(pickled(data, &[]))
 }
 
 fn strategy_of(s: Option<(String, Option<String>, bool)>) -> PyResult<Strategy> {
@@ -248,9 +263,7 @@ impl PyClient {
             if let Ok(r) = a.extract::<PyRef<'_, ObjRef>>() {
                 task = task.arg(TaskArg::Ref(r.inner.clone()));
             } else {
-                let b: PyBackedBytes =
-                    a.extract().map_err(|_| invalid("a task argument must be pickled bytes or an ObjectRef"))?;
-                task = task.arg(TaskArg::Encoded(pickled(b)));
+                task = task.arg(TaskArg::Encoded(value_arg(&a)?));
             }
         }
         let mut res = ResourceSet::new();
@@ -270,10 +283,21 @@ impl PyClient {
         Ok(refs.into_iter().map(|inner| ObjRef { inner }).collect())
     }
 
-    /// Stores a pickled value and returns its reference.
-    fn put(&self, py: Python<'_>, data: PyBackedBytes) -> PyResult<ObjRef> {
-        let inner = block_on(py, self.inner.put_encoded(pickled(data))).map_err(to_py)?;
+    /// Stores a pickled value (bytes, or bytes and the references inside
+    /// it, which it then holds) and returns its reference.
+    fn put(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<ObjRef> {
+        let v = value_arg(&value)?;
+        let inner = block_on(py, self.inner.put_encoded(v)).map_err(to_py)?;
         Ok(ObjRef { inner })
+    }
+
+    /// Lends `refs`, returned inside the results of an attempt, to the
+    /// task's owner (a worker calls it before answering).
+    fn lend(&self, py: Python<'_>, task_id: String, attempt: u32, refs: Vec<PyRef<'_, ObjRef>>) -> PyResult<()> {
+        let task: shoal_runtime::TaskId =
+            task_id.parse().map_err(|_| invalid(format!("`{task_id}` is not a task id")))?;
+        let refs: Vec<shoal_runtime::ObjectRef> = refs.iter().map(|r| r.inner.clone()).collect();
+        block_on(py, self.inner.lend(task, attempt, &refs)).map_err(to_py)
     }
 
     /// Waits for objects; for each, `("value", format, bytes)`,
@@ -318,6 +342,24 @@ impl PyClient {
         let id: ObjectId = object_id.parse().map_err(|_| invalid(format!("`{object_id}` is not an object id")))?;
         let inner = block_on(py, self.inner.borrow(id, &owner)).map_err(to_py)?;
         Ok(ObjRef { inner })
+    }
+
+    /// The counters of this client's raylet (objects, tasks, workers,
+    /// transfers), as a dict of name to number.
+    fn raylet_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = block_on(py, shoal_runtime::node_stats(self.inner.address())).map_err(to_py)?;
+        let d = PyDict::new(py);
+        d.set_item("object_count", s.object_count)?;
+        d.set_item("object_store_used", s.object_store_used)?;
+        d.set_item("owned_objects", s.owned_objects)?;
+        d.set_item("owned_tasks", s.owned_tasks)?;
+        d.set_item("lent_objects", s.lent_objects)?;
+        d.set_item("borrowed_objects", s.borrowed_objects)?;
+        d.set_item("running_tasks", s.running_tasks)?;
+        d.set_item("queued_tasks", s.queued_tasks)?;
+        d.set_item("workers", s.workers)?;
+        d.set_item("idle_workers", s.idle_workers)?;
+        Ok(d)
     }
 
     /// Waits until the raylet has applied everything this client sent.
@@ -561,9 +603,15 @@ fn run_task(py: Python<'_>, execute: &Py<PyAny>, task: pb::ExecuteTask) -> pb::T
         ))?;
         let status: String = r.get_item(0)?.extract()?;
         if status == "ok" {
-            let items: Vec<(i32, PyBackedBytes)> = r.get_item(1)?.extract()?;
-            let returns =
-                items.into_iter().map(|(format, data)| pb::ObjectValue { format, data: bytes_of(data) }).collect();
+            let items: Vec<(i32, PyBackedBytes, Vec<PyRef<'_, ObjRef>>)> = r.get_item(1)?.extract()?;
+            let returns = items
+                .into_iter()
+                .map(|(format, data, nested)| pb::ObjectValue {
+                    format,
+                    data: bytes_of(data),
+                    nested_refs: nested.iter().map(|r| r.inner.to_wire()).collect(),
+                })
+                .collect();
             Ok(pb::TaskDone { task_id: task.task_id.clone(), returns, ..Default::default() })
         } else {
             let kind: String = r.get_item(1)?.extract()?;

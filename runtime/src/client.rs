@@ -51,6 +51,7 @@ enum Op {
     Borrow(pb::ObjectRef),
     RemoveRef(ObjectId),
     Cancel(pb::CancelTasks),
+    Lend(pb::LendRefs),
 }
 
 struct Ops {
@@ -114,7 +115,9 @@ impl ObjectRef {
         &self.inner.owner
     }
 
-    fn to_pb(&self) -> pb::ObjectRef {
+    /// The reference as it travels on the wire (inside a value's
+    /// `nested_refs`, for instance).
+    pub fn to_wire(&self) -> pb::ObjectRef {
         pb::ObjectRef { object_id: self.inner.id.to_bytes(), owner_address: self.inner.owner.clone() }
     }
 }
@@ -561,7 +564,7 @@ impl Client {
         let req = pb::GetObjectsRequest {
             session_id: self.inner.session_id,
             after_seq: self.inner.ops.enqueued.load(Ordering::SeqCst),
-            refs: refs.iter().map(ObjectRef::to_pb).collect(),
+            refs: refs.iter().map(ObjectRef::to_wire).collect(),
             timeout_ms: timeout.map(|t| t.as_millis().max(1) as u64).unwrap_or(0),
         };
         let reply = match raylet.get_objects(req).await {
@@ -606,7 +609,7 @@ impl Client {
         let req = pb::WaitObjectsRequest {
             session_id: self.inner.session_id,
             after_seq: self.inner.ops.enqueued.load(Ordering::SeqCst),
-            refs: refs.iter().map(ObjectRef::to_pb).collect(),
+            refs: refs.iter().map(ObjectRef::to_wire).collect(),
             num_ready: num_returns as u32,
             timeout_ms: timeout.map(|t| t.as_millis().max(1) as u64).unwrap_or(0),
         };
@@ -694,6 +697,18 @@ impl Client {
         Ok(r.into_inner())
     }
 
+    /// Lends `refs` for the results of `attempt` of `task` (a worker
+    /// returning references inside its results): the raylet holds them
+    /// until the result has reached the task's owner, which holds them
+    /// itself from then on. Returns once the raylet holds them, so that the
+    /// caller may drop its own references.
+    pub async fn lend(&self, task: TaskId, attempt: u32, refs: &[ObjectRef]) -> Result<()> {
+        let lend =
+            pb::LendRefs { task_id: task.to_bytes(), attempt, refs: refs.iter().map(ObjectRef::to_wire).collect() };
+        self.inner.ops.send(Op::Lend(lend)).await?;
+        self.flush().await
+    }
+
     /// Waits until the raylet has applied every submission and reference
     /// change this client queued (borrows included).
     pub async fn flush(&self) -> Result<()> {
@@ -739,6 +754,9 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
             Op::Cancel(c) => {
                 msg_kind = pb::session_request::Kind::Cancel(c);
             }
+            Op::Lend(l) => {
+                msg_kind = pb::session_request::Kind::Lend(l);
+            }
             Op::Submit(t) => {
                 let mut tasks = vec![t];
                 while tasks.len() < OPS_PER_MESSAGE {
@@ -760,12 +778,12 @@ async fn flush_ops(mut rx: mpsc::Receiver<Op>, stream: mpsc::Sender<pb::SessionR
                     Op::AddRef(id) => u.add.push(id.to_bytes()),
                     Op::Borrow(r) => u.borrow.push(r),
                     Op::RemoveRef(id) => u.remove.push(id.to_bytes()),
-                    Op::Submit(_) | Op::Cancel(_) => {}
+                    Op::Submit(_) | Op::Cancel(_) | Op::Lend(_) => {}
                 };
                 push(first, &mut u);
                 while (count as usize) < OPS_PER_MESSAGE {
                     match rx.try_recv() {
-                        Ok(op @ (Op::Submit(_) | Op::Cancel(_))) => {
+                        Ok(op @ (Op::Submit(_) | Op::Cancel(_) | Op::Lend(_))) => {
                             pending = Some(op);
                             break;
                         }

@@ -52,8 +52,11 @@ impl Value {
                 format: pb::Format::Json as i32,
                 // Serialising a `serde_json::Value` cannot fail.
                 data: Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+                nested_refs: Vec::new(),
             },
-            Value::Bytes(b) => pb::ObjectValue { format: pb::Format::Raw as i32, data: b.clone() },
+            Value::Bytes(b) => {
+                pb::ObjectValue { format: pb::Format::Raw as i32, data: b.clone(), nested_refs: Vec::new() }
+            }
         }
     }
 
@@ -101,7 +104,11 @@ impl From<Bytes> for Value {
 /// Encodes a task error as an error object.
 pub fn error_value(err: &TaskError) -> pb::ObjectValue {
     let msg: pb::TaskError = err.into();
-    pb::ObjectValue { format: pb::Format::Error as i32, data: Bytes::from(msg.encode_to_vec()) }
+    pb::ObjectValue {
+        format: pb::Format::Error as i32,
+        data: Bytes::from(msg.encode_to_vec()),
+        nested_refs: Vec::new(),
+    }
 }
 
 /// Reads the task error out of an error object.
@@ -131,7 +138,7 @@ mod tests {
         let got = Value::decode(&error_value(&e)).unwrap_err();
         assert_eq!(got.kind, ErrorKind::TaskFailed);
         assert_eq!(got.message, "boom");
-        let corrupt = pb::ObjectValue { format: 0, data: Bytes::from_static(b"{nope") };
+        let corrupt = pb::ObjectValue { format: 0, data: Bytes::from_static(b"{nope"), ..Default::default() };
         assert_eq!(Value::decode(&corrupt).unwrap_err().kind, ErrorKind::CorruptObject);
     }
 }

@@ -90,7 +90,11 @@ impl Core {
             self.sync_view();
             for (owner, r) in results {
                 if owner == self.address {
+                    let attempt = TaskId::from_slice(&r.task_id).ok().map(|t| (t, r.attempt));
                     self.owner.apply_result(r);
+                    if let Some((t, a)) = attempt {
+                        self.owner.release_lent(t, a);
+                    }
                 } else {
                     self.owner.out.push(Effect::Peer { addr: owner, msg: PeerMsg::Result(r) });
                 }
@@ -142,8 +146,9 @@ impl Core {
         id: ObjectId,
         size: u64,
         inline: Option<pb::ObjectValue>,
+        nested: &[pb::ObjectRef],
     ) -> Result<(), PutError> {
-        self.owner.put(session, id, size, inline)
+        self.owner.put(session, id, size, inline, nested)
     }
 
     pub(crate) fn lookup(&mut self, id: ObjectId, waiter: Option<&mpsc::Sender<ObjectId>>) -> Lookup {

@@ -421,7 +421,7 @@ impl ObjectManager {
             None => fetch(0, 0, BytesMut::new()).await?,
             Some(ranges) => pull_ranges(&ranges, size_hint, fetch).await?,
         };
-        Ok(pb::ObjectValue { format, data: data.freeze() })
+        Ok(pb::ObjectValue { format, data: data.freeze(), nested_refs: Vec::new() })
     }
 
     /// The chunks of a range of a local object (`length` 0: to the end), for
@@ -455,7 +455,7 @@ mod tests {
 
     fn object(size: u64) -> pb::ObjectValue {
         let data: Vec<u8> = (0..size).map(|i| ((i * 31 + 7) % 251) as u8).collect();
-        pb::ObjectValue { format: pb::Format::Raw as i32, data: Bytes::from(data) }
+        pb::ObjectValue { format: pb::Format::Raw as i32, data: Bytes::from(data), ..Default::default() }
     }
 
     /// The chunks a peer would send for a range, as the stream the puller reads.

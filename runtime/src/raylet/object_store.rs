@@ -396,7 +396,7 @@ impl ObjectStore {
         let path = st.files.get(&file)?.path.clone();
         drop(guard);
         let data = Self::read_spilled(&path, offset, size)?;
-        let value = pb::ObjectValue { format, data: bytes::Bytes::from(data) };
+        let value = pb::ObjectValue { format, data: bytes::Bytes::from(data), nested_refs: Vec::new() };
         let mut guard = self.lock();
         let st = &mut *guard;
         st.restored_total += size;
@@ -500,7 +500,7 @@ mod tests {
     use crate::ids::{JobId, TaskId};
 
     fn val(n: usize, b: u8) -> pb::ObjectValue {
-        pb::ObjectValue { format: pb::Format::Raw as i32, data: bytes::Bytes::from(vec![b; n]) }
+        pb::ObjectValue { format: pb::Format::Raw as i32, data: bytes::Bytes::from(vec![b; n]), ..Default::default() }
     }
 
     #[test]

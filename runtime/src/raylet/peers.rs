@@ -181,7 +181,10 @@ async fn run_results(addr: String, mut client: RayletClient<Channel>, q: Arc<Res
                 break;
             }
             match client.report_results(pb::ReportResultsRequest { results: batch.clone() }).await {
-                Ok(_) => tries = 0,
+                Ok(_) => {
+                    tries = 0;
+                    release_lent(&me, &batch);
+                }
                 Err(status) => {
                     let Some(inner) = me.upgrade() else { return };
                     match result_retry(owner_state(&inner, &addr), tries) {
@@ -200,12 +203,29 @@ async fn run_results(addr: String, mut client: RayletClient<Channel>, q: Arc<Res
                         None => {
                             tracing::warn!(owner = %addr, results = batch.len(), "the owner is gone; dropping its results");
                             // Results of a gone owner: nobody can read them; drop the rest too.
-                            q.items.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                            let rest = std::mem::take(&mut *q.items.lock().unwrap_or_else(|e| e.into_inner()));
+                            release_lent(&me, &batch);
+                            release_lent(&me, &rest);
                             return;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// The owner holds what these results returned (or is gone): this raylet
+/// lets go of the references it held for them.
+fn release_lent(me: &Weak<Inner>, results: &[pb::TaskResult]) {
+    let Some(inner) = me.upgrade() else { return };
+    let mut core = inner.core();
+    if core.owner.lent_for_results.is_empty() {
+        return;
+    }
+    for r in results {
+        if let Ok(t) = TaskId::from_slice(&r.task_id) {
+            core.owner.release_lent(t, r.attempt);
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{status, ErrorKind, TaskError};
-use crate::ids::{NodeId, ObjectId, WorkerId};
+use crate::ids::{NodeId, ObjectId, TaskId, WorkerId};
 use crate::raylet::owner::reference_counter::PutError;
 use crate::raylet::owner::Lookup;
 use crate::raylet::{effects, Inner};
@@ -98,6 +98,20 @@ impl Drop for Blocked<'_> {
 }
 
 impl RayletService {
+    /// Runs `f` on the core, then settles with their owners the borrows it
+    /// took (references inside values owned elsewhere) before returning.
+    async fn recorded<T>(&self, f: impl FnOnce(&mut crate::raylet::core::Core) -> T) -> T {
+        let (out, borrows) = {
+            let mut core = self.inner.core();
+            let out = f(&mut core);
+            (out, core.owner.take_pending_borrows())
+        };
+        if !borrows.is_empty() {
+            effects::settle_borrows(&self.inner, borrows).await;
+        }
+        out
+    }
+
     /// Reads a stored value off the async threads (it may be spilled to disk).
     async fn store_get(&self, id: ObjectId) -> Option<pb::ObjectValue> {
         let store = self.inner.store.clone();
@@ -395,6 +409,13 @@ impl pb::raylet_server::Raylet for RayletService {
                                     core.cancel(&c.object_ids, c.force, c.recursive);
                                     Vec::new()
                                 }
+                                Some(pb::session_request::Kind::Lend(l)) => match TaskId::from_slice(&l.task_id) {
+                                    Ok(t) => {
+                                        core.owner.lend(t, l.attempt, &l.refs);
+                                        Vec::new()
+                                    }
+                                    Err(e) => vec![format!("lent references name no task: {e}")],
+                                },
                                 Some(pb::session_request::Kind::Open(_)) => {
                                     vec!["the session is already open".to_string()]
                                 }
@@ -442,8 +463,9 @@ impl pb::raylet_server::Raylet for RayletService {
             PutError::Exists(_) => status(ErrorKind::Conflict, e.to_string()),
         };
         let size = value.data.len() as u64;
+        let nested = value.nested_refs.clone();
         if value.data.len() <= INLINE_LIMIT {
-            self.inner.core().put(r.session_id, id, size, Some(value)).map_err(put_status)?;
+            self.recorded(|core| core.put(r.session_id, id, size, Some(value), &nested)).await.map_err(put_status)?;
             return Ok(Response::new(pb::PutReply {}));
         }
         self.inner.core().check_put(r.session_id, id).map_err(put_status)?;
@@ -454,7 +476,7 @@ impl pb::raylet_server::Raylet for RayletService {
             .await
             .map_err(|e| status(ErrorKind::Internal, format!("storing {id} failed: {e}")))?
             .map_err(|e| status(ErrorKind::ObjectStoreFull, e.to_string()))?;
-        if let Err(e) = self.inner.core().put(r.session_id, id, size, None) {
+        if let Err(e) = self.recorded(|core| core.put(r.session_id, id, size, None, &nested)).await {
             if matches!(e, PutError::SessionClosed(_)) {
                 self.inner.store.delete(&id);
             }
@@ -581,10 +603,14 @@ impl pb::raylet_server::Raylet for RayletService {
         &self,
         req: Request<pb::ReportResultsRequest>,
     ) -> Result<Response<pb::ReportResultsReply>, Status> {
-        let mut core = self.inner.core();
-        for r in req.into_inner().results {
-            core.apply_result(r);
-        }
+        // Acknowledged once the references inside the results are held here
+        // (the executor releases what it held for them on the answer).
+        self.recorded(|core| {
+            for r in req.into_inner().results {
+                core.apply_result(r);
+            }
+        })
+        .await;
         Ok(Response::new(pb::ReportResultsReply {}))
     }
 

@@ -46,8 +46,9 @@ pub(crate) const MAX_SPILLBACKS: u32 = 4;
 /// A return value as the worker sent it, after large values went into the store.
 pub(crate) enum Return {
     Inline(pb::ObjectValue),
-    /// Put in the store as a primary copy; its size.
-    Stored(u64),
+    /// Put in the store as a primary copy: its size, and the references
+    /// inside it.
+    Stored(u64, Vec<pb::ObjectRef>),
 }
 
 /// A worker's answer for one attempt, with its large values already stored
@@ -80,11 +81,12 @@ pub(crate) fn store_returns(store: &ObjectStore, done: pb::TaskDone) -> Option<D
         }
         let id = task_id.return_id(i as u32);
         let size = v.data.len() as u64;
+        let nested = v.nested_refs.clone();
         match store.put(id, v, true) {
-            Ok(()) => d.returns.push(Return::Stored(size)),
+            Ok(()) => d.returns.push(Return::Stored(size, nested)),
             Err(e) => {
                 for (j, r) in d.returns.iter().enumerate() {
-                    if matches!(r, Return::Stored(_)) {
+                    if matches!(r, Return::Stored(..)) {
                         store.delete(&task_id.return_id(j as u32));
                     }
                 }
@@ -483,7 +485,7 @@ impl Executor {
             // task is here, whose returns have the same ids.
             let sibling = self.local.running.keys().any(|(t, _)| *t == task_id);
             for (i, r) in done.returns.iter().enumerate().filter(|_| !sibling) {
-                if matches!(r, Return::Stored(_)) {
+                if matches!(r, Return::Stored(..)) {
                     self.out.push(Effect::Delete(task_id.return_id(i as u32)));
                 }
             }
@@ -518,7 +520,7 @@ impl Executor {
             result.error = Some((&e).into());
         } else if done.returns.len() != run.num_returns as usize {
             for (i, r) in done.returns.iter().enumerate() {
-                if matches!(r, Return::Stored(_)) {
+                if matches!(r, Return::Stored(..)) {
                     self.out.push(Effect::Delete(task_id.return_id(i as u32)));
                 }
             }
@@ -535,8 +537,15 @@ impl Executor {
             for (i, r) in done.returns.into_iter().enumerate() {
                 let id = task_id.return_id(i as u32).to_bytes();
                 result.returns.push(match r {
-                    Return::Inline(v) => pb::ReturnObject { object_id: id, inline_value: Some(v), stored_size: 0 },
-                    Return::Stored(size) => pb::ReturnObject { object_id: id, inline_value: None, stored_size: size },
+                    Return::Inline(v) => pb::ReturnObject {
+                        object_id: id,
+                        inline_value: Some(v),
+                        stored_size: 0,
+                        nested_refs: Vec::new(),
+                    },
+                    Return::Stored(size, nested_refs) => {
+                        pb::ReturnObject { object_id: id, inline_value: None, stored_size: size, nested_refs }
+                    }
                 });
             }
         }

@@ -115,6 +115,9 @@ pub(crate) struct OwnedObject {
     /// As owner: the raylets that borrow this object, each with its count
     /// of adds minus removes. A borrowed object is never freed.
     pub borrowers: Vec<(NodeId, i64)>,
+    /// The objects whose references this object's value holds (each with a
+    /// hold of its own, released when this value is freed).
+    pub contained: Vec<ObjectId>,
     /// As borrower: set when the object is owned by another raylet and
     /// this entry only stands for it here (the holds of this raylet's
     /// sessions and tasks, and what its owner said of it).
@@ -136,6 +139,7 @@ impl OwnedObject {
             waiters: Vec::new(),
             borrowers: Vec::new(),
             borrowed: None,
+            contained: Vec::new(),
         }
     }
 }
@@ -203,6 +207,9 @@ pub(crate) struct Owner {
     pub pending_borrows: Vec<PendingBorrow>,
     /// Objects owned here that other raylets borrow.
     pub lent: u64,
+    /// References returned inside results, held for their attempt until
+    /// the result reached its owner (see [`borrows`]).
+    pub lent_for_results: HashMap<(TaskId, u32), Vec<ObjectId>>,
     /// Objects owned elsewhere that this raylet borrows.
     pub borrowed: u64,
 }
@@ -243,6 +250,7 @@ impl Owner {
             cancel_local: Vec::new(),
             pending_borrows: Vec::new(),
             lent: 0,
+            lent_for_results: HashMap::new(),
             borrowed: 0,
         }
     }

@@ -79,15 +79,18 @@ impl Owner {
     }
 
     /// Records a `put` value owned by this raylet: `inline` when small,
-    /// otherwise already in this node's store with `size` bytes.
+    /// otherwise already in this node's store with `size` bytes. The value
+    /// holds the references `nested` inside it until it is freed.
     pub(crate) fn put(
         &mut self,
         session: u64,
         id: ObjectId,
         size: u64,
         inline: Option<pb::ObjectValue>,
+        nested: &[pb::ObjectRef],
     ) -> Result<(), PutError> {
         self.check_put(session, id)?;
+        let contained = self.hold_refs(nested);
         let mut obj = OwnedObject::pending();
         obj.state = ObjState::Ready;
         obj.size = size;
@@ -96,11 +99,56 @@ impl Owner {
             None => obj.locations.push(self.node_id),
         }
         obj.refs = 1;
+        obj.contained = contained;
         self.objects.insert(id, obj);
         if let Some(s) = self.sessions.get_mut(&session) {
             *s.refs.entry(id).or_insert(0) += 1;
         }
         Ok(())
+    }
+
+    /// Takes a hold on each object `refs` name (borrowing those owned
+    /// elsewhere); returns the ids held, for [`Owner::release_holds`].
+    pub(crate) fn hold_refs(&mut self, refs: &[pb::ObjectRef]) -> Vec<ObjectId> {
+        let mut held = Vec::with_capacity(refs.len());
+        for r in refs {
+            let Some(id) = oid(&r.object_id) else { continue };
+            if self.is_foreign(&r.owner_address) {
+                self.borrow_entry(id, &r.owner_address);
+            }
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.refs += 1;
+                held.push(id);
+            }
+        }
+        held
+    }
+
+    /// Ends holds taken by [`Owner::hold_refs`].
+    pub(crate) fn release_holds(&mut self, ids: Vec<ObjectId>) {
+        for id in &ids {
+            if let Some(o) = self.objects.get_mut(id) {
+                o.refs = o.refs.saturating_sub(1);
+            }
+        }
+        self.free_all(ids);
+    }
+
+    /// A worker returns `refs` inside the results of `attempt`: they are
+    /// held for it until the result reached its owner.
+    pub(crate) fn lend(&mut self, task: TaskId, attempt: u32, refs: &[pb::ObjectRef]) {
+        let held = self.hold_refs(refs);
+        if !held.is_empty() {
+            self.lent_for_results.entry((task, attempt)).or_default().extend(held);
+        }
+    }
+
+    /// The result of `attempt` reached its owner (or never will): what it
+    /// lent is released.
+    pub(crate) fn release_lent(&mut self, task: TaskId, attempt: u32) {
+        if let Some(ids) = self.lent_for_results.remove(&(task, attempt)) {
+            self.release_holds(ids);
+        }
     }
 
     /// Notifies the object's waiters and schedules its dependents.
@@ -115,6 +163,7 @@ impl Owner {
         }
     }
 
+    /// The task's by-reference arguments: what it waits for.
     pub(crate) fn arg_ids(spec: &pb::TaskSpec) -> Vec<ObjectId> {
         spec.args
             .iter()
@@ -123,6 +172,18 @@ impl Owner {
                 _ => None,
             })
             .collect()
+    }
+
+    /// What the task holds: its by-reference arguments and the references
+    /// inside its by-value arguments (which it does not wait for).
+    pub(crate) fn held_ids(spec: &pb::TaskSpec) -> Vec<ObjectId> {
+        let mut ids = Self::arg_ids(spec);
+        for a in &spec.args {
+            if let Some(pb::arg::Kind::Value(v)) = &a.kind {
+                ids.extend(v.nested_refs.iter().filter_map(|r| oid(&r.object_id)));
+            }
+        }
+        ids
     }
 
     /// Drops whatever hold a task has on its arguments.
@@ -138,7 +199,7 @@ impl Owner {
         if hold == ArgHold::None {
             return;
         }
-        for id in Self::arg_ids(&t.spec) {
+        for id in Self::held_ids(&t.spec) {
             if let Some(o) = self.objects.get_mut(&id) {
                 match hold {
                     ArgHold::Task => o.task_refs = o.task_refs.saturating_sub(1),
@@ -158,7 +219,7 @@ impl Owner {
             return;
         }
         t.arg_hold = ArgHold::Lineage;
-        let ids = Self::arg_ids(&t.spec);
+        let ids = Self::held_ids(&t.spec);
         for id in &ids {
             if let Some(o) = self.objects.get_mut(id) {
                 o.task_refs = o.task_refs.saturating_sub(1);
@@ -222,6 +283,14 @@ impl Owner {
         let keep_lineage = o.lineage_refs > 0 && rebuildable && matches!(o.state, ObjState::Ready | ObjState::Lineage);
         if o.state == ObjState::Lineage && keep_lineage {
             return;
+        }
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        // The value goes: so do its holds on the references inside it.
+        for c in std::mem::take(&mut o.contained) {
+            work.push(c);
+            if let Some(inner) = self.objects.get_mut(&c) {
+                inner.refs = inner.refs.saturating_sub(1);
+            }
         }
         let Some(o) = self.objects.get_mut(&id) else { return };
         let mut nodes = std::mem::take(&mut o.locations);

@@ -103,6 +103,26 @@ impl Owner {
                     }
                 }
             }
+            // References inside by-value arguments: held, not waited for.
+            let nested: Vec<pb::ObjectRef> = spec
+                .args
+                .iter()
+                .filter_map(|a| match &a.kind {
+                    Some(pb::arg::Kind::Value(v)) => Some(v.nested_refs.iter()),
+                    _ => None,
+                })
+                .flatten()
+                .cloned()
+                .collect();
+            for r in &nested {
+                let Some(id) = oid(&r.object_id) else { continue };
+                if self.is_foreign(&r.owner_address) {
+                    self.borrow_entry(id, &r.owner_address);
+                }
+                if let Some(o) = self.objects.get_mut(&id) {
+                    o.task_refs += 1;
+                }
+            }
             if let Some(s) = self.sessions.get_mut(&session) {
                 s.submitted.push(task_id);
                 if s.submitted.len() >= s.prune_at {
@@ -423,7 +443,16 @@ impl Owner {
             if id.task_id() != task_id || i as u32 >= n {
                 continue;
             }
-            let Some(o) = self.objects.get_mut(&id) else { continue };
+            let nested = match &ret.inline_value {
+                Some(v) => &v.nested_refs,
+                None => &ret.nested_refs,
+            };
+            let contained = self.hold_refs(nested);
+            let Some(o) = self.objects.get_mut(&id) else {
+                self.release_holds(contained);
+                continue;
+            };
+            let before = std::mem::replace(&mut o.contained, contained);
             o.state = ObjState::Ready;
             match ret.inline_value {
                 Some(v) => {
@@ -439,6 +468,7 @@ impl Owner {
                     }
                 }
             }
+            self.release_holds(before);
             self.wake(id);
         }
         self.args_to_lineage(task_id);

@@ -205,7 +205,7 @@ fn freeing_the_last_reference_deletes_everywhere_and_drops_the_task() {
         task_id: t.to_bytes(),
         node_id: peer.to_bytes(),
         node_address: PEER.into(),
-        returns: vec![pb::ReturnObject { object_id: id.to_bytes(), inline_value: None, stored_size: 1 << 20 }],
+        returns: vec![pb::ReturnObject { object_id: id.to_bytes(), stored_size: 1 << 20, ..Default::default() }],
         ..Default::default()
     });
     assert!(matches!(o.lookup(id, None), Lookup::Stored { .. }));
@@ -223,7 +223,7 @@ fn freeing_the_last_reference_deletes_everywhere_and_drops_the_task() {
 /// An owner holding a 1 MiB `put` object of `session` in its own store.
 fn owner_with_a_put(o: &mut Owner, session: u64) -> ObjectId {
     let id = TaskId::random(JobId(1)).put_id(0);
-    o.put(session, id, 1 << 20, None).unwrap();
+    o.put(session, id, 1 << 20, None, &[]).unwrap();
     id
 }
 
@@ -337,7 +337,7 @@ fn a_task_with_an_argument_owned_elsewhere_borrows_it_waits_for_it_and_lets_go_w
         returns: vec![pb::ReturnObject {
             object_id: t.return_id(0).to_bytes(),
             inline_value: Some(crate::value::Value::Json(1.into()).encode()),
-            stored_size: 0,
+            ..Default::default()
         }],
         ..Default::default()
     });
@@ -409,4 +409,94 @@ fn a_second_hold_on_a_borrow_still_registering_waits_for_it() {
     assert!(o.objects.contains_key(&x));
     o.close_session(s2);
     assert!(!o.objects.contains_key(&x));
+}
+
+// ----------------------------------------------------------------------
+// References inside values
+// ----------------------------------------------------------------------
+
+fn wire(o: &Owner, id: ObjectId) -> pb::ObjectRef {
+    pb::ObjectRef { object_id: id.to_bytes(), owner_address: o.address.clone() }
+}
+
+fn value_with(refs: Vec<pb::ObjectRef>) -> pb::ObjectValue {
+    pb::ObjectValue { format: pb::Format::Pickle5 as i32, data: bytes::Bytes::from_static(b"v"), nested_refs: refs }
+}
+
+#[test]
+fn a_stored_value_holds_the_references_inside_it_until_it_is_freed() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let inner = owner_with_a_put(&mut o, session);
+    let outer = TaskId::random(JobId(1)).put_id(1);
+    let v = value_with(vec![wire(&o, inner)]);
+    o.put(session, outer, 1, Some(v.clone()), &v.nested_refs).unwrap();
+    o.update_refs(session, &[], &[inner.to_bytes()], &[]);
+    assert!(o.objects.contains_key(&inner), "the outer value holds it");
+    o.update_refs(session, &[], &[outer.to_bytes()], &[]);
+    assert!(!o.objects.contains_key(&outer) && !o.objects.contains_key(&inner), "both go together");
+}
+
+#[test]
+fn a_task_holds_the_references_inside_its_arguments_without_waiting_for_them() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    // A pending result, referred to inside a by-value argument.
+    let producer = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(producer, 1.0, 0)]);
+    let pending = producer.return_id(0);
+    let t = TaskId::random(JobId(1));
+    let mut s = spec(t, 1.0, 0);
+    s.args.push(pb::Arg { kind: Some(pb::arg::Kind::Value(value_with(vec![wire(&o, pending)]))) });
+    o.submit(session, vec![s]);
+    let sent = executes(&mut o);
+    assert!(sent.iter().any(|s| s.task_id == t.to_bytes()), "a nested reference is not a dependency");
+    o.update_refs(session, &[], &[pending.to_bytes()], &[]);
+    assert!(o.objects.contains_key(&pending), "the task holds it");
+    o.apply_result(pb::TaskResult {
+        task_id: t.to_bytes(),
+        node_id: peer.to_bytes(),
+        node_address: PEER.into(),
+        returns: vec![pb::ReturnObject {
+            object_id: t.return_id(0).to_bytes(),
+            inline_value: Some(crate::value::Value::Json(1.into()).encode()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    o.update_refs(session, &[], &[t.return_id(0).to_bytes()], &[]);
+    o.cancel(&[pending.to_bytes()], false, false);
+    assert!(!o.objects.contains_key(&pending), "released with the task");
+}
+
+#[test]
+fn references_lent_for_a_result_live_until_the_result_is_delivered_then_belong_to_it() {
+    let (mut o, peer) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let t = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(t, 1.0, 0)]);
+    executes(&mut o);
+    // The worker's own put, returned inside the task's result.
+    let (worker_session, _) = o.open_session(None);
+    let made = owner_with_a_put(&mut o, worker_session);
+    o.lend(t, 0, &[wire(&o, made)]);
+    o.close_session(worker_session);
+    assert!(o.objects.contains_key(&made), "lent: the worker's session is gone, the object is not");
+    let result = value_with(vec![wire(&o, made)]);
+    o.apply_result(pb::TaskResult {
+        task_id: t.to_bytes(),
+        node_id: peer.to_bytes(),
+        node_address: PEER.into(),
+        returns: vec![pb::ReturnObject {
+            object_id: t.return_id(0).to_bytes(),
+            inline_value: Some(result),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    o.release_lent(t, 0);
+    assert!(o.objects.contains_key(&made), "the result holds it now");
+    o.update_refs(session, &[], &[t.return_id(0).to_bytes()], &[]);
+    assert!(!o.objects.contains_key(&made), "freed with the result");
+    assert!(o.lent_for_results.is_empty());
 }
