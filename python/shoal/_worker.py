@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -24,8 +26,42 @@ import cloudpickle
 from . import _api, _native, _serialization
 
 
+class _JobLog:
+    """What tasks print, on its way to their job's log (REST ``logs``):
+    buffered, and sent when a task ends or every ``INTERVAL`` seconds."""
+
+    INTERVAL = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: Dict[int, List[str]] = {}
+        threading.Thread(target=self._run, name="shoal-job-log", daemon=True).start()
+
+    def add(self, job_id: int, text: str) -> None:
+        with self._lock:
+            self._pending.setdefault(job_id, []).append(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for job_id, parts in pending.items():
+            try:
+                _api._client().append_job_log(job_id, "".join(parts).encode("utf-8", "replace"))
+            except Exception:  # the log is best effort; the terminal has the text
+                pass
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL)
+            self.flush()
+
+
+_job_log: "_JobLog | None" = None
+
+
 class _Prefixed:
-    """A text stream that starts every line with ``(task pid=N) ``."""
+    """A text stream that starts every line with ``(task pid=N) `` and
+    copies it to the running task's job log."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -41,7 +77,11 @@ class _Prefixed:
                 out.append(self.prefix)
             out.append(piece)
             self._at_line_start = piece.endswith("\n")
-        self._stream.write("".join(out))
+        line = "".join(out)
+        self._stream.write(line)
+        job = _api._state.job_id
+        if _job_log is not None and job and _api._state.task_id is not None:
+            _job_log.add(job, line)
         if self._at_line_start:
             self._stream.flush()
         return len(text)
@@ -170,13 +210,17 @@ def execute(
         for s in (sys.stdout, sys.stderr):
             s.flush()
         st.task_id = None
+        if _job_log is not None:
+            _job_log.flush()
 
 
 def main() -> None:
     if "--native" in sys.argv[1:]:
         _native.run_native_worker()
         return
+    global _job_log
     _api._state.mode = "worker"
+    _job_log = _JobLog()
     sys.stdout = _Prefixed(sys.stdout)
     sys.stderr = _Prefixed(sys.stderr)
     _native.run_worker(execute)

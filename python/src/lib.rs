@@ -344,6 +344,11 @@ impl PyClient {
         Ok(ObjRef { inner })
     }
 
+    /// Appends text to the log of job `job_id`.
+    fn append_job_log(&self, py: Python<'_>, job_id: u32, data: PyBackedBytes) -> PyResult<()> {
+        block_on(py, self.inner.append_job_log(JobId(job_id), bytes_of(data))).map_err(to_py)
+    }
+
     /// The counters of this client's raylet (objects, tasks, workers,
     /// transfers), as a dict of name to number.
     fn raylet_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

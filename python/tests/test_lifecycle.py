@@ -144,6 +144,7 @@ def test_init_with_an_address_joins_a_running_cluster_and_entrypoint_drivers_run
                 ray.init()
                 @ray.remote
                 def double(x):
+                    print("TASK-SAYS", x)
                     return 2 * x
                 print("RESULT", sum(ray.get([double.remote(i) for i in range(10)])), flush=True)
                 """
@@ -164,6 +165,8 @@ def test_init_with_an_address_joins_a_running_cluster_and_entrypoint_drivers_run
         job_id = str(job["id"])
         logs = subprocess.run([shoal_binary(), "logs", job_id], capture_output=True, text=True, env=env, timeout=60)
         assert "RESULT 90" in logs.stdout, logs.stdout + logs.stderr
+        # What the tasks printed reaches the job's log, prefixed with the task.
+        assert "(double pid=" in logs.stdout and "TASK-SAYS 9" in logs.stdout, logs.stdout
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)

@@ -690,6 +690,13 @@ impl Client {
         Ok(r.found.then_some(r.value))
     }
 
+    /// Appends `data` to the log of job `job` (as the REST API serves it).
+    pub async fn append_job_log(&self, job: JobId, data: Bytes) -> Result<()> {
+        let req = pb::AppendJobLogRequest { job_id: job.0, data };
+        self.gcs().await?.append_job_log(req).await.map_err(|s| Error::rpc("appending to a job log", s))?;
+        Ok(())
+    }
+
     /// The cluster's nodes as the GCS knows them, with their last loads.
     pub async fn nodes(&self) -> Result<pb::GetNodesReply> {
         let r =
