@@ -47,13 +47,29 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Runs `fut` to completion with the interpreter released.
-fn block_on<F>(py: Python<'_>, fut: F) -> F::Output
+/// How often a blocking call looks for a pending signal (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs `fut` to completion with the interpreter released. A signal that
+/// arrives meanwhile (Ctrl-C in a driver, a cancel's interrupt in a task)
+/// ends the wait with the exception its handler raises, as a blocking call
+/// of Python's own would.
+fn block_on<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
 where
     F: std::future::Future + Send,
     F::Output: Send,
 {
-    py.detach(|| runtime().block_on(fut))
+    py.detach(|| {
+        runtime().block_on(async {
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return Ok(out),
+                    _ = tokio::time::sleep(SIGNAL_CHECK) => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })
+    })
 }
 
 fn error_kind(e: &Error) -> &'static str {
@@ -215,7 +231,7 @@ impl PyClient {
             None => None,
         };
         let opts = ConnectOptions { name, job_id: job_id.map(JobId), worker_id };
-        let inner = block_on(py, Client::connect_with(&address, opts)).map_err(to_py)?;
+        let inner = block_on(py, Client::connect_with(&address, opts))?.map_err(to_py)?;
         Ok(PyClient { inner })
     }
 
@@ -279,7 +295,7 @@ impl PyClient {
             .max_retries(max_retries)
             .retry_exceptions(retry_exceptions)
             .strategy(strategy_of(strategy)?);
-        let refs = block_on(py, self.inner.submit_returns(task)).map_err(to_py)?;
+        let refs = block_on(py, self.inner.submit_returns(task))?.map_err(to_py)?;
         Ok(refs.into_iter().map(|inner| ObjRef { inner }).collect())
     }
 
@@ -287,7 +303,7 @@ impl PyClient {
     /// it, which it then holds) and returns its reference.
     fn put(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<ObjRef> {
         let v = value_arg(&value)?;
-        let inner = block_on(py, self.inner.put_encoded(v)).map_err(to_py)?;
+        let inner = block_on(py, self.inner.put_encoded(v))?.map_err(to_py)?;
         Ok(ObjRef { inner })
     }
 
@@ -297,7 +313,7 @@ impl PyClient {
         let task: shoal_runtime::TaskId =
             task_id.parse().map_err(|_| invalid(format!("`{task_id}` is not a task id")))?;
         let refs: Vec<shoal_runtime::ObjectRef> = refs.iter().map(|r| r.inner.clone()).collect();
-        block_on(py, self.inner.lend(task, attempt, &refs)).map_err(to_py)
+        block_on(py, self.inner.lend(task, attempt, &refs))?.map_err(to_py)
     }
 
     /// Waits for objects; for each, `("value", format, bytes)`,
@@ -311,7 +327,7 @@ impl PyClient {
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let refs: Vec<shoal_runtime::ObjectRef> = refs.iter().map(|r| r.inner.clone()).collect();
         let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        let results = block_on(py, self.inner.get_encoded_many(&refs, timeout)).map_err(to_py)?;
+        let results = block_on(py, self.inner.get_encoded_many(&refs, timeout))?.map_err(to_py)?;
         results.into_iter().map(|r| result_tuple(py, r)).collect()
     }
 
@@ -326,7 +342,7 @@ impl PyClient {
     ) -> PyResult<Vec<bool>> {
         let rs: Vec<shoal_runtime::ObjectRef> = refs.iter().map(|r| r.inner.clone()).collect();
         let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        let (ready, _) = block_on(py, self.inner.wait(&rs, num_returns, timeout)).map_err(to_py)?;
+        let (ready, _) = block_on(py, self.inner.wait(&rs, num_returns, timeout))?.map_err(to_py)?;
         let ready: std::collections::HashSet<ObjectId> = ready.iter().map(|r| r.id()).collect();
         Ok(rs.iter().map(|r| ready.contains(&r.id())).collect())
     }
@@ -334,25 +350,25 @@ impl PyClient {
     /// Cancels the task that makes `r`.
     fn cancel(&self, py: Python<'_>, r: PyRef<'_, ObjRef>, force: bool, recursive: bool) -> PyResult<()> {
         let r = r.inner.clone();
-        block_on(py, self.inner.cancel(&r, force, recursive)).map_err(to_py)
+        block_on(py, self.inner.cancel(&r, force, recursive))?.map_err(to_py)
     }
 
     /// Holds an object another client handed over by id and owner.
     fn borrow(&self, py: Python<'_>, object_id: String, owner: String) -> PyResult<ObjRef> {
         let id: ObjectId = object_id.parse().map_err(|_| invalid(format!("`{object_id}` is not an object id")))?;
-        let inner = block_on(py, self.inner.borrow(id, &owner)).map_err(to_py)?;
+        let inner = block_on(py, self.inner.borrow(id, &owner))?.map_err(to_py)?;
         Ok(ObjRef { inner })
     }
 
     /// Appends text to the log of job `job_id`.
     fn append_job_log(&self, py: Python<'_>, job_id: u32, data: PyBackedBytes) -> PyResult<()> {
-        block_on(py, self.inner.append_job_log(JobId(job_id), bytes_of(data))).map_err(to_py)
+        block_on(py, self.inner.append_job_log(JobId(job_id), bytes_of(data)))?.map_err(to_py)
     }
 
     /// The counters of this client's raylet (objects, tasks, workers,
     /// transfers), as a dict of name to number.
     fn raylet_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = block_on(py, shoal_runtime::node_stats(self.inner.address())).map_err(to_py)?;
+        let s = block_on(py, shoal_runtime::node_stats(self.inner.address()))?.map_err(to_py)?;
         let d = PyDict::new(py);
         d.set_item("object_count", s.object_count)?;
         d.set_item("object_store_used", s.object_store_used)?;
@@ -369,24 +385,24 @@ impl PyClient {
 
     /// Waits until the raylet has applied everything this client sent.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        block_on(py, self.inner.flush()).map_err(to_py)
+        block_on(py, self.inner.flush())?.map_err(to_py)
     }
 
     /// Stores `value` under `key` in the cluster's key-value store.
     fn kv_put(&self, py: Python<'_>, key: String, value: PyBackedBytes, overwrite: bool) -> PyResult<bool> {
-        block_on(py, self.inner.kv_put(&key, bytes_of(value), overwrite)).map_err(to_py)
+        block_on(py, self.inner.kv_put(&key, bytes_of(value), overwrite))?.map_err(to_py)
     }
 
     /// The value under `key`, or `None`.
     fn kv_get<'py>(&self, py: Python<'py>, key: String) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let v = block_on(py, self.inner.kv_get(&key)).map_err(to_py)?;
+        let v = block_on(py, self.inner.kv_get(&key))?.map_err(to_py)?;
         Ok(v.map(|b| PyBytes::new(py, &b)))
     }
 
     /// The cluster's nodes: dicts of id, address, state, labels, total and
     /// available resources.
     fn nodes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let reply = block_on(py, self.inner.nodes()).map_err(to_py)?;
+        let reply = block_on(py, self.inner.nodes())?.map_err(to_py)?;
         let list = PyList::empty(py);
         for n in &reply.nodes {
             let d = PyDict::new(py);

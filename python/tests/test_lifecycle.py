@@ -170,3 +170,32 @@ def test_init_with_an_address_joins_a_running_cluster_and_entrypoint_drivers_run
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)
+
+
+def test_ctrl_c_interrupts_a_driver_blocked_in_get(tmp_path):
+    script = tmp_path / "blocked.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            import shoal as ray
+            ray.init(num_cpus=1)
+            @ray.remote
+            def forever():
+                time.sleep(600)
+            r = forever.remote()
+            print("WAITING", flush=True)
+            try:
+                ray.get(r)
+            except KeyboardInterrupt:
+                print("INTERRUPTED", flush=True)
+            """
+        )
+    )
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "WAITING"
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=20)
+    assert "INTERRUPTED" in out
+    assert p.returncode == 0
