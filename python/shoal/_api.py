@@ -436,7 +436,8 @@ class RemoteFunction:
         client = _client()
         fid = self._export(client)
         o = self._options
-        task_args: List[Any] = [_serialization.serialize((len(args), tuple(kwargs)))[0]]
+        # First, the names of the keyword arguments (none: empty, the common case).
+        task_args: List[Any] = [_serialization.serialize(tuple(kwargs))[0] if kwargs else b""]
         for i, a in enumerate(list(args) + list(kwargs.values())):
             if isinstance(a, ObjectRef):
                 task_args.append(a)

@@ -108,7 +108,8 @@ def _load(function_id: str, name: str) -> Callable:
 
 
 def _decode_args(args: List[Tuple[int, bytes]]) -> Tuple[list, dict]:
-    (n_pos, names) = _serialization.deserialize(args[0][1], _api._adopt)
+    names = _serialization.deserialize(args[0][1], _api._adopt) if args[0][1] else ()
+    n_pos = len(args) - 1 - len(names)
     values = []
     for i, (fmt, data) in enumerate(args[1:]):
         try:
