@@ -145,3 +145,20 @@ def test_a_function_whose_module_is_missing_on_the_worker_names_the_task(cluster
         return "healthy"
 
     assert ray.get(ok.remote()) == "healthy"
+
+
+def test_a_failure_at_the_root_of_a_long_chain_reaches_its_end_as_the_root_error(cluster):
+    @ray.remote
+    def fail():
+        raise ValueError("root cause")
+
+    @ray.remote
+    def inc(x):
+        return x + 1
+
+    ref = fail.remote()
+    for _ in range(2000):
+        ref = inc.remote(ref)
+    with pytest.raises(ValueError, match="root cause") as info:
+        ray.get(ref)
+    assert "fail" in info.value.task_name

@@ -205,6 +205,10 @@ pub(crate) struct Owner {
     /// Borrows taken by the message being applied that their owners have
     /// not acknowledged yet (see [`borrows`]).
     pub pending_borrows: Vec<PendingBorrow>,
+    /// Dependent tasks whose argument became ready (or failed), to be
+    /// looked at by [`Owner::wake`]'s loop, and whether that loop runs.
+    pub woken: VecDeque<TaskId>,
+    pub waking: bool,
     /// Objects owned here that other raylets borrow.
     pub lent: u64,
     /// References returned inside results, held for their attempt until
@@ -249,6 +253,8 @@ impl Owner {
             local: Vec::new(),
             cancel_local: Vec::new(),
             pending_borrows: Vec::new(),
+            woken: VecDeque::new(),
+            waking: false,
             lent: 0,
             lent_for_results: HashMap::new(),
             borrowed: 0,

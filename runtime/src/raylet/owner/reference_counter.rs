@@ -158,9 +158,18 @@ impl Owner {
             let _ = w.try_send(id);
         }
         let deps = std::mem::take(&mut o.dependents);
-        for d in deps {
+        self.woken.extend(deps);
+        // Iteratively, not recursively: a dependent that fails at once (its
+        // argument failed) wakes its own dependents, and a failure at the
+        // root of a chain of thousands of tasks must not overflow the stack.
+        if self.waking {
+            return;
+        }
+        self.waking = true;
+        while let Some(d) = self.woken.pop_front() {
             self.on_dep_ready(d);
         }
+        self.waking = false;
     }
 
     /// The task's by-reference arguments: what it waits for.

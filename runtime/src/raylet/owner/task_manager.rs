@@ -18,6 +18,9 @@ use crate::raylet::scheduler::{self, Placement};
 use crate::resources::ResourceSet;
 use crate::value::{decode_error, error_value};
 
+/// How the error of a task whose argument failed begins.
+const ARG_FAILED: &str = "argument ";
+
 /// Where a task's arguments stand, found without copying its spec.
 enum ArgsCheck {
     /// Every argument is ready: bytes of stored arguments by node.
@@ -200,7 +203,12 @@ impl Owner {
                         .as_ref()
                         .map(decode_error)
                         .unwrap_or_else(|| TaskError::new(ErrorKind::ObjectLost, ""));
-                    e.message = format!("argument {id} failed: {}", e.message);
+                    // The error keeps naming the task that failed first; down a
+                    // chain of dependents it is said once, not once per link
+                    // (a 20,000-task chain would carry a message of megabytes).
+                    if !e.message.starts_with(ARG_FAILED) {
+                        e.message = format!("{ARG_FAILED}{id} failed: {}", e.message);
+                    }
                     return ArgsCheck::Fail(e);
                 }
                 ObjState::Ready if o.inline.is_none() => {

@@ -500,3 +500,32 @@ fn references_lent_for_a_result_live_until_the_result_is_delivered_then_belong_t
     assert!(!o.objects.contains_key(&made), "freed with the result");
     assert!(o.lent_for_results.is_empty());
 }
+
+#[test]
+fn a_failure_at_the_root_of_a_chain_of_twenty_thousand_tasks_fails_them_all_without_recursing() {
+    let (mut o, _) = owner_beside_a_peer();
+    let (session, _) = o.open_session(None);
+    let root = TaskId::random(JobId(1));
+    o.submit(session, vec![spec(root, 1.0, 0)]);
+    let mut prev = root;
+    let mut specs = Vec::new();
+    for _ in 0..20_000 {
+        let t = TaskId::random(JobId(1));
+        let mut s = spec(t, 1.0, 0);
+        s.args.push(pb::Arg {
+            kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
+                object_id: prev.return_id(0).to_bytes(),
+                owner_address: o.address.clone(),
+                ..Default::default()
+            })),
+        });
+        specs.push(s);
+        prev = t;
+    }
+    o.submit(session, specs);
+    o.cancel(&[root.return_id(0).to_bytes()], false, false);
+    let e = failed_with(&mut o, prev);
+    assert_eq!(e.kind, crate::error::ErrorKind::Cancelled, "{e}");
+    assert_eq!(e.task_id, root.to_string(), "the error names the task that failed first");
+    assert!(e.message.len() < 200, "the message does not grow down the chain: {} bytes", e.message.len());
+}
