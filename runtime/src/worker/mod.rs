@@ -31,6 +31,22 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     serve(socket, worker_id, |task| execute(&mut ctx, registry, task))
 }
 
+/// Connects to the raylet's socket and says hello as `worker_id`.
+fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, BufWriter<UnixStream>)> {
+    let stream = UnixStream::connect(socket)?;
+    let reader = stream.try_clone()?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+    let hello = pb::FromWorker {
+        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
+            worker_id: worker_id.to_bytes(),
+            pid: std::process::id(),
+        })),
+    };
+    frame::write_blocking(&mut writer, &hello)?;
+    writer.flush()?;
+    Ok((reader, writer))
+}
+
 /// The worker protocol with any executor: says hello on the raylet's
 /// socket as `worker_id`, then answers every task with what `execute`
 /// returns (its `attempt` is filled in here), until the raylet closes the
@@ -41,17 +57,7 @@ pub fn serve(
     worker_id: WorkerId,
     mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
 ) -> std::io::Result<()> {
-    let stream = UnixStream::connect(socket)?;
-    let mut reader = stream.try_clone()?;
-    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
-    let hello = pb::FromWorker {
-        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
-            worker_id: worker_id.to_bytes(),
-            pid: std::process::id(),
-        })),
-    };
-    frame::write_blocking(&mut writer, &hello)?;
-    writer.flush()?;
+    let (mut reader, mut writer) = connect(socket, worker_id)?;
     let mut buf = BytesMut::with_capacity(256 * 1024);
     loop {
         let msg: Option<pb::ToWorker> = frame::read_blocking(&mut reader, &mut buf)?;
@@ -76,17 +82,7 @@ pub fn serve_interruptible(
     mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
     interrupt: impl Fn(&[u8], u32) + Send + 'static,
 ) -> std::io::Result<()> {
-    let stream = UnixStream::connect(socket)?;
-    let mut reader = stream.try_clone()?;
-    let mut writer = BufWriter::with_capacity(256 * 1024, stream);
-    let hello = pb::FromWorker {
-        kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
-            worker_id: worker_id.to_bytes(),
-            pid: std::process::id(),
-        })),
-    };
-    frame::write_blocking(&mut writer, &hello)?;
-    writer.flush()?;
+    let (mut reader, mut writer) = connect(socket, worker_id)?;
     let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<pb::ExecuteTask>>();
     std::thread::Builder::new().name("shoal-worker-reader".into()).spawn(move || {
         let mut buf = BytesMut::with_capacity(256 * 1024);

@@ -69,6 +69,21 @@ fn executes(o: &mut Owner) -> Vec<pb::TaskSpec> {
         .collect()
 }
 
+/// A successful result of attempt 0 of `task` on `node`, inline.
+fn inline_result(task: TaskId, node: NodeId, value: pb::ObjectValue) -> pb::TaskResult {
+    pb::TaskResult {
+        task_id: task.to_bytes(),
+        node_id: node.to_bytes(),
+        node_address: PEER.into(),
+        returns: vec![pb::ReturnObject {
+            object_id: task.return_id(0).to_bytes(),
+            inline_value: Some(value),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 fn failure(task: TaskId, attempt: u32, node: NodeId) -> pb::TaskResult {
     pb::TaskResult {
         task_id: task.to_bytes(),
@@ -330,17 +345,7 @@ fn a_task_with_an_argument_owned_elsewhere_borrows_it_waits_for_it_and_lets_go_w
 
     // Done: the borrow ends at the owner, and nothing of it is deleted here
     // (the copy on this node, if any, may be the owner's primary).
-    o.apply_result(pb::TaskResult {
-        task_id: t.to_bytes(),
-        node_id: peer.to_bytes(),
-        node_address: PEER.into(),
-        returns: vec![pb::ReturnObject {
-            object_id: t.return_id(0).to_bytes(),
-            inline_value: Some(crate::value::Value::Json(1.into()).encode()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    o.apply_result(inline_result(t, peer, crate::value::Value::Json(1.into()).encode()));
     assert!(!o.objects.contains_key(&x));
     assert_eq!(o.borrowed, 0);
     let unborrowed = o
@@ -453,17 +458,7 @@ fn a_task_holds_the_references_inside_its_arguments_without_waiting_for_them() {
     assert!(sent.iter().any(|s| s.task_id == t.to_bytes()), "a nested reference is not a dependency");
     o.update_refs(session, &[], &[pending.to_bytes()], &[]);
     assert!(o.objects.contains_key(&pending), "the task holds it");
-    o.apply_result(pb::TaskResult {
-        task_id: t.to_bytes(),
-        node_id: peer.to_bytes(),
-        node_address: PEER.into(),
-        returns: vec![pb::ReturnObject {
-            object_id: t.return_id(0).to_bytes(),
-            inline_value: Some(crate::value::Value::Json(1.into()).encode()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    o.apply_result(inline_result(t, peer, crate::value::Value::Json(1.into()).encode()));
     o.update_refs(session, &[], &[t.return_id(0).to_bytes()], &[]);
     o.cancel(&[pending.to_bytes()], false, false);
     assert!(!o.objects.contains_key(&pending), "released with the task");
@@ -483,17 +478,7 @@ fn references_lent_for_a_result_live_until_the_result_is_delivered_then_belong_t
     o.close_session(worker_session);
     assert!(o.objects.contains_key(&made), "lent: the worker's session is gone, the object is not");
     let result = value_with(vec![wire(&o, made)]);
-    o.apply_result(pb::TaskResult {
-        task_id: t.to_bytes(),
-        node_id: peer.to_bytes(),
-        node_address: PEER.into(),
-        returns: vec![pb::ReturnObject {
-            object_id: t.return_id(0).to_bytes(),
-            inline_value: Some(result),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    o.apply_result(inline_result(t, peer, result));
     o.release_lent(t, 0);
     assert!(o.objects.contains_key(&made), "the result holds it now");
     o.update_refs(session, &[], &[t.return_id(0).to_bytes()], &[]);
