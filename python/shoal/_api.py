@@ -444,7 +444,8 @@ class RemoteFunction:
             else:
                 where = f"argument {i}" if i < len(args) else f"argument `{list(kwargs)[i - len(args)]}`"
                 task_args.append(_serialize(a, f"{where} of {self._name}"))
-        pairs = [("cpu", float(o.get("num_cpus", 1) if o.get("num_cpus") is not None else 1))]
+        cpus = o.get("num_cpus")
+        pairs = [("cpu", float(1 if cpus is None else cpus))]
         if o.get("num_gpus"):
             pairs.append(("gpu", float(o["num_gpus"])))
         if o.get("memory"):
