@@ -78,6 +78,9 @@ async fn a_task_of_another_raylet_waits_for_a_borrowed_argument_still_being_comp
     // A result that takes a while, made on the owner's node.
     let data = owner.submit(Task::builtin("bytes").arg(SIZE as u64).strategy(on(node_a))).await.unwrap();
     let slow = owner.submit(Task::builtin("delay").arg(&data).arg(0.5).strategy(on(node_a))).await.unwrap();
+    // Submissions are pipelined: a reference handed out of band is only
+    // known to its owner once the client that made it has flushed.
+    owner.flush().await.unwrap();
     let borrowed = borrower.borrow(slow.id(), slow.owner()).await.unwrap();
     drop(slow);
     drop(data);

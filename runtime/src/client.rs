@@ -649,6 +649,12 @@ impl Client {
     /// given it) lives, even once the original holder lets go. Returns once
     /// the owner has counted the borrow; an object its owner no longer has
     /// reads as `ObjectLost`, one whose owner is gone as `OwnerDied`.
+    ///
+    /// Submissions are pipelined, so the owner knows a task's result only
+    /// once the client that submitted it has sent the submission: a client
+    /// handing a fresh reference to another process out of band calls
+    /// [`Client::flush`] first. (References inside values and arguments need
+    /// nothing: they travel behind the submissions that made them.)
     pub async fn borrow(&self, id: ObjectId, owner: &str) -> Result<ObjectRef> {
         if owner.is_empty() || owner == self.inner.address {
             return self.add_ref(id).await;
