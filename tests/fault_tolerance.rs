@@ -156,6 +156,60 @@ async fn three_times_the_store_budget_spills_and_reads_back_intact() {
     assert!(empty, "spilled objects are deleted once freed");
 }
 
+fn spill_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            spill_files(&p, out);
+        } else if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spill-")) {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_spill_files_are_found_on_restore_task_results_are_rebuilt_and_puts_fail_clearly() {
+    let cluster = cluster(1, 2.0, "64Mi").await;
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let size = 8u64 << 20;
+    // A put first (least recently used, so spilled), then twice the budget of task results.
+    let put = c.put_value(Value::Bytes(common::pattern(size).into())).await.unwrap();
+    let mut refs = Vec::new();
+    for _ in 0..16 {
+        refs.push(c.submit(Task::builtin("bytes").arg(size)).await.unwrap());
+    }
+    let (ready, _) = c.wait(&refs, refs.len(), Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(ready.len(), refs.len());
+    let mut files = Vec::new();
+    spill_files(&cluster.session_dir, &mut files);
+    assert!(!files.is_empty(), "twice the budget spilled");
+    // Damage every spill file: one byte flipped in each MiB.
+    for f in &files {
+        let mut data = std::fs::read(f).unwrap();
+        for i in (0..data.len()).step_by(1 << 20) {
+            data[i] ^= 0x5a;
+        }
+        std::fs::write(f, data).unwrap();
+    }
+    let expected = crc32fast::hash(&common::pattern(size));
+    for r in &refs {
+        match c.get_timeout(r, Some(Duration::from_secs(60))).await.unwrap() {
+            Value::Bytes(b) => assert_eq!(crc32fast::hash(&b), expected, "a damaged copy was handed out"),
+            other => panic!("expected bytes, got {other:?}"),
+        }
+    }
+    let e = match c.get_timeout(&put, Some(Duration::from_secs(60))).await {
+        Err(shoal::Error::Task(e)) => e,
+        other => panic!("a put whose spilled copy is damaged cannot be rebuilt; got {other:?}"),
+    };
+    assert_eq!(e.kind, shoal::ErrorKind::ObjectLost);
+    assert!(e.message.contains("checksum mismatch") && e.message.contains("spill file"), "{}", e.message);
+    assert!(e.message.contains("made by `put`"), "{}", e.message);
+    // The raylet is healthy: new work runs.
+    let r = c.submit(Task::builtin("bytes").arg(1024u64)).await.unwrap();
+    assert!(matches!(c.get_value(&r).await.unwrap(), Value::Bytes(b) if b.len() == 1024));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_object_is_rebuilt_recursively_from_lineage() {
     let mut cluster = cluster(3, 2.0, "256Mi").await;

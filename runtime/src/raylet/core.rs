@@ -163,6 +163,10 @@ impl Core {
         self.owner.add_copy_here(id)
     }
 
+    pub(crate) fn local_copy_lost(&mut self, id: ObjectId, why: &str) {
+        self.owner.local_copy_lost(id, why)
+    }
+
     // Tasks (owner).
 
     pub(crate) fn submit(&mut self, session: u64, specs: Vec<pb::TaskSpec>) -> Vec<String> {

@@ -98,17 +98,21 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                     let mut d = d;
                     for (pos, id) in std::mem::take(&mut d.stored) {
                         // May read a spilled object back from disk.
-                        match inner.store.get(&id) {
-                            Some(v) => d.task.args[pos] = v,
-                            None => {
-                                let err = TaskError::new(
-                                    ErrorKind::ObjectLost,
-                                    format!("argument {id} was evicted before the task started"),
-                                );
-                                inner.core().dispatch_failed(d.worker, d.attempt, err);
-                                return;
+                        let why = match inner.store.get(&id) {
+                            Ok(Some(v)) => {
+                                d.task.args[pos] = v;
+                                continue;
                             }
-                        }
+                            Ok(None) => format!("argument {id} was evicted before the task started"),
+                            Err(e) => {
+                                let why = format!("argument {id}: {e}");
+                                inner.core().local_copy_lost(id, &why);
+                                why
+                            }
+                        };
+                        let err = TaskError::new(ErrorKind::ObjectLost, why);
+                        inner.core().dispatch_failed(d.worker, d.attempt, err);
+                        return;
                     }
                     send_to_worker(&inner, d);
                 };

@@ -433,7 +433,7 @@ impl ObjectManager {
         offset: u64,
         length: u64,
     ) -> Result<impl Iterator<Item = pb::ObjectChunk> + Send + 'static, String> {
-        let v = self.store.get(id).ok_or_else(|| format!("object {id} is not here"))?;
+        let v = self.store.get(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("object {id} is not here"))?;
         let (bytes, iter) = chunks(v, offset, length, self.chunk_size).map_err(|e| format!("object {id}: {e}"))?;
         self.stats.served_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.stats.served_objects.fetch_add(1, Ordering::Relaxed);

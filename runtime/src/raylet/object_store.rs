@@ -15,6 +15,12 @@
 //! pool), never under the store's lock: a spill marks its batch, writes
 //! the file with the lock released, then switches the batch to disk, so
 //! that `stats`, `contains` and other callers never wait for a disk.
+//!
+//! Every spilled object keeps the CRC-32 of its bytes. A spill file that was
+//! truncated, changed or removed on disk is found on restore: the read is a
+//! [`RestoreError`] naming the object, the file and what is wrong, and the
+//! damaged copy is dropped from the store (its owner may rebuild it from
+//! lineage), never handed out as a value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -56,9 +62,21 @@ pub enum StoreError {
     },
 }
 
+/// A spilled copy that could not be read back intact.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("object {object} could not be read back from spill file {path}: {reason}")]
+pub struct RestoreError {
+    /// The object.
+    pub object: ObjectId,
+    /// The spill file it was in.
+    pub path: String,
+    /// What is wrong (I/O error, truncated, checksum mismatch).
+    pub reason: String,
+}
+
 enum Place {
     Memory(pb::ObjectValue),
-    Disk { file: u64, offset: u64, format: i32 },
+    Disk { file: u64, offset: u64, format: i32, crc: u32 },
 }
 
 struct Entry {
@@ -171,14 +189,15 @@ impl ObjectStore {
                 let n = st.next_file;
                 st.next_file += 1;
                 drop(st);
-                let (path, offsets) =
+                let (path, written) =
                     self.write_spill_file(n, &[(id, &value)]).map_err(|reason| self.spill_error(id, reason))?;
+                let (offset, crc) = written[0];
                 let mut st = self.lock();
                 st.files.insert(n, SpillFile { path, live: size });
                 st.entries.insert(
                     id,
                     Entry {
-                        place: Place::Disk { file: n, offset: offsets[0], format: value.format },
+                        place: Place::Disk { file: n, offset, format: value.format, crc },
                         size,
                         primary,
                         tick: 0,
@@ -278,16 +297,16 @@ impl ObjectStore {
             guard.spilling_bytes -= freed;
             let s = &mut *guard;
             match written {
-                Ok((path, offsets)) => {
+                Ok((path, written)) => {
                     let mut live = 0;
-                    for ((oid, v), offset) in values.iter().zip(offsets) {
+                    for ((oid, v), (offset, crc)) in values.iter().zip(written) {
                         // Deleted while it was being written: its bytes in the file are dead.
                         let Some(e) = s.entries.get_mut(oid) else { continue };
                         if !e.spilling {
                             continue;
                         }
                         e.spilling = false;
-                        e.place = Place::Disk { file: n, offset, format: v.format };
+                        e.place = Place::Disk { file: n, offset, format: v.format, crc };
                         live += e.size;
                         s.used -= e.size;
                         if e.primary {
@@ -323,22 +342,22 @@ impl ObjectStore {
     }
 
     /// Writes objects one after another into spill file number `n`, with no
-    /// lock held.
+    /// lock held. Returns the file and each object's offset and CRC-32.
     fn write_spill_file(
         &self,
         n: u64,
         objects: &[(ObjectId, &pb::ObjectValue)],
-    ) -> Result<(PathBuf, Vec<u64>), String> {
+    ) -> Result<(PathBuf, Vec<(u64, u32)>), String> {
         let dir = self.spill_dir.as_ref().ok_or("spilling is off")?;
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let path = dir.join(format!("spill-{n:06}.bin"));
-        let result = (|| -> std::io::Result<Vec<u64>> {
+        let result = (|| -> std::io::Result<Vec<(u64, u32)>> {
             let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
             let mut w = std::io::BufWriter::with_capacity(4 << 20, f);
             let mut offsets = Vec::with_capacity(objects.len());
             let mut off = 0u64;
             for (_, v) in objects {
-                offsets.push(off);
+                offsets.push((off, crc32fast::hash(&v.data)));
                 w.write_all(&v.data)?;
                 off += v.data.len() as u64;
             }
@@ -354,27 +373,45 @@ impl ObjectStore {
         }
     }
 
-    fn read_spilled(path: &std::path::Path, offset: u64, size: u64) -> Option<Vec<u8>> {
-        let mut h = File::open(path).ok()?;
-        h.seek(SeekFrom::Start(offset)).ok()?;
+    /// Reads `size` bytes at `offset` of a spill file and checks them
+    /// against the CRC-32 taken when they were written.
+    fn read_spilled(path: &std::path::Path, offset: u64, size: u64, crc: u32) -> Result<Vec<u8>, String> {
+        let mut h = File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+        let len = h.metadata().map_err(|e| format!("cannot stat it: {e}"))?.len();
+        if len < offset + size {
+            return Err(format!(
+                "the file is truncated: {len} bytes, the object's {size} bytes end at byte {}",
+                offset + size
+            ));
+        }
+        h.seek(SeekFrom::Start(offset)).map_err(|e| format!("cannot seek to byte {offset}: {e}"))?;
         let mut buf = vec![0u8; size as usize];
-        h.read_exact(&mut buf).ok()?;
-        Some(buf)
+        h.read_exact(&mut buf).map_err(|e| format!("cannot read {size} bytes at byte {offset}: {e}"))?;
+        let got = crc32fast::hash(&buf);
+        if got != crc {
+            return Err(format!(
+                "checksum mismatch (crc32 {got:08x}, written as {crc:08x}): the file was changed or damaged on disk"
+            ));
+        }
+        Ok(buf)
     }
 
     /// The value, marking it recently used; a spilled value is read back
     /// from disk (with the lock released) and kept in memory again when it
     /// fits without spilling. May read a file: call it off async threads.
-    pub fn get(&self, id: &ObjectId) -> Option<pb::ObjectValue> {
+    ///
+    /// A spilled copy that does not read back intact is dropped from the
+    /// store and reported as a [`RestoreError`].
+    pub fn get(&self, id: &ObjectId) -> Result<Option<pb::ObjectValue>, RestoreError> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let e = st.entries.get(id)?;
-        let (file, offset, format, size, primary) = match &e.place {
+        let Some(e) = st.entries.get(id) else { return Ok(None) };
+        let (file, offset, format, crc, size, primary) = match &e.place {
             Place::Memory(v) => {
                 let v = v.clone();
                 if e.spilling {
                     // Being written out: readable, but out of the LRU.
-                    return Some(v);
+                    return Ok(Some(v));
                 }
                 let (old, primary) = (e.tick, e.primary);
                 let tick = st.next_tick;
@@ -389,20 +426,33 @@ impl ObjectStore {
                 if let Some(e) = st.entries.get_mut(id) {
                     e.tick = tick;
                 }
-                return Some(v);
+                return Ok(Some(v));
             }
-            Place::Disk { file, offset, format } => (*file, *offset, *format, e.size, e.primary),
+            Place::Disk { file, offset, format, crc } => (*file, *offset, *format, *crc, e.size, e.primary),
         };
-        let path = st.files.get(&file)?.path.clone();
+        let Some(path) = st.files.get(&file).map(|f| f.path.clone()) else { return Ok(None) };
         drop(guard);
-        let data = Self::read_spilled(&path, offset, size)?;
-        let value = pb::ObjectValue { format, data: bytes::Bytes::from(data), nested_refs: Vec::new() };
+        let read = Self::read_spilled(&path, offset, size, crc);
         let mut guard = self.lock();
         let st = &mut *guard;
-        st.restored_total += size;
-        // Bring it back into memory if it is still the spilled copy read and
-        // that needs no further spilling.
+        // Still the spilled copy that was read (not deleted or replaced meanwhile)?
         let same = matches!(st.entries.get(id).map(|e| &e.place), Some(Place::Disk { file: f, offset: o, .. }) if *f == file && *o == offset);
+        let data = match read {
+            Ok(data) => data,
+            Err(reason) => {
+                if same {
+                    st.entries.remove(id);
+                    release_spilled(st, file, size);
+                    st.spilled_objects -= 1;
+                }
+                let err = RestoreError { object: *id, path: path.display().to_string(), reason };
+                tracing::error!(error = %err, "a spilled object did not read back intact; its copy is dropped");
+                return Err(err);
+            }
+        };
+        let value = pb::ObjectValue { format, data: bytes::Bytes::from(data), nested_refs: Vec::new() };
+        st.restored_total += size;
+        // Bring it back into memory if it needs no further spilling.
         if same && st.used + size <= self.capacity {
             let tick = st.next_tick;
             st.next_tick += 1;
@@ -420,7 +470,7 @@ impl ObjectStore {
                 st.lru.insert(tick, *id);
             }
         }
-        Some(value)
+        Ok(Some(value))
     }
 
     /// Whether a copy is here (in memory or spilled).
@@ -512,7 +562,7 @@ mod tests {
         store.put(b, val(30, 2), false).unwrap();
         store.put(c, val(30, 3), false).unwrap();
         // Touch b so c is the least recently used.
-        assert!(store.get(&b).is_some());
+        assert!(store.get(&b).unwrap().is_some());
         store.put(d, val(30, 4), false).unwrap();
         assert!(store.contains(&a));
         assert!(store.contains(&b));
@@ -543,7 +593,7 @@ mod tests {
         let files = std::fs::read_dir(&dir).unwrap().count();
         assert!(files < 10, "spills are batched: {files} files for {} objects", s.spilled_objects);
         for i in 0..30u32 {
-            let v = store.get(&t.return_id(i)).unwrap();
+            let v = store.get(&t.return_id(i)).unwrap().unwrap();
             assert_eq!(v.data.len(), 100);
             assert!(v.data.iter().all(|b| *b == i as u8), "object {i} came back intact");
         }
@@ -556,7 +606,47 @@ mod tests {
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "empty spill files are removed");
         // An object larger than the whole budget goes straight to disk.
         store.put(t.return_id(99), val(5000, 9), true).unwrap();
-        assert_eq!(store.get(&t.return_id(99)).unwrap().data.len(), 5000);
+        assert_eq!(store.get(&t.return_id(99)).unwrap().unwrap().data.len(), 5000);
+        store.remove_spill_files();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_spill_file_is_a_clear_error_on_restore() {
+        let dir = std::env::temp_dir().join(format!("shoal-spill-damage-{}", fastrand::u64(..)));
+        let store = ObjectStore::with_spill_dir(1000, dir.clone());
+        let t = TaskId::random(JobId(1));
+        // Four objects larger than the budget: one spill file each.
+        for i in 0..4u32 {
+            store.put(t.return_id(i), val(2000, i as u8 + 1), true).unwrap();
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert_eq!(files.len(), 4);
+        // One byte changed, one file cut short, one removed.
+        let mut data = std::fs::read(&files[0]).unwrap();
+        data[1234] ^= 0xff;
+        std::fs::write(&files[0], data).unwrap();
+        OpenOptions::new().write(true).open(&files[1]).unwrap().set_len(1500).unwrap();
+        std::fs::remove_file(&files[2]).unwrap();
+
+        let e = store.get(&t.return_id(0)).unwrap_err();
+        assert_eq!(e.object, t.return_id(0));
+        assert!(e.reason.contains("checksum mismatch"), "{e}");
+        assert!(e.to_string().contains("spill-000000.bin"), "{e}");
+        let e = store.get(&t.return_id(1)).unwrap_err();
+        assert!(e.reason.contains("truncated"), "{e}");
+        let e = store.get(&t.return_id(2)).unwrap_err();
+        assert!(e.reason.contains("cannot open"), "{e}");
+        // The damaged copies are gone; the intact one still reads back.
+        for i in 0..3u32 {
+            assert!(!store.contains(&t.return_id(i)));
+            assert_eq!(store.get(&t.return_id(i)), Ok(None));
+        }
+        let v = store.get(&t.return_id(3)).unwrap().unwrap();
+        assert!(v.data.len() == 2000 && v.data.iter().all(|b| *b == 4));
+        let s = store.stats();
+        assert_eq!((s.count, s.spilled_objects, s.spilled_bytes), (1, 1, 2000));
         store.remove_spill_files();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -570,6 +660,6 @@ mod tests {
         assert!(matches!(e, StoreError::SpillFailed { .. }), "{e}");
         assert!(e.to_string().contains("spilling"));
         // Nothing was lost.
-        assert_eq!(store.get(&t.return_id(0)).unwrap().data.len(), 80);
+        assert_eq!(store.get(&t.return_id(0)).unwrap().unwrap().data.len(), 80);
     }
 }

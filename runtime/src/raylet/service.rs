@@ -112,10 +112,18 @@ impl RayletService {
         out
     }
 
-    /// Reads a stored value off the async threads (it may be spilled to disk).
+    /// Reads a stored value off the async threads (it may be spilled to
+    /// disk). A spilled copy that did not read back intact is gone from the
+    /// store: its owner, when it is this raylet, rebuilds it or fails it.
     async fn store_get(&self, id: ObjectId) -> Option<pb::ObjectValue> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.get(&id)).await.ok().flatten()
+        match tokio::task::spawn_blocking(move || store.get(&id)).await.ok()? {
+            Ok(v) => v,
+            Err(e) => {
+                self.inner.core().local_copy_lost(id, &e.to_string());
+                None
+            }
+        }
     }
 
     async fn wait_seq(&self, session: u64, after: u64) -> Result<(), Status> {

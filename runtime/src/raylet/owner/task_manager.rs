@@ -585,16 +585,7 @@ impl Owner {
             if !still {
                 continue;
             }
-            if let Err(mut err) = self.reconstruct(id) {
-                err.message = format!("every copy was on node {node}, which died: {}", err.message);
-                if let Some(o) = self.objects.get_mut(&id) {
-                    o.state = ObjState::Failed;
-                    let v = error_value(&err);
-                    o.size = v.data.len() as u64;
-                    o.inline = Some(v);
-                }
-                self.wake(id);
-            }
+            self.rebuild_or_fail(id, &format!("every copy was on node {node}, which died"));
         }
         let addr = self.view.last_address(&node).map(str::to_string);
         self.borrows_on_node_dead(node, addr.as_deref());
@@ -602,6 +593,37 @@ impl Owner {
             self.out.push(Effect::ForgetPeer(addr));
         }
         self.retry_infeasible();
+    }
+
+    /// The copy of `id` on this node turned out damaged (a spill file that
+    /// did not read back intact) and was dropped: when it was the last copy,
+    /// the object is rebuilt from lineage, or fails saying why.
+    pub(crate) fn local_copy_lost(&mut self, id: ObjectId, why: &str) {
+        let me = self.node_id;
+        let Some(o) = self.objects.get_mut(&id) else { return };
+        if o.borrowed.is_some() {
+            return;
+        }
+        o.copies.retain(|n| *n != me);
+        o.locations.retain(|n| *n != me);
+        if o.state == ObjState::Ready && o.inline.is_none() && o.locations.is_empty() {
+            self.rebuild_or_fail(id, why);
+        }
+    }
+
+    /// Every copy of `id` is lost (`context` says how): re-runs its task, or
+    /// fails the object with an error that says why it cannot be rebuilt.
+    fn rebuild_or_fail(&mut self, id: ObjectId, context: &str) {
+        if let Err(mut err) = self.reconstruct(id) {
+            err.message = format!("{context}: {}", err.message);
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.state = ObjState::Failed;
+                let v = error_value(&err);
+                o.size = v.data.len() as u64;
+                o.inline = Some(v);
+            }
+            self.wake(id);
+        }
     }
 
     /// Cancels the tasks that create `ids` (objects this raylet owns).
