@@ -98,20 +98,19 @@ pub(crate) fn run(inner: &Arc<Inner>, effects: Vec<Effect>) {
                     let mut d = d;
                     for (pos, id) in std::mem::take(&mut d.stored) {
                         // May read a spilled object back from disk.
-                        let why = match inner.store.get(&id) {
+                        let (why, damaged) = match inner.store.get(&id) {
                             Ok(Some(v)) => {
                                 d.task.args[pos] = v;
                                 continue;
                             }
-                            Ok(None) => format!("argument {id} was evicted before the task started"),
-                            Err(e) => {
-                                let why = format!("argument {id}: {e}");
-                                inner.core().local_copy_lost(id, &why);
-                                why
-                            }
+                            Ok(None) => (format!("argument {id} was evicted before the task started"), false),
+                            Err(e) => (format!("argument {id}: {e}"), true),
                         };
-                        let err = TaskError::new(ErrorKind::ObjectLost, why);
-                        inner.core().dispatch_failed(d.worker, d.attempt, err);
+                        let mut core = inner.core();
+                        if damaged {
+                            core.local_copy_lost(id, &why);
+                        }
+                        core.dispatch_failed(d.worker, d.attempt, TaskError::new(ErrorKind::ObjectLost, why));
                         return;
                     }
                     send_to_worker(&inner, d);

@@ -142,6 +142,20 @@ impl OwnedObject {
             contained: Vec::new(),
         }
     }
+
+    /// Forgets the copy on `node` (which died, or whose copy was found
+    /// damaged). True when that was the last copy of a ready stored object:
+    /// it is lost, to be rebuilt or failed. A borrowed entry is left alone:
+    /// its owner keeps its copies and rebuilds it.
+    pub(crate) fn forget_copy_on(&mut self, node: NodeId) -> bool {
+        if self.borrowed.is_some() {
+            return false;
+        }
+        self.copies.retain(|n| *n != node);
+        let had = self.locations.len();
+        self.locations.retain(|n| *n != node);
+        self.state == ObjState::Ready && self.inline.is_none() && had > 0 && self.locations.is_empty()
+    }
 }
 
 /// What the owner knows of an object right now.

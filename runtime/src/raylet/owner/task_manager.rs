@@ -566,20 +566,9 @@ impl Owner {
             let err = TaskError::new(ErrorKind::NodeDied, format!("node {node} died while the task was there"));
             self.retry_or_fail(id, err, true, Some(node));
         }
-        let lost: Vec<ObjectId> = self
-            .objects
-            .iter_mut()
-            .filter_map(|(id, o)| {
-                if o.borrowed.is_some() {
-                    // Borrowed: its owner rebuilds it (borrows_on_node_dead).
-                    return None;
-                }
-                o.copies.retain(|n| *n != node);
-                let had = o.locations.len();
-                o.locations.retain(|n| *n != node);
-                (o.state == ObjState::Ready && o.inline.is_none() && had > 0 && o.locations.is_empty()).then_some(*id)
-            })
-            .collect();
+        // Borrowed entries are rebuilt by their owners (borrows_on_node_dead).
+        let lost: Vec<ObjectId> =
+            self.objects.iter_mut().filter_map(|(id, o)| o.forget_copy_on(node).then_some(*id)).collect();
         for id in lost {
             let still = self.objects.get(&id).is_some_and(|o| o.state == ObjState::Ready && o.locations.is_empty());
             if !still {
@@ -600,13 +589,7 @@ impl Owner {
     /// the object is rebuilt from lineage, or fails saying why.
     pub(crate) fn local_copy_lost(&mut self, id: ObjectId, why: &str) {
         let me = self.node_id;
-        let Some(o) = self.objects.get_mut(&id) else { return };
-        if o.borrowed.is_some() {
-            return;
-        }
-        o.copies.retain(|n| *n != me);
-        o.locations.retain(|n| *n != me);
-        if o.state == ObjState::Ready && o.inline.is_none() && o.locations.is_empty() {
+        if self.objects.get_mut(&id).is_some_and(|o| o.forget_copy_on(me)) {
             self.rebuild_or_fail(id, why);
         }
     }

@@ -284,14 +284,18 @@ fn a_dead_borrower_lets_go_of_everything_it_borrowed() {
     assert_eq!(o.lent, 0);
 }
 
-fn foreign_arg(id: ObjectId) -> pb::Arg {
+fn ref_arg(id: ObjectId, owner: &str) -> pb::Arg {
     pb::Arg {
         kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
             object_id: id.to_bytes(),
-            owner_address: PEER.into(),
+            owner_address: owner.into(),
             ..Default::default()
         })),
     }
+}
+
+fn foreign_arg(id: ObjectId) -> pb::Arg {
+    ref_arg(id, PEER)
 }
 
 fn task_with_foreign_arg(o: &mut Owner, session: u64, id: ObjectId) -> TaskId {
@@ -497,13 +501,7 @@ fn a_failure_at_the_root_of_a_chain_of_twenty_thousand_tasks_fails_them_all_with
     for _ in 0..20_000 {
         let t = TaskId::random(JobId(1));
         let mut s = spec(t, 1.0, 0);
-        s.args.push(pb::Arg {
-            kind: Some(pb::arg::Kind::ObjectRef(pb::RefArg {
-                object_id: prev.return_id(0).to_bytes(),
-                owner_address: o.address.clone(),
-                ..Default::default()
-            })),
-        });
+        s.args.push(ref_arg(prev.return_id(0), &o.address));
         specs.push(s);
         prev = t;
     }
