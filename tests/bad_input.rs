@@ -36,6 +36,7 @@ async fn corrupt_frames_on_the_worker_socket_are_refused() {
                 kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
                     worker_id: bytes::Bytes::from_static(b"x"),
                     pid: 1,
+                    token: cluster.token.as_ref().map(|t| t.expose().to_string()).unwrap_or_default(),
                 })),
             };
             shoal::frame::encode_into(&hello, &mut b);
@@ -54,7 +55,7 @@ async fn corrupt_frames_on_the_worker_socket_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_to_a_raylet_get_clear_errors() {
     let cluster = common::cluster(1, 1.0).await;
-    let ch = shoal::net::connect(&cluster.raylets[0].address).await.unwrap();
+    let ch = shoal::net::connect(&cluster.raylets[0].address, cluster.token.as_ref()).await.unwrap();
     let mut raw = pb::raylet_client::RayletClient::new(ch);
     let bad_ref = pb::ObjectRef { object_id: bytes::Bytes::from_static(b"abc"), owner_address: String::new() };
     let e = raw

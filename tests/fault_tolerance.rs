@@ -348,7 +348,7 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
     let gcs = cluster.gcs_address.clone();
     let gone = common::eventually(Duration::from_secs(5), || {
         let gcs = gcs.clone();
-        async move { shoal::net::connect(&gcs).await.is_err() }
+        async move { shoal::net::connect(&gcs, None).await.is_err() }
     })
     .await;
     assert!(gone, "the old head still answers");

@@ -230,7 +230,7 @@ impl PyClient {
             Some(w) => Some(w.parse::<WorkerId>().map_err(|_| invalid(format!("`{w}` is not a worker id")))?),
             None => None,
         };
-        let opts = ConnectOptions { name, job_id: job_id.map(JobId), worker_id };
+        let opts = ConnectOptions { name, job_id: job_id.map(JobId), worker_id, token: None };
         let inner = block_on(py, Client::connect_with(&address, opts))?.map_err(to_py)?;
         Ok(PyClient { inner })
     }
@@ -475,6 +475,9 @@ impl LocalCluster {
         raylet.spill_dir = Some(dir.join("spill"));
         raylet.max_workers = (cpus.ceil() as usize).max(1);
         raylet.prestart_workers = prestart_workers;
+        // A cluster of this process's own: a token of its own, known to
+        // this process's clients by address and handed to its workers.
+        let token = shoal_runtime::auth::Token::generate().map_err(to_py)?;
         let cfg = HeadConfig {
             host: "127.0.0.1".into(),
             gcs_port: 0,
@@ -484,6 +487,7 @@ impl LocalCluster {
             rest: Default::default(),
             raylet: Some(raylet),
             state_dir: None,
+            token: Some(token.clone()),
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -493,6 +497,10 @@ impl LocalCluster {
             .map_err(|e| NativeError::new_err(("Internal".to_string(), format!("cannot start a runtime: {e}"))))?;
         let head = py.detach(|| rt.block_on(shoal_runtime::head::start(cfg, true))).map_err(to_py)?;
         let raylet = head.raylet.as_ref().ok_or_else(|| invalid("the head started no raylet"))?;
+        shoal_runtime::auth::remember(
+            &[raylet.address.clone(), head.gcs_address.clone(), head.http_address.clone()],
+            &token,
+        );
         Ok(LocalCluster {
             raylet_address: raylet.address.clone(),
             node_id: raylet.node_id().to_string(),
@@ -506,6 +514,11 @@ impl LocalCluster {
     /// then ends its servers. Safe to call twice.
     fn shutdown(&self, py: Python<'_>) {
         let Some((rt, head)) = self.state.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        shoal_runtime::auth::forget(&[
+            self.raylet_address.clone(),
+            self.gcs_address.clone(),
+            self.http_address.clone(),
+        ]);
         py.detach(|| {
             let pids = head.raylet.as_ref().map(|r| r.worker_pids()).unwrap_or_default();
             {

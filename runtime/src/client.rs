@@ -28,7 +28,7 @@ use serde::Serialize;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+use crate::net::Channel;
 
 use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
@@ -327,6 +327,10 @@ pub struct ConnectOptions {
     pub job_id: Option<JobId>,
     /// Set by workers for nested tasks.
     pub worker_id: Option<WorkerId>,
+    /// The cluster's token. `None` finds it: the one known for the address
+    /// (a local cluster this process started, or the record of `shoal up`),
+    /// else `SHOAL_TOKEN_FILE` / `SHOAL_TOKEN` (see [`crate::auth`]).
+    pub token: Option<crate::auth::Token>,
 }
 
 struct ClientInner {
@@ -335,6 +339,7 @@ struct ClientInner {
     /// The raylet's GCS, connected on first use (key-value store, nodes).
     gcs_address: String,
     gcs: tokio::sync::OnceCell<shoal_proto::v1::gcs_client::GcsClient<Channel>>,
+    token: Option<crate::auth::Token>,
     session_id: u64,
     job_id: JobId,
     node_id: NodeId,
@@ -367,9 +372,13 @@ impl Client {
         } else {
             addr
         };
+        let mut opts = opts;
+        if opts.token.is_none() {
+            opts.token = crate::auth::for_address(addr)?;
+        }
         match Client::open(addr, &opts).await {
             Err(Error::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => {
-                let raylet = pick_raylet(addr).await?;
+                let raylet = pick_raylet(addr, opts.token.as_ref()).await?;
                 Client::open(&raylet, &opts).await
             }
             other => other,
@@ -377,7 +386,7 @@ impl Client {
     }
 
     async fn open(addr: &str, opts: &ConnectOptions) -> Result<Client> {
-        let channel = crate::net::connect(addr).await?;
+        let channel = crate::net::connect(addr, opts.token.as_ref()).await?;
         let mut raylet = crate::net::raylet_client(channel);
         let (stream_tx, stream_rx) = mpsc::channel::<pb::SessionRequest>(64);
         let open = pb::SessionRequest {
@@ -416,6 +425,7 @@ impl Client {
                 address: addr.to_string(),
                 gcs_address: opened.gcs_address,
                 gcs: tokio::sync::OnceCell::new(),
+                token: opts.token.clone(),
                 session_id: opened.session_id,
                 job_id,
                 node_id: NodeId::from_slice(&opened.node_id).unwrap_or_default(),
@@ -674,7 +684,7 @@ impl Client {
             .inner
             .gcs
             .get_or_try_init(|| async {
-                crate::net::connect(addr).await.map(shoal_proto::v1::gcs_client::GcsClient::new)
+                crate::net::connect(addr, self.inner.token.as_ref()).await.map(shoal_proto::v1::gcs_client::GcsClient::new)
             })
             .await?;
         Ok(c.clone())
@@ -848,8 +858,8 @@ fn auto_address() -> Result<String> {
 }
 
 /// Asks a GCS for an alive raylet's address.
-async fn pick_raylet(gcs_addr: &str) -> Result<String> {
-    let ch = crate::net::connect(gcs_addr).await?;
+async fn pick_raylet(gcs_addr: &str, token: Option<&crate::auth::Token>) -> Result<String> {
+    let ch = crate::net::connect(gcs_addr, token).await?;
     let mut gcs = shoal_proto::v1::gcs_client::GcsClient::new(ch);
     let nodes = gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("listing nodes", s))?.into_inner();
     nodes
@@ -860,9 +870,11 @@ async fn pick_raylet(gcs_addr: &str) -> Result<String> {
         .ok_or_else(|| Error::Connect { addr: gcs_addr.to_string(), reason: "the cluster has no alive raylet".into() })
 }
 
-/// Statistics of one raylet (for tools and tests).
+/// Statistics of one raylet (for tools and tests), presenting the token
+/// known for its address.
 pub async fn node_stats(raylet_addr: &str) -> Result<pb::NodeStatsReply> {
-    let ch = crate::net::connect(raylet_addr).await?;
+    let token = crate::auth::for_address(raylet_addr)?;
+    let ch = crate::net::connect(raylet_addr, token.as_ref()).await?;
     let mut c = crate::net::raylet_client(ch);
     Ok(c.node_stats(pb::NodeStatsRequest {}).await.map_err(|s| Error::rpc("node stats", s))?.into_inner())
 }

@@ -7,6 +7,10 @@
 //! process is gone is stale and ignored, so a cluster killed with SIGKILL
 //! is never "found". The newest `shoal up` wins the file; when it stops it
 //! removes the record only if the record is still its own.
+//!
+//! The record also holds the cluster's token (`crate::auth`): the file is
+//! the user's alone (mode 0600, in a 0700 directory), and clients present
+//! the token only to the addresses the record lists.
 
 use std::path::PathBuf;
 
@@ -31,6 +35,21 @@ pub struct ClusterRecord {
     pub pid: u32,
     /// The cluster's session directory (logs).
     pub session_dir: String,
+    /// Every raylet of the cluster (the head's too).
+    #[serde(default)]
+    pub raylets: Vec<String>,
+    /// The cluster's token (`None`: authentication is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl ClusterRecord {
+    /// Every address of the cluster a client may present its token to.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut a = vec![self.gcs.clone(), self.api.clone(), self.raylet.clone()];
+        a.extend(self.raylets.iter().cloned());
+        a
+    }
 }
 
 /// The directory of shoal's per-user files.
@@ -115,6 +134,8 @@ mod tests {
             raylet: "127.0.0.1:40000".into(),
             pid: std::process::id(),
             session_dir: "/tmp/x".into(),
+            raylets: vec!["127.0.0.1:40001".into()],
+            token: Some("t0ken".into()),
         };
         let path = write(&rec).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_garbage_is_refused() {
         let mut buf = BytesMut::new();
-        let msg = pb::WorkerHello { worker_id: bytes::Bytes::from_static(b"12345678"), pid: 42 };
+        let msg = pb::WorkerHello { worker_id: bytes::Bytes::from_static(b"12345678"), pid: 42, token: String::new() };
         encode_into(&msg, &mut buf);
         encode_into(&msg, &mut buf);
         let a: pb::WorkerHello = decode_from(&mut buf).unwrap().unwrap();

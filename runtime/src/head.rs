@@ -35,6 +35,9 @@ pub struct HeadConfig {
     /// Where jobs, logs and the key-value store are kept across restarts
     /// (`None`: in memory, lost with the process).
     pub state_dir: Option<PathBuf>,
+    /// The cluster's token, required by the GCS, the REST API and the
+    /// head's raylet (`None`: authentication is off).
+    pub token: Option<crate::auth::Token>,
 }
 
 /// The label marking the head's raylet.
@@ -69,8 +72,10 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let gcs = Gcs::open(cfg.gcs.clone(), store)?;
     gcs.spawn_background();
     let svc = crate::gcs::service(gcs.clone());
+    let token = cfg.token.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::net::server().add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await
+        if let Err(e) =
+            crate::net::server(token.as_ref()).add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await
         {
             tracing::error!(error = %e, "GCS server stopped");
         }
@@ -79,11 +84,13 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let raylet = match cfg.raylet.clone() {
         Some(mut r) => {
             r.gcs_address = gcs_address.clone();
+            r.token = cfg.token.clone();
             Some(crate::raylet::Raylet::start(r).await?)
         }
         None => None,
     };
     let mut rest = cfg.rest.clone();
+    rest.token = cfg.token.clone();
     if let Some(r) = &raylet {
         rest.owner = Some(crate::rest::jobs::Owner { address: r.address.clone(), node_id: r.node_id() });
     }

@@ -7,6 +7,11 @@
 //! Every child gets SIGKILL if this process dies (`PR_SET_PDEATHSIG`), and
 //! [`LocalCluster::stop`] (also run on drop) sends SIGTERM, then SIGKILL after
 //! a grace period, so no process outlives the cluster.
+//!
+//! A cluster has a token (`crate::auth`) unless asked to run without: one
+//! is generated when none is given, written to `SESSION/token` (mode 0600)
+//! for the processes, and remembered in this process for its addresses, so
+//! `Client::connect` to any of them needs no configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,6 +50,10 @@ pub struct ClusterOptions {
     /// Take the GCS and REST ports 6379 and 8265 when they are free (else
     /// free ones; [`LocalCluster::port_note`] says so).
     pub well_known_ports: bool,
+    /// The cluster's token (default: a new random one).
+    pub token: Option<crate::auth::Token>,
+    /// Run without authentication (every process logs a warning).
+    pub insecure_no_auth: bool,
 }
 
 impl ClusterOptions {
@@ -63,6 +72,8 @@ impl ClusterOptions {
             head_cpus: 0.0,
             no_head_raylet: false,
             well_known_ports: false,
+            token: None,
+            insecure_no_auth: false,
         }
     }
 }
@@ -97,8 +108,12 @@ pub struct LocalCluster {
     pub session_dir: PathBuf,
     /// Head process id.
     pub head_pid: u32,
+    /// The cluster's token (`None`: started without authentication).
+    pub token: Option<crate::auth::Token>,
     /// The head, then the raylets in start order.
     children: Vec<Child>,
+    /// `--token-file FILE` (or `--insecure-no-auth`) for every process.
+    auth_args: Vec<String>,
     owns_dir: bool,
     stopped: bool,
     opts: ClusterOptions,
@@ -166,6 +181,19 @@ impl LocalCluster {
         };
         let logs = session_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        let token = match (&opts.token, opts.insecure_no_auth) {
+            (_, true) => None,
+            (Some(t), false) => Some(t.clone()),
+            (None, false) => Some(crate::auth::Token::generate()?),
+        };
+        let auth_args: Vec<String> = match &token {
+            Some(t) => {
+                let file = session_dir.join("token");
+                t.write_file(&file)?;
+                vec!["--token-file".into(), file.display().to_string()]
+            }
+            None => vec!["--insecure-no-auth".into()],
+        };
         let mut cluster = LocalCluster {
             gcs_address: String::new(),
             http_address: String::new(),
@@ -174,6 +202,8 @@ impl LocalCluster {
             port_note: None,
             session_dir: session_dir.clone(),
             head_pid: 0,
+            token,
+            auth_args: auth_args.clone(),
             children: Vec::new(),
             owns_dir,
             stopped: false,
@@ -232,6 +262,7 @@ impl LocalCluster {
                     session_dir.join("head-spill").display().to_string(),
                 ]);
             }
+            args.extend(auth_args.iter().cloned());
             // A durable head keeps finished jobs on disk, not in memory.
             if !opts.head_args.iter().any(|a| a == "--state-dir") {
                 args.extend(["--state-dir".to_string(), session_dir.join("state").display().to_string()]);
@@ -298,6 +329,7 @@ impl LocalCluster {
             "--spill-dir".into(),
             dir.join(format!("raylet-{i}-spill")).display().to_string(),
         ];
+        args.extend(self.auth_args.iter().cloned());
         if let Some(c) = self.opts.cpus_per_node {
             args.push("--num-cpus".into());
             args.push(c.to_string());
@@ -313,6 +345,9 @@ impl LocalCluster {
     /// Every raylet (the head's too) must know every alive node before the
     /// cluster is usable.
     async fn wait_connected(&mut self, deadline: Instant) -> Result<(), Error> {
+        if let Some(t) = &self.token {
+            crate::auth::remember(&self.addresses(), t);
+        }
         let running: Vec<u32> =
             self.children.iter_mut().filter_map(|c| matches!(c.try_wait(), Ok(None)).then(|| c.id())).collect();
         let alive: Vec<LocalRaylet> = self.all_raylets().filter(|r| running.contains(&r.pid)).cloned().collect();
@@ -356,12 +391,20 @@ impl LocalCluster {
         Ok(self.raylets.len() - 1)
     }
 
+    /// Every address of the cluster: the GCS, the REST API and each raylet.
+    pub fn addresses(&self) -> Vec<String> {
+        let mut a = vec![self.gcs_address.clone(), self.http_address.clone()];
+        a.extend(self.all_raylets().map(|r| r.address.clone()));
+        a
+    }
+
     /// Stops every process: SIGTERM, then SIGKILL after two seconds.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
         }
         self.stopped = true;
+        crate::auth::forget(&self.addresses());
         // Raylets first, then the head.
         for c in self.children.iter().rev() {
             // SAFETY: kill(2) on our own child.
@@ -409,7 +452,7 @@ impl LocalCluster {
 
     /// Lists the nodes the GCS knows.
     pub async fn nodes(&self) -> Result<Vec<pb::NodeInfo>, Error> {
-        let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, Duration::from_secs(5)).await?;
+        let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, self.token.as_ref(), Duration::from_secs(5)).await?;
         Ok(gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("nodes", s))?.into_inner().nodes)
     }
 }

@@ -1,13 +1,28 @@
 //! Building gRPC servers and channels the same way everywhere: TCP_NODELAY on
 //! every connection, HTTP/2 windows large enough to stream objects at memory
-//! speed over loopback, and message limits that admit large values.
+//! speed over loopback, message limits that admit large values, the cluster
+//! token checked on every call a server gets (`crate::auth::GuardLayer`)
+//! and presented on every call a channel makes.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Endpoint, Server};
 
+use crate::auth::{Credentials, GuardLayer, Token};
 use crate::error::Error;
+
+/// A channel presenting the cluster token on every call.
+pub type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
+
+/// A server whose every service is behind the token check.
+pub type GuardedServer = Server<tower_layer::Stack<GuardLayer, tower_layer::Identity>>;
+
+/// Most concurrent HTTP/2 streams (calls) one connection may open.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Largest header block a caller may send.
+const MAX_HEADER_LIST: u32 = 16 << 10;
 
 /// Largest gRPC message accepted: puts and gets of single large values travel
 /// as one message, so this is generous. Object transfers between raylets use
@@ -20,15 +35,19 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// into 6,400 frames).
 const MAX_FRAME: u32 = 1 << 20;
 
-/// A server builder with shoal's transport settings.
-pub fn server() -> Server {
+/// A server builder with shoal's transport settings, requiring `token` of
+/// every call (none: calls are not authenticated).
+pub fn server(token: Option<&Token>) -> GuardedServer {
     Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(GuardLayer::new(token.cloned()))
 }
 
 /// An endpoint for `addr` (`host:port` or `http://host:port`) with shoal's settings.
@@ -51,14 +70,19 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, Error> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects now, failing fast when nothing listens.
-pub async fn connect(addr: &str) -> Result<Channel, Error> {
-    endpoint(addr)?.connect().await.map_err(|e| Error::Connect { addr: addr.to_string(), reason: error_chain(&e) })
+/// Connects now, failing fast when nothing listens; every call presents `token`.
+pub async fn connect(addr: &str, token: Option<&Token>) -> Result<Channel, Error> {
+    let ch = endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| Error::Connect { addr: addr.to_string(), reason: error_chain(&e) })?;
+    Ok(InterceptedService::new(ch, Credentials::new(token)))
 }
 
-/// A channel that connects on first use (and reconnects after failures).
-pub fn connect_lazy(addr: &str) -> Result<Channel, Error> {
-    Ok(endpoint(addr)?.connect_lazy())
+/// A channel that connects on first use (and reconnects after failures);
+/// every call presents `token`.
+pub fn connect_lazy(addr: &str, token: Option<&Token>) -> Result<Channel, Error> {
+    Ok(InterceptedService::new(endpoint(addr)?.connect_lazy(), Credentials::new(token)))
 }
 
 /// Binds a TCP listener on `host:port` (port 0 picks a free one) and returns
@@ -114,9 +138,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// A raylet client with shoal's message limits.
-pub(crate) fn raylet_client(
-    channel: tonic::transport::Channel,
-) -> shoal_proto::v1::raylet_client::RayletClient<tonic::transport::Channel> {
+pub(crate) fn raylet_client(channel: Channel) -> shoal_proto::v1::raylet_client::RayletClient<Channel> {
     shoal_proto::v1::raylet_client::RayletClient::new(channel)
         .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)

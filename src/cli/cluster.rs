@@ -16,6 +16,89 @@ use shoal::resources::{self, ResourceSet};
 
 use super::{machine, self_binary, shutdown_signal, OutputFormat};
 
+/// How a server process authenticates its callers: flags `shoal head`,
+/// `shoal gcs` and `shoal raylet` share.
+#[derive(clap::Args, Debug)]
+pub struct AuthArgs {
+    /// File holding the cluster token (or set SHOAL_TOKEN). A head without
+    /// one generates a token and records it for this machine's clients.
+    #[arg(long, env = "SHOAL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Turn authentication off: anyone who can reach a port of the cluster
+    /// can then run any command on it. For isolated experiments only.
+    #[arg(long, env = "SHOAL_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+}
+
+/// Where a process's token came from.
+enum TokenSource {
+    Given,
+    Generated,
+}
+
+impl AuthArgs {
+    /// The token: `--token-file`, else `SHOAL_TOKEN`, else the one recorded
+    /// for `cluster` (a GCS address) on this machine, else a new one when
+    /// `generate`; `None` only with `--insecure-no-auth`.
+    fn resolve(
+        &self,
+        role: &str,
+        cluster: Option<&str>,
+        generate: bool,
+    ) -> anyhow::Result<Option<(shoal::auth::Token, TokenSource)>> {
+        if self.insecure_no_auth {
+            tracing::warn!(
+                "{role}: AUTHENTICATION IS OFF (--insecure-no-auth): anyone who can reach this process's ports \
+                 can run any command on the cluster and read every object"
+            );
+            return Ok(None);
+        }
+        if let Some(f) = &self.token_file {
+            return Ok(Some((shoal::auth::Token::from_file(f)?, TokenSource::Given)));
+        }
+        if let Ok(t) = std::env::var(shoal::auth::ENV_TOKEN) {
+            if !t.trim().is_empty() {
+                return Ok(Some((shoal::auth::Token::new(&t).context("SHOAL_TOKEN")?, TokenSource::Given)));
+            }
+        }
+        if let Some(addr) = cluster {
+            if let Some(t) = shoal::auth::for_address(addr)? {
+                return Ok(Some((t, TokenSource::Given)));
+            }
+        }
+        if generate {
+            return Ok(Some((shoal::auth::Token::generate()?, TokenSource::Generated)));
+        }
+        bail!(
+            "{role} needs the cluster token: pass --token-file FILE or set SHOAL_TOKEN (the head records the token \
+             it generated in {}), or run without authentication with --insecure-no-auth",
+            shoal::discovery::record_path().display()
+        )
+    }
+}
+
+/// Records a head that generated its token, so that this machine's CLI,
+/// clients and raylets find the cluster and its token.
+fn record_generated(head: &shoal::head::Head, token: &shoal::auth::Token) -> anyhow::Result<()> {
+    let raylets: Vec<String> = head.raylet.iter().map(|r| r.address.clone()).collect();
+    let api = if head.http_address.is_empty() { String::new() } else { format!("http://{}", head.http_address) };
+    let record = shoal::discovery::ClusterRecord {
+        gcs: head.gcs_address.clone(),
+        api,
+        raylet: raylets.first().cloned().unwrap_or_default(),
+        pid: std::process::id(),
+        session_dir: String::new(),
+        raylets,
+        token: Some(token.expose().to_string()),
+    };
+    let path = shoal::discovery::write(&record)?;
+    tracing::info!(
+        record = %path.display(),
+        "generated the cluster token; clients on this machine find it there, others take it with --token-file"
+    );
+    Ok(())
+}
+
 /// Flags of `shoal gcs`.
 #[derive(clap::Args, Debug)]
 pub struct GcsArgs {
@@ -31,6 +114,8 @@ pub struct GcsArgs {
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Flags of `shoal head`.
@@ -48,9 +133,6 @@ pub struct HeadArgs {
     /// Milliseconds without a heartbeat after which a raylet is declared dead.
     #[arg(long, default_value_t = 3000, env = "SHOAL_HEALTH_TIMEOUT_MS")]
     pub health_timeout_ms: u64,
-    /// File holding the bearer token the REST API requires (or set SHOAL_TOKEN).
-    #[arg(long, env = "SHOAL_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
     /// Most tasks the state API remembers (oldest finished are forgotten first).
     #[arg(long, default_value_t = shoal::gcs::task_events::DEFAULT_CAPACITY, env = "SHOAL_TASK_HISTORY")]
     pub task_history: usize,
@@ -85,6 +167,8 @@ pub struct HeadArgs {
     pub node_ip: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// Most workers the head's raylet runs at once by default: entrypoint
@@ -178,6 +262,8 @@ pub struct RayletArgs {
     /// Write the bound addresses as JSON here once serving.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 fn parse_labels(text: &str) -> anyhow::Result<HashMap<String, String>> {
@@ -275,12 +361,14 @@ impl RayletArgs {
         cfg.external_workers = self.worker_mode == WorkerMode::External;
         cfg.prestart_workers = if cfg.external_workers { 0 } else { self.prestart_workers };
         cfg.ready_file = self.ready_file.clone();
+        cfg.token = self.auth.resolve("the raylet", Some(&self.gcs), false)?.map(|(t, _)| t);
         Ok(cfg)
     }
 }
 
 /// `shoal gcs`.
 pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
+    let token = a.auth.resolve("the GCS", None, true)?;
     let cfg = HeadConfig {
         host: a.host,
         gcs_port: a.port,
@@ -290,27 +378,19 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
         rest: Default::default(),
         raylet: None,
         state_dir: None,
+        token: token.as_ref().map(|(t, _)| t.clone()),
     };
-    let _head = shoal::head::start(cfg, false).await?;
+    let head = shoal::head::start(cfg, false).await?;
+    if let Some((t, TokenSource::Generated)) = &token {
+        record_generated(&head, t)?;
+    }
     shutdown_signal().await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The REST token: the file's content when given, else `SHOAL_TOKEN`; none when both are unset.
-fn head_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?,
-        None => std::env::var("SHOAL_TOKEN").unwrap_or_default(),
-    };
-    let token = token.trim().to_string();
-    if file.is_some() && token.is_empty() {
-        bail!("the token file is empty");
-    }
-    Ok((!token.is_empty()).then_some(token))
-}
-
 /// `shoal head`.
 pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
+    let token = a.auth.resolve("the head", None, true)?;
     let raylet = if a.no_raylet {
         None
     } else {
@@ -335,15 +415,15 @@ pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         },
         ready_file: a.ready_file,
-        rest: shoal::rest::RestConfig {
-            token: head_token(a.token_file.as_deref())?,
-            max_body_bytes: a.max_body_bytes,
-            owner: None,
-        },
+        rest: shoal::rest::RestConfig { token: None, max_body_bytes: a.max_body_bytes, owner: None },
         raylet,
         state_dir: a.state_dir,
+        token: token.as_ref().map(|(t, _)| t.clone()),
     };
     let head = shoal::head::start(cfg, true).await?;
+    if let Some((t, TokenSource::Generated)) = &token {
+        record_generated(&head, t)?;
+    }
     shutdown_signal().await;
     head.shutdown();
     Ok(ExitCode::SUCCESS)
@@ -376,6 +456,9 @@ pub struct UpArgs {
     /// GCS port (default 6379 when free, else a free one).
     #[arg(long)]
     pub gcs_port: Option<u16>,
+    /// Run without authentication (anyone who can reach a port can run any command).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 fn options(nodes: usize, cpus: Option<f64>) -> anyhow::Result<ClusterOptions> {
@@ -399,6 +482,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     opts.head_cpus = a.head_cpus;
     opts.well_known_ports = a.port.is_none() && a.gcs_port.is_none();
+    opts.insecure_no_auth = a.insecure_no_auth;
     if a.port.is_some() || a.gcs_port.is_some() {
         // Ports chosen by the user: taken as given, or the start fails.
         opts.head_args.extend(["--port".into(), a.port.unwrap_or(0).to_string()]);
@@ -412,6 +496,8 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         raylet: cluster.driver_address().to_string(),
         pid: std::process::id(),
         session_dir: cluster.session_dir.display().to_string(),
+        raylets: cluster.all_raylets().map(|r| r.address.clone()).collect(),
+        token: cluster.token.as_ref().map(|t| t.expose().to_string()),
     };
     let record_path = shoal::discovery::write(&record)?;
     println!("shoal local cluster up in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
@@ -430,7 +516,13 @@ pub async fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         println!("  raylet {i}:  {}  node {}  metrics http://{}", r.address, r.node_id, r.http_address);
     }
     println!("  logs:      {}", cluster.session_dir.join("logs").display());
-    println!("  recorded:  {}", record_path.display());
+    match &cluster.token {
+        Some(_) => println!("  recorded:  {}  (addresses and the cluster token, mode 0600)", record_path.display()),
+        None => {
+            println!("  recorded:  {}", record_path.display());
+            println!("  WARNING:   authentication is off (--insecure-no-auth): anyone who can reach these ports can run any command");
+        }
+    }
     println!();
     println!("In another terminal, `shoal submit JOB.yaml --wait`, `shoal jobs` and `shoal status` find this cluster.");
     println!("Rust clients connect with Client::connect(\"auto\") or SHOAL_ADDRESS={}.", cluster.driver_address());

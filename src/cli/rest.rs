@@ -28,9 +28,12 @@ pub struct ApiArgs {
     /// The head's REST API, e.g. http://127.0.0.1:8265 (env SHOAL_API; SHOAL_ADDRESS if it is an http URL).
     #[arg(long, env = "SHOAL_API")]
     pub address: Option<String>,
-    /// Bearer token of the API.
+    /// The cluster token (default: the recorded local cluster's, for its address).
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the cluster token.
+    #[arg(long, env = "SHOAL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// How to print results (`table` is the human format).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -61,7 +64,12 @@ impl ApiArgs {
                 }
             },
         };
-        Ok(RestClient::new(&addr, self.token.clone())?)
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(shoal::auth::Token::new(t).context("--token / SHOAL_TOKEN")?),
+            (None, Some(f)) => Some(shoal::auth::Token::from_file(f)?),
+            (None, None) => shoal::auth::for_address(&addr)?,
+        };
+        Ok(RestClient::new(&addr, token.map(|t| t.expose().to_string()))?)
     }
 
     fn json(&self) -> bool {
@@ -455,7 +463,7 @@ pub async fn driver(a: DriverArgs) -> anyhow::Result<ExitCode> {
         Some(j) => Some(j.parse::<shoal::JobId>().map_err(|e| anyhow::anyhow!("SHOAL_JOB_ID: {e}"))?),
         None => None,
     };
-    let opts = shoal::ConnectOptions { name: plan.name.clone(), job_id, worker_id: None };
+    let opts = shoal::ConnectOptions { name: plan.name.clone(), job_id, ..Default::default() };
     let client = shoal::Client::connect_with(&a.address, opts).await?;
     println!("driver: submitting {} tasks of `{}`", plan.tasks.len(), plan.name);
     let results = shoal::driver::run_plan(&client, &plan).await?;

@@ -636,10 +636,15 @@ impl pb::gcs_server::Gcs for Gcs {
     }
 }
 
+/// Largest message a caller may send the GCS (job specs, key-value
+/// entries, batches of task events and log chunks).
+pub const MAX_REQUEST_MESSAGE_BYTES: usize = 64 << 20;
+
 /// The gRPC server for `gcs`, with shoal's message limits.
 pub fn service(gcs: Gcs) -> pb::gcs_server::GcsServer<Gcs> {
+    // The GCS carries records, never object values.
     pb::gcs_server::GcsServer::new(gcs)
-        .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_REQUEST_MESSAGE_BYTES)
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
 }
 
@@ -784,8 +789,8 @@ mod tests {
         gcs.spawn_background();
         let (listener, bound) = crate::net::bind("127.0.0.1", 0).await.expect("bind");
         let svc = service(gcs.clone());
-        tokio::spawn(crate::net::server().add_service(svc).serve_with_incoming(crate::net::incoming(listener)));
-        let client = crate::raylet::connect_gcs(&bound.to_string(), Duration::from_secs(5)).await.expect("connect");
+        tokio::spawn(crate::net::server(None).add_service(svc).serve_with_incoming(crate::net::incoming(listener)));
+        let client = crate::raylet::connect_gcs(&bound.to_string(), None, Duration::from_secs(5)).await.expect("connect");
         let open = |i: u16| {
             let mut client = client.clone();
             async move {

@@ -32,7 +32,7 @@ use std::time::Duration;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::gcs_client::GcsClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
+use crate::net::Channel;
 
 use crate::error::Error;
 use crate::ids::NodeId;
@@ -116,6 +116,9 @@ pub struct RayletConfig {
     /// Finished tasks whose specs are kept to rebuild lost objects; beyond
     /// it the oldest lineage is dropped and its objects cannot be rebuilt.
     pub max_lineage_tasks: usize,
+    /// The cluster's token: required of every gRPC call and worker, and
+    /// presented to the GCS and peers (`None`: authentication is off).
+    pub token: Option<crate::auth::Token>,
 }
 
 impl RayletConfig {
@@ -154,6 +157,7 @@ impl RayletConfig {
             ready_file: None,
             max_lineage_tasks: 100_000,
             spill_dir: Some(std::env::temp_dir().join(format!("shoal-spill-{}", std::process::id()))),
+            token: None,
         }
     }
 }
@@ -240,12 +244,16 @@ fn gcs_client(channel: Channel) -> GcsClient<Channel> {
         .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES)
 }
 
-/// Connects to the GCS, retrying for up to `patience`.
-pub async fn connect_gcs(addr: &str, patience: Duration) -> Result<GcsClient<Channel>, Error> {
+/// Connects to the GCS, presenting `token`, retrying for up to `patience`.
+pub async fn connect_gcs(
+    addr: &str,
+    token: Option<&crate::auth::Token>,
+    patience: Duration,
+) -> Result<GcsClient<Channel>, Error> {
     let start = std::time::Instant::now();
     let mut delay = Duration::from_millis(20);
     loop {
-        match crate::net::connect(addr).await {
+        match crate::net::connect(addr, token).await {
             Ok(ch) => return Ok(gcs_client(ch)),
             Err(e) if start.elapsed() >= patience => return Err(e),
             Err(_) => {
@@ -271,8 +279,13 @@ impl Raylet {
         }
         let unix = tokio::net::UnixListener::bind(&config.worker_socket)
             .map_err(|e| Error::io(format!("cannot listen on {}", config.worker_socket.display()), e))?;
+        // Only this user's processes may connect (the hello's token is checked too).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&config.worker_socket, std::fs::Permissions::from_mode(0o600));
+        }
 
-        let gcs = connect_gcs(&config.gcs_address, Duration::from_secs(30)).await?;
+        let gcs = connect_gcs(&config.gcs_address, config.token.as_ref(), Duration::from_secs(30)).await?;
         let store = Arc::new(match &config.spill_dir {
             Some(dir) => {
                 // Files left by an earlier raylet with this directory are stale.
@@ -314,9 +327,13 @@ impl Raylet {
         let server = pb::raylet_server::RayletServer::new(svc)
             .max_decoding_message_size(crate::net::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
+        let token = config.token.clone();
         tokio::spawn(async move {
             if let Err(e) =
-                crate::net::server().add_service(server).serve_with_incoming(crate::net::incoming(listener)).await
+                crate::net::server(token.as_ref())
+                    .add_service(server)
+                    .serve_with_incoming(crate::net::incoming(listener))
+                    .await
             {
                 tracing::error!(error = %e, "raylet gRPC server stopped");
             }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::{mpsc, Notify};
-use tonic::transport::Channel;
+use crate::net::Channel;
 
 use crate::ids::{NodeId, TaskId};
 use crate::raylet::Inner;
@@ -102,7 +102,8 @@ impl Peers {
 
     fn ensure<'a>(&self, map: &'a mut HashMap<String, Peer>, addr: &str) -> Option<&'a Peer> {
         if !map.contains_key(addr) {
-            let channel = crate::net::connect_lazy(addr).ok()?;
+            let token = self.me.upgrade()?.config.token.clone();
+            let channel = crate::net::connect_lazy(addr, token.as_ref()).ok()?;
             let client = crate::net::raylet_client(channel);
             let (tx, rx) = mpsc::channel(OUTBOX_BOUND);
             let results = Arc::new(ResultQueue::default());

@@ -8,7 +8,9 @@
 //! `TaskDone` frames. Workers die with their raylet: they get SIGKILL when it
 //! exits (`PR_SET_PDEATHSIG`), and exit on their own when the socket closes.
 //! Workers the raylet did not start (an external worker container sharing
-//! the socket) are accepted the same way.
+//! the socket) are accepted the same way. A hello without the cluster's
+//! token is refused (the socket is also the user's alone, mode 0600); the
+//! raylet hands the token to the workers it starts in `SHOAL_TOKEN`.
 
 use std::sync::Arc;
 
@@ -95,6 +97,11 @@ pub(crate) fn spawn(inner: &Arc<Inner>, id: WorkerId, kind: WorkerKind) -> std::
         .env("SHOAL_GCS_ADDRESS", &cfg.gcs_address)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    match &cfg.token {
+        Some(t) => cmd.env(crate::auth::ENV_TOKEN, t.expose()),
+        None => cmd.env_remove(crate::auth::ENV_TOKEN),
+    };
+    cmd.env_remove(crate::auth::ENV_TOKEN_FILE);
     crate::process::die_with_parent(cmd.as_std_mut());
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or(0);
@@ -159,6 +166,14 @@ async fn handle(inner: std::sync::Weak<Inner>, stream: UnixStream) {
             Ok(_) => {}
         }
     };
+    let Some(inner_now) = inner.upgrade() else { return };
+    if let Some(t) = &inner_now.config.token {
+        if !t.matches(hello.token.as_bytes()) {
+            tracing::warn!(pid = hello.pid, "a worker without the cluster token; closing it");
+            return;
+        }
+    }
+    drop(inner_now);
     let Ok(id) = WorkerId::from_slice(&hello.worker_id) else {
         tracing::warn!("a worker sent a malformed id; closing it");
         return;

@@ -62,7 +62,11 @@ impl ApiError {
 
     /// 401: no or a wrong bearer token.
     pub fn unauthorized() -> Self {
-        Self::new(ErrorKind::Unauthenticated, "unauthorized", "a valid bearer token is required")
+        Self::new(
+            ErrorKind::Unauthenticated,
+            "unauthorized",
+            format!("the cluster token is required as `Authorization: Bearer TOKEN`: {}", crate::auth::UNAUTHENTICATED),
+        )
     }
 
     /// 404: no such resource.

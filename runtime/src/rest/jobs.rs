@@ -168,6 +168,7 @@ struct Table {
 pub struct JobManager {
     gcs: Gcs,
     owner: Option<Owner>,
+    token: Option<crate::auth::Token>,
     store: Arc<StateStore>,
     table: Arc<Mutex<Table>>,
     changed: Arc<watch::Sender<u64>>,
@@ -241,6 +242,7 @@ impl JobManager {
         Ok(JobManager {
             gcs,
             owner: None,
+            token: None,
             store,
             table: Arc::new(Mutex::new(table)),
             changed: Arc::new(watch::channel(0).0),
@@ -250,6 +252,12 @@ impl JobManager {
     /// Jobs are owned by this raylet (`None`: by the least-loaded worker node).
     pub fn with_owner(mut self, owner: Option<Owner>) -> Self {
         self.owner = owner;
+        self
+    }
+
+    /// The cluster's token, presented to the raylets jobs run on.
+    pub fn with_token(mut self, token: Option<crate::auth::Token>) -> Self {
+        self.token = token;
         self
     }
 
@@ -546,7 +554,12 @@ impl JobManager {
                 None => self.pick_raylet(),
             };
             if let Some(addr) = addr {
-                let opts = ConnectOptions { name: name.to_string(), job_id: Some(JobId(job_id)), worker_id: None };
+                let opts = ConnectOptions {
+                    name: name.to_string(),
+                    job_id: Some(JobId(job_id)),
+                    worker_id: None,
+                    token: self.token.clone(),
+                };
                 match Client::connect_with(&addr, opts).await {
                     Ok(c) => return Ok(c),
                     Err(e) if tokio::time::Instant::now() >= deadline => {

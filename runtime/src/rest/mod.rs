@@ -38,8 +38,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 /// Settings of the REST API.
 #[derive(Clone, Debug)]
 pub struct RestConfig {
-    /// Bearer token every `/api` request must carry; `None` leaves the API open.
-    pub token: Option<String>,
+    /// The cluster token every `/api` request must carry as a bearer token;
+    /// `None` (authentication turned off) leaves the API open.
+    pub token: Option<crate::auth::Token>,
     /// Largest request body accepted (413 beyond).
     pub max_body_bytes: usize,
     /// The raylet that owns the jobs' tasks (the head's own); `None` picks
@@ -446,7 +447,7 @@ async fn not_found(req: Request) -> Response {
 
 /// The head's whole HTTP app: the API, health and metrics. Restores the jobs the GCS's state store holds; an unreadable store is an error.
 pub fn router(gcs: Gcs, config: RestConfig) -> Result<Router, crate::gcs::state::StateError> {
-    let jobs = jobs::JobManager::open(gcs)?.with_owner(config.owner.clone());
+    let jobs = jobs::JobManager::open(gcs)?.with_owner(config.owner.clone()).with_token(config.token.clone());
     let state = AppState { jobs, config: std::sync::Arc::new(config) };
     let mut api: Router<AppState> = Router::new();
     let mut open: Router<AppState> = Router::new();

@@ -346,7 +346,8 @@ fn entrypoint(ctx: &mut TaskContext, args: Vec<Value>) -> Result<Value, String> 
         .build()
         .map_err(|e| format!("entrypoint: cannot start a runtime: {e}"))?;
     let gcs_addr = std::env::var("SHOAL_GCS_ADDRESS").unwrap_or_default();
-    let mut gcs = runtime.block_on(crate::raylet::connect_gcs(&gcs_addr, Duration::from_secs(5))).ok();
+    let token = crate::auth::from_env().ok().flatten();
+    let mut gcs = runtime.block_on(crate::raylet::connect_gcs(&gcs_addr, token.as_ref(), Duration::from_secs(5))).ok();
     let mut tail: Vec<u8> = Vec::new();
     let mut stopped_at: Option<Instant> = None;
     let mut killed = false;

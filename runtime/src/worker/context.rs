@@ -77,6 +77,7 @@ impl TaskContext {
                 name: "nested".into(),
                 job_id: (self.job_id.0 != 0).then_some(self.job_id),
                 worker_id: Some(self.worker_id),
+                token: None,
             };
             let client = runtime.block_on(Client::connect_with(&addr, opts))?;
             self.nested = Some(Nested { runtime, client });

@@ -31,7 +31,9 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     serve(socket, worker_id, |task| execute(&mut ctx, registry, task))
 }
 
-/// Connects to the raylet's socket and says hello as `worker_id`.
+/// Connects to the raylet's socket and says hello as `worker_id`, with the
+/// cluster token of the environment (`SHOAL_TOKEN`, set by the raylet, or
+/// `SHOAL_TOKEN_FILE` for an external worker).
 fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, BufWriter<UnixStream>)> {
     let stream = UnixStream::connect(socket)?;
     let reader = stream.try_clone()?;
@@ -40,6 +42,10 @@ fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, B
         kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
             worker_id: worker_id.to_bytes(),
             pid: std::process::id(),
+            token: crate::auth::from_env()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?
+                .map(|t| t.expose().to_string())
+                .unwrap_or_default(),
         })),
     };
     frame::write_blocking(&mut writer, &hello)?;
