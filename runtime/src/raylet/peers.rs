@@ -102,7 +102,7 @@ impl Peers {
 
     fn ensure<'a>(&self, map: &'a mut HashMap<String, Peer>, addr: &str) -> Option<&'a Peer> {
         if !map.contains_key(addr) {
-            let token = self.me.upgrade()?.config.token.clone();
+            let token = self.me.upgrade().and_then(|i| i.config.token.clone());
             let channel = crate::net::connect_lazy(addr, token.as_ref()).ok()?;
             let client = crate::net::raylet_client(channel);
             let (tx, rx) = mpsc::channel(OUTBOX_BOUND);
