@@ -111,6 +111,7 @@ struct Up {
     child: std::process::Child,
     procs: Vec<u32>,
     api: String,
+    token: Option<String>,
 }
 
 /// Starts `shoal up` and waits until it is serving and every raylet has
@@ -127,7 +128,12 @@ fn start_up() -> Up {
         shoal::process::descendants(root).len() >= 5
     });
     let procs = shoal::process::descendants(root);
-    Up { child, procs, api }
+    // The record `shoal up` wrote holds the generated token.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(home.join("cluster.json")).unwrap()).unwrap();
+    let token = record["token"].as_str().map(String::from);
+    assert!(token.as_ref().is_some_and(|t| t.len() == 64), "shoal up generated and recorded a token");
+    Up { child, procs, api, token }
 }
 
 impl Drop for Up {
@@ -190,7 +196,7 @@ fn no_process_outlives_a_killed_up() {
 fn no_process_of_an_entrypoint_job_outlives_a_killed_up() {
     let mut up = start_up();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = RestClient::new(&up.api, None).unwrap();
+    let api = RestClient::new(&up.api, up.token.clone()).unwrap();
     // Two commands: the shell forks the sleep instead of exec'ing it, so
     // the sleep is a grandchild of the worker.
     let marker = unique_sleep();
@@ -210,7 +216,7 @@ fn no_process_of_an_entrypoint_job_outlives_a_killed_up() {
 fn an_entrypoint_job_ends_with_its_command_and_takes_its_background_processes_along() {
     let up = start_up();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let api = RestClient::new(&up.api, None).unwrap();
+    let api = RestClient::new(&up.api, up.token.clone()).unwrap();
     // The background sleep keeps the job's output pipes open: the job must
     // end when the shell does, not when the sleep would.
     let marker = unique_sleep();

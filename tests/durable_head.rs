@@ -31,6 +31,9 @@ impl Drop for TempDir {
     }
 }
 
+/// The token of the heads these tests start themselves.
+const HEAD_TOKEN: &str = "durable-head-test-token";
+
 /// A head started by the test (no raylets), killed on drop.
 struct Head {
     child: Child,
@@ -49,6 +52,7 @@ impl Head {
             .arg(state_dir)
             .arg("--ready-file")
             .arg(&ready)
+            .env(shoal::auth::ENV_TOKEN, HEAD_TOKEN)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
@@ -70,7 +74,7 @@ impl Head {
             assert!(Instant::now() < deadline, "the head is not ready: {}", shoal::local_cluster::log_tail(log));
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        head.client = RestClient::new(&http, None).expect("client");
+        head.client = RestClient::new(&http, Some(HEAD_TOKEN.into())).expect("client");
         head
     }
 

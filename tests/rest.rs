@@ -18,6 +18,7 @@ struct Api {
 
 async fn api_with(nodes: usize, head_args: &[&str], token: Option<&str>) -> Api {
     let mut o = ClusterOptions::new(BIN, nodes);
+    o.token = token.map(|t| shoal::auth::Token::new(t).unwrap());
     o.cpus_per_node = Some(2.0);
     o.raylet_args = vec!["--object-store-memory".into(), "256Mi".into()];
     o.head_args = head_args.iter().map(|s| s.to_string()).collect();
@@ -398,12 +399,8 @@ async fn the_task_history_cap_is_reported_and_evicts_finished_tasks_first() {
 
 #[tokio::test]
 async fn with_a_token_every_api_route_needs_it_but_health_and_metrics_stay_open() {
-    let dir = std::env::temp_dir().join(format!("shoal-rest-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
-    std::fs::write(&file, "s3cret-token\n").unwrap();
-    let a = api_with(1, &["--token-file", file.to_str().unwrap()], Some("s3cret-token")).await;
-    let anon = RestClient::new(&a.cluster.http_address, None).unwrap();
+    let a = api_with(1, &[], Some("s3cret-token")).await;
+    let anon = RestClient::anonymous(&a.cluster.http_address).unwrap();
     let wrong = RestClient::new(&a.cluster.http_address, Some("s3cret-tokeN".into())).unwrap();
     for path in ["/api/v1/jobs", "/api/v1/nodes", "/api/v1/cluster", "/api/v1/tasks", "/api/v1/jobs/00000001"] {
         for c in [&anon, &wrong] {
@@ -422,14 +419,25 @@ async fn with_a_token_every_api_route_needs_it_but_health_and_metrics_stay_open(
     let id = a.client.submit("application/json", spec.to_string()).await.unwrap().id;
     let job = common::wait_terminal(&a.client, &id, Duration::from_secs(60)).await;
     assert_eq!(job.results[0].value, Some(serde_json::json!(42)));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
-async fn without_a_token_the_api_is_open() {
+async fn a_cluster_has_a_token_by_default_and_is_open_only_when_auth_is_turned_off() {
     let a = api(0).await;
+    assert!(a.cluster.token.is_some(), "a generated token");
+    let anon = RestClient::anonymous(&a.cluster.http_address).unwrap();
+    assert_eq!(anon.raw(Method::GET, "/api/v1/jobs", None).await.unwrap().status, 401);
+    // The client of this process finds the generated token by address.
     assert_eq!(a.client.raw(Method::GET, "/api/v1/jobs", None).await.unwrap().status, 200);
-    assert!(a.client.jobs(None).await.unwrap().is_empty());
+
+    let mut o = ClusterOptions::new(BIN, 0);
+    o.insecure_no_auth = true;
+    let open = LocalCluster::start(o).await.expect("cluster starts");
+    assert!(open.token.is_none());
+    let anon = RestClient::anonymous(&open.http_address).unwrap();
+    assert_eq!(anon.raw(Method::GET, "/api/v1/jobs", None).await.unwrap().status, 200);
+    let head_log = std::fs::read_to_string(open.session_dir.join("logs/head.log")).unwrap();
+    assert!(head_log.contains("AUTHENTICATION IS OFF"), "the head says so loudly:\n{head_log}");
 }
 
 #[tokio::test]

@@ -129,7 +129,9 @@ pub fn from_env() -> Result<Option<Token>, Error> {
         return Token::from_file(Path::new(&f)).map(Some);
     }
     match std::env::var(ENV_TOKEN) {
-        Ok(t) if !t.trim().is_empty() => Token::new(&t).map(Some).map_err(|e| Error::Invalid(format!("{ENV_TOKEN}: {e}"))),
+        Ok(t) if !t.trim().is_empty() => {
+            Token::new(&t).map(Some).map_err(|e| Error::Invalid(format!("{ENV_TOKEN}: {e}")))
+        }
         _ => Ok(None),
     }
 }

@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::Channel;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::mpsc;
-use crate::net::Channel;
 
 use crate::error::{Error, ErrorKind, Result, TaskError};
 use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
@@ -684,7 +684,9 @@ impl Client {
             .inner
             .gcs
             .get_or_try_init(|| async {
-                crate::net::connect(addr, self.inner.token.as_ref()).await.map(shoal_proto::v1::gcs_client::GcsClient::new)
+                crate::net::connect(addr, self.inner.token.as_ref())
+                    .await
+                    .map(shoal_proto::v1::gcs_client::GcsClient::new)
             })
             .await?;
         Ok(c.clone())

@@ -74,8 +74,10 @@ pub async fn start(cfg: HeadConfig, with_http: bool) -> Result<Head, Error> {
     let svc = crate::gcs::service(gcs.clone());
     let token = cfg.token.clone();
     tokio::spawn(async move {
-        if let Err(e) =
-            crate::net::server(token.as_ref()).add_service(svc).serve_with_incoming(crate::net::incoming(listener)).await
+        if let Err(e) = crate::net::server(token.as_ref())
+            .add_service(svc)
+            .serve_with_incoming(crate::net::incoming(listener))
+            .await
         {
             tracing::error!(error = %e, "GCS server stopped");
         }

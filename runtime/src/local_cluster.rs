@@ -452,7 +452,8 @@ impl LocalCluster {
 
     /// Lists the nodes the GCS knows.
     pub async fn nodes(&self) -> Result<Vec<pb::NodeInfo>, Error> {
-        let mut gcs = crate::raylet::connect_gcs(&self.gcs_address, self.token.as_ref(), Duration::from_secs(5)).await?;
+        let mut gcs =
+            crate::raylet::connect_gcs(&self.gcs_address, self.token.as_ref(), Duration::from_secs(5)).await?;
         Ok(gcs.get_nodes(pb::GetNodesRequest {}).await.map_err(|s| Error::rpc("nodes", s))?.into_inner().nodes)
     }
 }

@@ -390,7 +390,22 @@ pub async fn gcs(a: GcsArgs) -> anyhow::Result<ExitCode> {
 
 /// `shoal head`.
 pub async fn head(a: HeadArgs) -> anyhow::Result<ExitCode> {
-    let token = a.auth.resolve("the head", None, true)?;
+    let mut token = a.auth.resolve("the head", None, true)?;
+    // A durable head keeps the token it generated, so that its raylets
+    // and clients still hold the right one after a restart.
+    if let (Some((t, TokenSource::Generated)), Some(dir)) = (&mut token, &a.state_dir) {
+        let file = dir.join("token");
+        let mut kept = || -> anyhow::Result<()> {
+            if file.exists() {
+                *t = shoal::auth::Token::from_file(&file)?;
+            } else {
+                std::fs::create_dir_all(dir)?;
+                t.write_file(&file)?;
+            }
+            Ok(())
+        };
+        kept().map_err(|e| anyhow::anyhow!("cannot use the state directory {}: {e:#}", dir.display()))?;
+    }
     let raylet = if a.no_raylet {
         None
     } else {

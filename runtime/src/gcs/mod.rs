@@ -790,7 +790,8 @@ mod tests {
         let (listener, bound) = crate::net::bind("127.0.0.1", 0).await.expect("bind");
         let svc = service(gcs.clone());
         tokio::spawn(crate::net::server(None).add_service(svc).serve_with_incoming(crate::net::incoming(listener)));
-        let client = crate::raylet::connect_gcs(&bound.to_string(), None, Duration::from_secs(5)).await.expect("connect");
+        let client =
+            crate::raylet::connect_gcs(&bound.to_string(), None, Duration::from_secs(5)).await.expect("connect");
         let open = |i: u16| {
             let mut client = client.clone();
             async move {

@@ -29,10 +29,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::net::Channel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::gcs_client::GcsClient;
 use tokio::sync::mpsc;
-use crate::net::Channel;
 
 use crate::error::Error;
 use crate::ids::NodeId;
@@ -329,11 +329,10 @@ impl Raylet {
             .max_encoding_message_size(crate::net::MAX_MESSAGE_BYTES);
         let token = config.token.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                crate::net::server(token.as_ref())
-                    .add_service(server)
-                    .serve_with_incoming(crate::net::incoming(listener))
-                    .await
+            if let Err(e) = crate::net::server(token.as_ref())
+                .add_service(server)
+                .serve_with_incoming(crate::net::incoming(listener))
+                .await
             {
                 tracing::error!(error = %e, "raylet gRPC server stopped");
             }

@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::net::Channel;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raylet_client::RayletClient;
 use tokio::sync::{mpsc, Notify};
-use crate::net::Channel;
 
 use crate::ids::{NodeId, TaskId};
 use crate::raylet::Inner;

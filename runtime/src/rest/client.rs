@@ -79,15 +79,26 @@ pub struct RestClient {
 }
 
 impl RestClient {
-    /// A client of the head at `base` (`http://HOST:PORT` or `HOST:PORT`).
+    /// A client of the head at `base` (`http://HOST:PORT` or `HOST:PORT`)
+    /// presenting `token`; `None` presents the token known for that address
+    /// (see `crate::auth::for_address`), if any.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, RestError> {
+        let mut c = RestClient::anonymous(base)?;
+        c.token = token
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| crate::auth::for_address(&c.base).ok().flatten().map(|t| t.expose().to_string()));
+        Ok(c)
+    }
+
+    /// A client presenting no token at all (for probes of open routes, and tests).
+    pub fn anonymous(base: &str) -> Result<Self, RestError> {
         let base = base.trim().trim_end_matches('/');
         let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
         if !base.starts_with("http://") || base.len() <= "http://".len() {
             return Err(RestError::Address(base));
         }
         let http = HyperClient::builder(TokioExecutor::new()).build_http();
-        Ok(RestClient { base, token: token.filter(|t| !t.trim().is_empty()), http })
+        Ok(RestClient { base, token: None, http })
     }
 
     /// The base URL.
