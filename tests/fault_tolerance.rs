@@ -364,6 +364,8 @@ async fn raylets_rejoin_a_restarted_head_and_keep_their_work() {
         .arg(cluster.session_dir.join("head-2.sock"))
         .arg("--spill-dir")
         .arg(cluster.session_dir.join("head-2-spill"))
+        .arg("--token-file")
+        .arg(cluster.session_dir.join("token"))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
