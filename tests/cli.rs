@@ -112,6 +112,7 @@ struct Up {
     procs: Vec<u32>,
     api: String,
     token: Option<String>,
+    home: std::path::PathBuf,
 }
 
 /// Starts `shoal up` and waits until it is serving and every raylet has
@@ -133,7 +134,7 @@ fn start_up() -> Up {
         serde_json::from_str(&std::fs::read_to_string(home.join("cluster.json")).unwrap()).unwrap();
     let token = record["token"].as_str().map(String::from);
     assert!(token.as_ref().is_some_and(|t| t.len() == 64), "shoal up generated and recorded a token");
-    Up { child, procs, api, token }
+    Up { child, procs, api, token, home }
 }
 
 impl Drop for Up {
@@ -174,6 +175,14 @@ fn all_gone(procs: &[u32]) -> bool {
 fn up_stops_every_process_on_sigterm() {
     let mut up = start_up();
     let procs = up.procs.clone();
+    // The CLI finds the generated token by itself; `shoal token` prints it; a wrong one is refused.
+    let jobs = shoal().env("SHOAL_HOME", &up.home).env_remove("SHOAL_TOKEN").arg("jobs").output().unwrap();
+    assert!(jobs.status.success(), "{}", String::from_utf8_lossy(&jobs.stderr));
+    let printed = shoal().env("SHOAL_HOME", &up.home).arg("token").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), up.token.as_deref().unwrap());
+    let wrong = shoal().env("SHOAL_HOME", &up.home).args(["jobs", "--token", "wrong"]).output().unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && err.contains("401") && err.contains("shoal token"), "{err}");
     // SAFETY: kill(2) on a child this test started.
     unsafe {
         libc::kill(up.child.id() as i32, libc::SIGTERM);

@@ -167,6 +167,9 @@ def test_init_with_an_address_joins_a_running_cluster_and_entrypoint_drivers_run
         assert "RESULT 90" in logs.stdout, logs.stdout + logs.stderr
         # What the tasks printed reaches the job's log, prefixed with the task.
         assert "(double pid=" in logs.stdout and "TASK-SAYS 9" in logs.stdout, logs.stdout
+        # All of that found the generated token by itself; a wrong one is refused.
+        r = subprocess.run([shoal_binary(), "jobs", "--token", "wrong"], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode != 0 and "token" in r.stderr, r.stdout + r.stderr
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=30)

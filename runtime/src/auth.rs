@@ -31,7 +31,8 @@ pub const ENV_TOKEN_FILE: &str = "SHOAL_TOKEN_FILE";
 
 /// What a caller without the token is told (it names no secret).
 pub const UNAUTHENTICATED: &str = "this cluster requires its token: pass it with --token-file or SHOAL_TOKEN \
-     (a local cluster's is found automatically; on Kubernetes it is in the Secret the TaskCluster names)";
+     (clients on the machine of a local cluster find it by themselves, `shoal token` prints it; on Kubernetes \
+     it is in the TaskCluster's token Secret)";
 
 /// A cluster's secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -637,6 +637,20 @@ pub async fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `shoal token`: prints the token of the cluster recorded on this machine.
+pub fn token() -> anyhow::Result<ExitCode> {
+    let Some(rec) = shoal::discovery::find() else {
+        bail!(
+            "no running shoal cluster is recorded in {}: {}",
+            shoal::discovery::record_path().display(),
+            shoal::discovery::HOW_TO_START
+        );
+    };
+    let Some(t) = rec.token else { bail!("the recorded cluster runs without authentication (--insecure-no-auth)") };
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Flags of `shoal wait-for`.
 #[derive(clap::Args, Debug)]
 pub struct WaitForArgs {

@@ -76,6 +76,9 @@ pub enum Command {
     Get(rest::GetArgs),
     /// Show the cluster's nodes, resources, queues and jobs.
     Status(rest::StatusArgs),
+    /// Print the recorded local cluster's token (for curl, or for a machine
+    /// that is to reach this cluster: `shoal token > token; --token-file token`).
+    Token,
     /// Run a job spec through the raylet at SHOAL_ADDRESS (entrypoint drivers).
     #[command(hide = true)]
     Driver(rest::DriverArgs),
@@ -122,6 +125,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(a) => rest::stop(a).await,
         Command::Get(a) => rest::get(a).await,
         Command::Status(a) => rest::status(a).await,
+        Command::Token => cluster::token(),
         Command::Driver(a) => rest::driver(a).await,
         Command::Worker(_) => unreachable!("handled before the runtime starts"),
     }

@@ -65,7 +65,7 @@ impl ApiError {
         Self::new(
             ErrorKind::Unauthenticated,
             "unauthorized",
-            format!("the cluster token is required as `Authorization: Bearer TOKEN`: {}", crate::auth::UNAUTHENTICATED),
+            format!("{} as `Authorization: Bearer TOKEN`", crate::auth::UNAUTHENTICATED),
         )
     }
 
