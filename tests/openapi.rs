@@ -65,6 +65,8 @@ async fn every_generated_request_gets_an_answer_the_openapi_document_allows() {
         .arg(&config)
         .arg("--no-color")
         .args(["run", &url, "--checks", "all"])
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {}", cluster.token.as_ref().expect("a token").expose()))
         .args(["--mode", "all", "--phases", "examples,coverage,fuzzing"])
         // One worker: hypothesis reads lambda sources with `ast.parse`, which
         // CPython 3.11 can fail when two threads parse at once.
