@@ -342,6 +342,12 @@ impl LocalCluster {
         Ok((ready_file, log, child))
     }
 
+    /// The arguments that give a process started beside this cluster its
+    /// credentials: `--token-file SESSION/token`, or `--insecure-no-auth`.
+    pub fn auth_args(&self) -> &[String] {
+        &self.auth_args
+    }
+
     /// Every raylet (the head's too) must know every alive node before the
     /// cluster is usable.
     async fn wait_connected(&mut self, deadline: Instant) -> Result<(), Error> {
