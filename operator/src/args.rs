@@ -33,6 +33,11 @@ pub struct OperatorArgs {
     #[arg(long, env = "SHOAL_OPERATOR_POD_NAME", default_value = "")]
     pub pod_name: String,
 
+    /// The operator's own namespace (in-cluster, from the downward API): each cluster's
+    /// NetworkPolicy lets it reach the heads' REST API.
+    #[arg(long, env = "SHOAL_OPERATOR_NAMESPACE", default_value = "")]
+    pub operator_namespace: String,
+
     /// Port of each cluster's head REST API (asked for idle nodes on scale-down).
     #[arg(long, env = "SHOAL_HEAD_PORT", default_value_t = 8265)]
     pub head_port: u16,

@@ -15,11 +15,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::labels::{self, TEMPLATE_HASH};
@@ -43,8 +48,10 @@ pub const SHARED_BIN_DIR: &str = "/shoal-bin";
 pub const SOCKET_DIR: &str = "/var/run/shoal";
 /// The raylet's Unix socket for external workers.
 pub const RAYLET_SOCKET: &str = "/var/run/shoal/raylet.sock";
-/// Where the REST API's token Secret is mounted.
+/// Where the cluster token Secret is mounted, in every container that runs shoal.
 pub const TOKEN_DIR: &str = "/var/run/shoal/token";
+/// The cluster token file (`--token-file`, `SHOAL_TOKEN_FILE`).
+pub const TOKEN_FILE: &str = "/var/run/shoal/token/token";
 /// Where raylets spill objects.
 pub const SPILL_DIR: &str = "/var/lib/shoal/spill";
 /// Where the head keeps its job table, job logs and KV store.
@@ -122,24 +129,9 @@ fn head_template(cluster: &ValidCluster) -> Pod {
         &HEAD_HTTP_PORT.to_string(),
     ]);
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
-    let mut mounts = Vec::new();
-    if let Some(secret) = &cluster.head.token_secret {
-        args.extend(strings(&["--token-file", &format!("{TOKEN_DIR}/token")]));
-        push_volume(
-            spec,
-            Volume {
-                name: "shoal-token".to_string(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.name.clone()),
-                    items: Some(vec![KeyToPath { key: secret.key.clone(), path: "token".to_string(), mode: None }]),
-                    default_mode: Some(0o440),
-                    optional: None,
-                }),
-                ..Volume::default()
-            },
-        );
-        mounts.push(mount("shoal-token", TOKEN_DIR, true));
-    }
+    args.extend(strings(&["--token-file", TOKEN_FILE]));
+    push_volume(spec, token_volume(cluster));
+    let mut mounts = vec![mount("shoal-token", TOKEN_DIR, true)];
     // The head's own raylet: it owns every job the head runs and runs entrypoint
     // drivers, so losing a raylet pod never fails a job. Other raylets reach it at the
     // pod's IP, as they reach each other.
@@ -174,6 +166,116 @@ fn head_template(cluster: &ValidCluster) -> Pod {
     head.liveness_probe.get_or_insert_with(|| probe("/healthz", HEAD_HTTP_PORT, 10));
     extend(&mut head.volume_mounts, mounts);
     pod
+}
+
+/// The cluster token Secret as a volume holding one file, `token`.
+fn token_volume(cluster: &ValidCluster) -> Volume {
+    let secret = &cluster.head.token.secret;
+    Volume {
+        name: "shoal-token".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.name.clone()),
+            items: Some(vec![KeyToPath { key: secret.key.clone(), path: "token".to_string(), mode: None }]),
+            // Readable by whatever uid the pod's containers run as (a worker image may
+            // use any); the volume is visible only inside this pod.
+            default_mode: Some(0o444),
+            optional: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The token Secret the operator creates when the spec names none, holding `token`
+/// (made by the caller: builders draw no random numbers). Owned by the TaskCluster.
+pub fn token_secret(cluster: &ValidCluster, owner: &OwnerReference, token: &str) -> Option<Secret> {
+    if !cluster.head.token.create {
+        return None;
+    }
+    Some(Secret {
+        metadata: ObjectMeta {
+            name: Some(cluster.head.token.secret.name.clone()),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(labels::object_labels(&cluster.name, labels::ROLE_HEAD, None)),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_string()),
+        string_data: Some(BTreeMap::from([(cluster.head.token.secret.key.clone(), token.to_string())])),
+        ..Secret::default()
+    })
+}
+
+/// The cluster's NetworkPolicy: the cluster's own pods reach every port of each other
+/// (GCS, raylets, object transfers); the HTTP ports (REST API, metrics, the head's extra
+/// ports) are reachable from the cluster's namespace, the operator's and those the spec
+/// allows. `None` when the spec turns it off.
+pub fn network_policy(
+    cluster: &ValidCluster,
+    owner: &OwnerReference,
+    operator_namespace: Option<&str>,
+) -> Option<NetworkPolicy> {
+    let policy = cluster.network_policy.as_ref()?;
+    let own_pods = NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(labels::CLUSTER.to_string(), cluster.name.clone())])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let http_from = match &policy.http_from {
+        None => {
+            NetworkPolicyPeer { namespace_selector: Some(LabelSelector::default()), ..NetworkPolicyPeer::default() }
+        }
+        Some(extra) => {
+            let mut namespaces: std::collections::BTreeSet<String> = extra.clone();
+            namespaces.insert(cluster.namespace.clone());
+            if let Some(ns) = operator_namespace.filter(|ns| !ns.is_empty()) {
+                namespaces.insert(ns.to_string());
+            }
+            NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector {
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "kubernetes.io/metadata.name".to_string(),
+                        operator: "In".to_string(),
+                        values: Some(namespaces.into_iter().collect()),
+                    }]),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }
+        }
+    };
+    let mut http_ports = vec![HEAD_HTTP_PORT, RAYLET_METRICS_PORT];
+    http_ports.extend(cluster.head.ports.iter().map(|p| p.port));
+    let http_ports = http_ports
+        .into_iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(port)),
+            protocol: Some("TCP".to_string()),
+            end_port: None,
+        })
+        .collect();
+    Some(NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(cluster.name.clone()),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(labels::object_labels(&cluster.name, labels::ROLE_HEAD, None)),
+            owner_references: Some(vec![owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(labels::CLUSTER.to_string(), cluster.name.clone())])),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: Some(vec![own_pods]), ports: None },
+                NetworkPolicyIngressRule { from: Some(vec![http_from]), ports: Some(http_ports) },
+            ]),
+            egress: None,
+        }),
+    })
 }
 
 /// The emptyDir raylets (the head's too) spill objects to.
@@ -259,6 +361,8 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
         &RAYLET_PORT.to_string(),
         "--metrics-port",
         &RAYLET_METRICS_PORT.to_string(),
+        "--token-file",
+        TOKEN_FILE,
     ]);
     if let Some(cpus) = node.cpus {
         args.extend(strings(&["--num-cpus", &Amount(cpus).to_string()]));
@@ -282,7 +386,8 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
     let gcs_env = env("SHOAL_GCS_ADDRESS", &gcs_address(cluster));
     let spec = pod.spec.get_or_insert_with(PodSpec::default);
     push_volume(spec, spill_volume(cluster));
-    let mut raylet_mounts = vec![mount("shoal-spill", SPILL_DIR, false)];
+    push_volume(spec, token_volume(cluster));
+    let mut raylet_mounts = vec![mount("shoal-spill", SPILL_DIR, false), mount("shoal-token", TOKEN_DIR, true)];
 
     // Init: wait until the GCS accepts connections, so raylets never crash-loop while the
     // head starts (and rejoin a recreated head through the same Service name).
@@ -323,9 +428,15 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
         if worker.resources.is_none() {
             worker.resources = group.resources.clone();
         }
+        // The worker presents the token in its hello on the raylet's socket.
+        extend(&mut worker.env, vec![env("SHOAL_TOKEN_FILE", TOKEN_FILE)]);
         extend(
             &mut worker.volume_mounts,
-            vec![mount("shoal-bin", SHARED_BIN_DIR, true), mount("shoal-socket", SOCKET_DIR, false)],
+            vec![
+                mount("shoal-bin", SHARED_BIN_DIR, true),
+                mount("shoal-socket", SOCKET_DIR, false),
+                mount("shoal-token", TOKEN_DIR, true),
+            ],
         );
         // The raylet itself needs little CPU; its memory is the object store plus overhead.
         let memory = node.object_store_memory.unwrap_or(0) + RAYLET_OVERHEAD_BYTES;
@@ -619,7 +730,7 @@ mod tests {
         assert_eq!(
             raylet.args.clone().unwrap_or_default().join(" "),
             "raylet --gcs $(SHOAL_GCS_ADDRESS) --host 0.0.0.0 --node-ip $(POD_IP) --port 6380 --metrics-port 8080 \
-             --num-cpus 2 --num-gpus 0 --memory 4294967296 --object-store-memory 1073741824 \
+             --token-file /var/run/shoal/token/token --num-cpus 2 --num-gpus 0 --memory 4294967296 --object-store-memory 1073741824 \
              --labels shoal.dev/group=cpu,tier=general"
         );
         let env: Vec<&str> = raylet.env.iter().flatten().map(|e| e.name.as_str()).collect();
@@ -671,7 +782,10 @@ mod tests {
     #[test]
     fn head_pod_and_service_expose_gcs_and_http() {
         let (mut valid, _) = fixtures::valid_and_desired();
-        valid.head.token_secret = Some(crate::crd::SecretKeyRef { name: "tok".into(), key: "token".into() });
+        valid.head.token = crate::validate::ClusterToken {
+            secret: crate::crd::SecretKeyRef { name: "tok".into(), key: "token".into() },
+            create: false,
+        };
         let pod = head_pod(&valid, &owner());
         let head = container(&pod, "head");
         assert_eq!(
@@ -699,5 +813,88 @@ mod tests {
         let a = raylet_pod(&valid, &valid.groups[0], "a", &owner());
         let b = raylet_pod(&valid, &valid.groups[0], "b", &owner());
         assert_eq!(a.metadata.annotations, b.metadata.annotations);
+    }
+
+    #[test]
+    fn every_container_running_shoal_reads_the_token_from_the_mounted_secret() {
+        let (valid, _) = fixtures::valid_and_desired();
+        assert!(valid.head.token.create, "no tokenSecret: the operator makes one");
+        let head = head_pod(&valid, &owner());
+        let cpu = raylet_pod(&valid, &valid.groups[0], "demo-cpu-abcde", &owner());
+        let gpu = raylet_pod(&valid, &valid.groups[1], "demo-gpu-abcde", &owner());
+        for (pod, containers) in [(&head, &["head"][..]), (&cpu, &["raylet"][..]), (&gpu, &["raylet", "worker"][..])] {
+            let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+            let secret =
+                volumes.iter().find(|v| v.name == "shoal-token").and_then(|v| v.secret.clone()).expect("volume");
+            assert_eq!(secret.secret_name.as_deref(), Some("demo-token"));
+            for name in containers {
+                let c = container(pod, name);
+                let mounted =
+                    c.volume_mounts.iter().flatten().any(|m| m.mount_path == TOKEN_DIR && m.read_only == Some(true));
+                assert!(mounted, "{name} mounts the token read-only");
+                let args = c.args.clone().unwrap_or_default().join(" ");
+                let env = c
+                    .env
+                    .iter()
+                    .flatten()
+                    .any(|e| e.name == "SHOAL_TOKEN_FILE" && e.value.as_deref() == Some(TOKEN_FILE));
+                assert!(args.contains("--token-file /var/run/shoal/token/token") || env, "{name}: {args}");
+            }
+        }
+        let secret = token_secret(&valid, &owner(), "t0k").expect("a Secret to create");
+        assert_eq!(secret.metadata.name.as_deref(), Some("demo-token"));
+        assert_eq!(secret.metadata.owner_references, Some(vec![owner()]));
+        assert_eq!(secret.string_data.expect("data")["token"], "t0k");
+        let mut named = valid.clone();
+        named.head.token = crate::validate::ClusterToken {
+            secret: crate::crd::SecretKeyRef { name: "mine".into(), key: "k".into() },
+            create: false,
+        };
+        assert!(token_secret(&named, &owner(), "t0k").is_none(), "a named Secret is the user's");
+    }
+
+    #[test]
+    fn the_network_policy_admits_only_the_clusters_pods_to_its_ports_and_chosen_namespaces_to_http() {
+        let (mut valid, _) = fixtures::valid_and_desired();
+        let policy = network_policy(&valid, &owner(), Some("shoal-system")).expect("on by default");
+        assert_eq!(policy.metadata.owner_references, Some(vec![owner()]));
+        let spec = policy.spec.expect("spec");
+        let selector = spec.pod_selector.and_then(|s| s.match_labels).expect("selector");
+        assert_eq!(selector["shoal.dev/cluster"], "demo");
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let rules = spec.ingress.expect("rules");
+        assert_eq!(rules.len(), 2);
+        // Rule 1: the cluster's own pods, every port.
+        assert!(rules[0].ports.is_none());
+        let own = rules[0].from.clone().expect("from");
+        assert_eq!(own.len(), 1);
+        assert!(own[0].namespace_selector.is_none(), "same namespace only");
+        assert_eq!(
+            own[0].pod_selector.clone().and_then(|s| s.match_labels).expect("labels")["shoal.dev/cluster"],
+            "demo"
+        );
+        // Rule 2: HTTP ports, from the cluster's and the operator's namespaces.
+        let ports: Vec<IntOrString> = rules[1].ports.iter().flatten().filter_map(|p| p.port.clone()).collect();
+        assert_eq!(ports, [IntOrString::Int(8265), IntOrString::Int(8080)]);
+        let from = rules[1].from.clone().expect("from");
+        let names = |from: &[NetworkPolicyPeer]| {
+            from[0].namespace_selector.clone().and_then(|s| s.match_expressions).expect("expressions")[0]
+                .values
+                .clone()
+                .unwrap_or_default()
+        };
+        assert_eq!(names(&from), ["default", "shoal-system"]);
+
+        valid.network_policy = Some(crate::validate::ValidNetworkPolicy {
+            http_from: Some(["monitoring".to_string()].into_iter().collect()),
+        });
+        let rules = network_policy(&valid, &owner(), None).and_then(|p| p.spec).and_then(|s| s.ingress).expect("rules");
+        assert_eq!(names(&rules[1].from.clone().expect("from")), ["default", "monitoring"]);
+        valid.network_policy = Some(crate::validate::ValidNetworkPolicy { http_from: None });
+        let rules = network_policy(&valid, &owner(), None).and_then(|p| p.spec).and_then(|s| s.ingress).expect("rules");
+        let any = rules[1].from.clone().expect("from")[0].namespace_selector.clone().expect("selector");
+        assert_eq!(any, LabelSelector::default(), "\"*\": every namespace");
+        valid.network_policy = None;
+        assert!(network_policy(&valid, &owner(), None).is_none());
     }
 }

@@ -144,14 +144,17 @@ async fn run_controller(
         controller: labels::FIELD_MANAGER.to_string(),
         instance: (!args.pod_name.is_empty()).then(|| args.pod_name.clone()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        pod_store,
-        Recorder::new(client, reporter),
-        Arc::new(RestNodeSource::default()),
-        metrics,
-        args.head_port,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            pod_store,
+            Recorder::new(client, reporter),
+            Arc::new(RestNodeSource::default()),
+            metrics,
+            args.head_port,
+        )
+        .with_operator_namespace(&args.operator_namespace),
+    );
     tracing::info!(namespace = %args.watch_namespace, "reconciling TaskClusters");
     Controller::new(clusters, watcher::Config::default())
         .owns_stream(pod_stream)

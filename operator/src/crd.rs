@@ -89,6 +89,37 @@ pub struct TaskClusterSpec {
     /// back to false recreates them.
     #[serde(default)]
     pub suspend: bool,
+    /// Who may reach the cluster's pods. By default a NetworkPolicy lets only the
+    /// cluster's own pods reach the GCS, raylet and object ports, and the HTTP ports
+    /// (REST API, metrics) only from the cluster's and the operator's namespaces.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The NetworkPolicy the operator gives a cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the policy (default true). Turn it off only where another policy, or a
+    /// network with no NetworkPolicy support, already decides who reaches the pods.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// More namespaces whose pods may reach the HTTP ports (REST API, `/metrics`) and
+    /// the head's extra ports, e.g. where Prometheus or the drivers run; `"*"` means
+    /// every namespace. The cluster's own namespace and the operator's always may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub http_from_namespaces: Vec<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true, http_from_namespaces: Vec::new() }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Image pull policy of the shoal containers.
@@ -131,7 +162,10 @@ pub struct HeadSpec {
     /// tolerations, affinity, serviceAccountName, extra volumes and containers...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodTemplate>,
-    /// A Secret holding a bearer token the REST API requires.
+    /// The Secret holding the cluster token every component requires of its callers
+    /// (REST, GCS and raylet RPCs, worker sockets). Absent: the operator creates
+    /// `<cluster>-token` (key `token`) with a random token, owned by the TaskCluster,
+    /// and never changes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<SecretKeyRef>,
     /// CPUs the head's own raylet offers to tasks (like Ray's head `num-cpus`). The head's

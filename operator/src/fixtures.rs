@@ -74,6 +74,8 @@ pub(crate) enum Reply {
     Echo,
     /// An error status with a Kubernetes `Status` body.
     Fail(u16, &'static str),
+    /// 200 with this body.
+    Json(Value),
 }
 
 /// One expected call.
@@ -99,6 +101,11 @@ pub(crate) struct Made {
 pub(crate) const PODS: &str = "/api/v1/namespaces/default/pods";
 pub(crate) const SERVICE: &str = "/api/v1/namespaces/default/services/demo-head";
 pub(crate) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+pub(crate) const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+pub(crate) const SECRET: &str = "/api/v1/namespaces/default/secrets/demo-token";
+pub(crate) const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo";
+/// The token the fixture cluster's Secret holds.
+pub(crate) const TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 pub(crate) const STATUS: &str = "/apis/shoal.dev/v1alpha1/namespaces/default/taskclusters/demo/status";
 
 pub(crate) fn now() -> Timestamp {
@@ -106,15 +113,17 @@ pub(crate) fn now() -> Timestamp {
 }
 
 /// A head that reports a fixed set of idle pods.
-pub(crate) struct FakeHead(pub(crate) Mutex<BTreeSet<String>>);
+/// The second field is the token it was last asked with.
+pub(crate) struct FakeHead(pub(crate) Mutex<BTreeSet<String>>, pub(crate) Mutex<Option<String>>);
 
 impl NodeSource for FakeHead {
     fn idle_pods<'a>(
         &'a self,
         base_url: &'a str,
-        _token: Option<&'a str>,
+        token: Option<&'a str>,
     ) -> BoxFuture<'a, Result<BTreeSet<String>, HeadError>> {
         assert_eq!(base_url, "http://demo-head.default.svc:8265");
+        *self.1.lock().expect("lock") = token.map(str::to_string);
         let idle = self.0.lock().expect("lock").clone();
         Box::pin(async move { Ok(idle) })
     }
@@ -126,6 +135,38 @@ pub(crate) struct Harness {
     pub(crate) handle: ApiHandle,
     pub(crate) cache: Writer<Pod>,
     pub(crate) idle: Arc<FakeHead>,
+    /// The calls every reconcile of the fixture cluster opens with (the token Secret,
+    /// the NetworkPolicy), checked in order before the test's own calls and kept in
+    /// [`Harness::opened`] rather than in the calls a reconcile returns.
+    pub(crate) opening: Vec<Call>,
+    /// The opening calls the last reconcile made.
+    pub(crate) opened: Vec<Made>,
+}
+
+/// The opening calls of a reconcile when the cluster's token Secret exists.
+pub(crate) fn opening_calls() -> Vec<Call> {
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-token", "namespace": "default"},
+        "data": {"token": base64(TOKEN.as_bytes())}});
+    vec![
+        Call { method: Method::GET, path: SECRET.to_string(), reply: Reply::Json(secret) },
+        call(Method::PATCH, NETPOL),
+    ]
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 pub(crate) fn harness() -> Harness {
@@ -134,7 +175,7 @@ pub(crate) fn harness() -> Harness {
     let (store, cache) = reflector::store();
     let recorder =
         Recorder::new(client.clone(), Reporter { controller: "shoal-operator".into(), instance: Some("test".into()) });
-    let idle = Arc::new(FakeHead(Mutex::new(BTreeSet::new())));
+    let idle = Arc::new(FakeHead(Mutex::new(BTreeSet::new()), Mutex::new(None)));
     let ctx = Context::with_determinism(
         client,
         store,
@@ -145,7 +186,7 @@ pub(crate) fn harness() -> Harness {
         fastrand::Rng::with_seed(7),
         now,
     );
-    Harness { ctx: Arc::new(ctx), handle, cache, idle }
+    Harness { ctx: Arc::new(ctx), handle, cache, idle, opening: opening_calls(), opened: Vec::new() }
 }
 
 impl Harness {
@@ -170,6 +211,8 @@ impl Harness {
         calls: Vec<Call>,
     ) -> (Result<kube::runtime::controller::Action, crate::Error>, Vec<Made>) {
         let handle = &mut self.handle;
+        let opening = self.opening.len();
+        let calls: Vec<Call> = self.opening.iter().cloned().chain(calls).collect();
         let verifier = async move {
             let mut made = Vec::new();
             for expected in calls {
@@ -208,6 +251,10 @@ impl Harness {
                             .body(Body::from(serde_json::to_vec(&reply).expect("json")))
                             .expect("response")
                     }
+                    Reply::Json(ref reply) => Response::builder()
+                        .status(200)
+                        .body(Body::from(serde_json::to_vec(reply).expect("json")))
+                        .expect("response"),
                     Reply::Fail(code, message) => {
                         let status = json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                             "message": message, "reason": "Forbidden", "code": code});
@@ -226,7 +273,10 @@ impl Harness {
             Duration::from_secs(5),
             crate::reconcile::reconcile(Arc::new(tc.clone()), self.ctx.clone()),
         );
-        let (result, made) = tokio::join!(run, verifier);
+        let (result, mut made) = tokio::join!(run, verifier);
+        let rest = made.split_off(opening.min(made.len()));
+        self.opened = made;
+        let made = rest;
         (result.expect("the reconcile made a call nobody expected (it waited for a reply)"), made)
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Each step but the API calls is a pure function in its own module ([`crate::validate`],
 //! [`crate::build`], [`crate::plan`], [`crate::status`]); this module only reads the pod
-//! cache, makes the calls in a fixed order (head Service, then the planned pod creates and
-//! deletes, then the status), records expectations and Events, and stops at the first
+//! cache, makes the calls in a fixed order (the token Secret when the operator owns it,
+//! the NetworkPolicy, the head Service, the head's state claim, then the planned pod
+//! creates and deletes, then the status), records expectations and Events, and stops at the first
 //! failed call so a failing API (quota, webhook) is not hammered. A failure is written to
 //! the `ReplicaFailure` condition and an Event, and the error makes the controller retry
 //! with backoff; the next successful pass clears the condition.
@@ -17,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
@@ -62,6 +64,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Port of the heads' REST API.
     pub head_port: u16,
+    /// The operator's namespace, let through each cluster's NetworkPolicy to the REST API.
+    pub operator_namespace: Option<String>,
     names: Mutex<fastrand::Rng>,
     clock: fn() -> Timestamp,
 }
@@ -99,9 +103,16 @@ impl Context {
             nodes,
             metrics,
             head_port,
+            operator_namespace: None,
             names: Mutex::new(rng),
             clock,
         }
+    }
+
+    /// Names the operator's namespace (empty: unknown, as outside a cluster).
+    pub fn with_operator_namespace(mut self, namespace: &str) -> Self {
+        self.operator_namespace = (!namespace.is_empty()).then(|| namespace.to_string());
+        self
     }
 
     fn pod_name(&self, cluster: &str, group: &str, taken: &[PodView]) -> String {
@@ -200,13 +211,42 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let mut failure = None;
 
+    // The token Secret first: every pod mounts it. Then the NetworkPolicy, before
+    // anything it guards can be reached.
+    let mut token = None;
+    if valid.head.token.create {
+        match ensure_token_secret(ctx, &valid, &owner, &events).await {
+            Ok(t) => token = t,
+            Err(f) => failure = Some(f),
+        }
+    }
+
+    // The NetworkPolicy, or its removal when the spec turns it off.
+    if failure.is_none() {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = match build::network_policy(&valid, &owner, ctx.operator_namespace.as_deref()) {
+            Some(policy) => policies.patch(&name, &apply, &Patch::Apply(&policy)).await.map(|_| ()),
+            None => match policies.delete(&name, &DeleteParams::default()).await {
+                Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                other => other.map(|_| ()),
+            },
+        };
+        if let Err(e) = result {
+            let message = format!("applying NetworkPolicy {name}: {e}");
+            events.warn("FailedApply", "Apply", message.clone(), None).await;
+            failure = Some(Failure { reason: "FailedApply", message });
+        }
+    }
+
     // The Service stays while suspended, so the cluster's address never changes.
-    let service = build::head_service(&valid, &owner);
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    if let Err(e) = services.patch(&labels::head_name(&name), &apply, &Patch::Apply(&service)).await {
-        let message = format!("applying Service {}: {e}", labels::head_name(&name));
-        events.warn("FailedApply", "Apply", message.clone(), None).await;
-        failure = Some(Failure { reason: "FailedApply", message });
+    if failure.is_none() {
+        let service = build::head_service(&valid, &owner);
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+        if let Err(e) = services.patch(&labels::head_name(&name), &apply, &Patch::Apply(&service)).await {
+            let message = format!("applying Service {}: {e}", labels::head_name(&name));
+            events.warn("FailedApply", "Apply", message.clone(), None).await;
+            failure = Some(Failure { reason: "FailedApply", message });
+        }
     }
 
     // The head's state claim, when the operator creates it: before the head pod that mounts it.
@@ -221,7 +261,8 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
     }
 
     if failure.is_none() {
-        let idle = if plan::wants_idle_nodes(&desired, &pods) { idle_pods(ctx, &valid).await } else { BTreeSet::new() };
+        let idle =
+            if plan::wants_idle_nodes(&desired, &pods) { idle_pods(ctx, &valid, token).await } else { BTreeSet::new() };
         for action in plan::plan(&desired, &pods, &idle) {
             match action {
                 PodAction::CreateHead => {
@@ -344,21 +385,81 @@ async fn delete(
     Ok(())
 }
 
+/// Makes sure the token Secret the operator owns exists, creating it with a new random
+/// token when absent; never rewrites an existing one (pods and clients hold its value).
+/// Returns the token when the Secret holds one. Its value goes into no log, Event or status.
+async fn ensure_token_secret(
+    ctx: &Context,
+    cluster: &ValidCluster,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    events: &Events<'_>,
+) -> Result<Option<String>, Failure> {
+    let secret_ref = &cluster.head.token.secret;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
+    let failed = |what: &str, e: &dyn std::fmt::Display| Failure {
+        reason: "FailedApply",
+        message: format!("{what} the token Secret {}: {e}", secret_ref.name),
+    };
+    match secrets.get(&secret_ref.name).await {
+        Ok(secret) => return Ok(secret_value(&secret, &secret_ref.key)),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => {
+            let f = failed("reading", &e);
+            events.warn(f.reason, "Apply", f.message.clone(), None).await;
+            return Err(f);
+        }
+    }
+    let token = new_token().map_err(|e| failed("generating a token for", &e))?;
+    let Some(secret) = build::token_secret(cluster, owner, &token) else { return Ok(None) };
+    match secrets
+        .create(&PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PostParams::default() }, &secret)
+        .await
+    {
+        Ok(_) => {
+            events
+                .normal("Created", "Create", format!("created the cluster token Secret {}", secret_ref.name), None)
+                .await;
+            Ok(Some(token))
+        }
+        // Made meanwhile (another replica, a user): theirs stands; read it next time.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(e) => {
+            let f = failed("creating", &e);
+            events.warn(f.reason, "Create", f.message.clone(), None).await;
+            Err(f)
+        }
+    }
+}
+
+/// The value under `key` of a Secret, from `data` (or `stringData`, as a create's reply
+/// may carry it).
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let from_data = secret.data.as_ref().and_then(|d| d.get(key)).and_then(|b| String::from_utf8(b.0.clone()).ok());
+    from_data
+        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(key)).cloned())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// A new cluster token: 32 random bytes from the kernel, as 64 hex digits (the format
+/// `shoal head` generates).
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Pods whose node the head reports idle; empty (with a log line) when the head cannot say.
-async fn idle_pods(ctx: &Context, cluster: &ValidCluster) -> BTreeSet<String> {
-    let mut token = None;
-    if let Some(secret_ref) = &cluster.head.token_secret {
+async fn idle_pods(ctx: &Context, cluster: &ValidCluster, known_token: Option<String>) -> BTreeSet<String> {
+    let mut token = known_token;
+    if token.is_none() {
+        let secret_ref = &cluster.head.token.secret;
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &cluster.namespace);
         match secrets.get(&secret_ref.name).await {
-            Ok(secret) => {
-                token = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(&secret_ref.key))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok());
-            }
+            Ok(secret) => token = secret_value(&secret, &secret_ref.key),
             Err(e) => {
-                tracing::warn!(secret = %secret_ref.name, error = %e, "cannot read the head's token")
+                tracing::warn!(secret = %secret_ref.name, error = %e, "cannot read the cluster token")
             }
         }
     }

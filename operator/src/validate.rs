@@ -49,6 +49,30 @@ pub struct ValidCluster {
     pub spill_volume: SpillVolume,
     /// `spec.suspend`.
     pub suspend: bool,
+    /// The cluster's NetworkPolicy; `None` when `spec.networkPolicy.enabled` is false.
+    pub network_policy: Option<ValidNetworkPolicy>,
+}
+
+/// Where the cluster token lives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterToken {
+    /// The Secret and key.
+    pub secret: SecretKeyRef,
+    /// True when the spec names none: the operator creates `<cluster>-token`.
+    pub create: bool,
+}
+
+/// Name of the token Secret the operator creates for a cluster.
+pub fn token_secret_name(cluster: &str) -> String {
+    format!("{cluster}-token")
+}
+
+/// The cluster's NetworkPolicy, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidNetworkPolicy {
+    /// Namespaces (besides the cluster's and the operator's) whose pods may reach the
+    /// HTTP ports; `None`: every namespace.
+    pub http_from: Option<BTreeSet<String>>,
 }
 
 /// The head part of a [`ValidCluster`].
@@ -62,8 +86,8 @@ pub struct ValidHead {
     pub ports: Vec<ExtraPort>,
     /// The user's overrides, typed.
     pub template: PodTemplateSpec,
-    /// Bearer token Secret of the REST API.
-    pub token_secret: Option<SecretKeyRef>,
+    /// The Secret holding the cluster token, and whether the operator creates it.
+    pub token: ClusterToken,
     /// CPUs the head's raylet offers to tasks.
     pub num_cpus: f64,
     /// Where the head keeps its state.
@@ -190,6 +214,39 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
         },
     };
 
+    let token = match &spec.head.token_secret {
+        Some(secret) => {
+            if secret.name.trim().is_empty() || secret.key.trim().is_empty() {
+                problems.push("spec.head.tokenSecret needs a name and a key".to_string());
+            }
+            ClusterToken { secret: secret.clone(), create: false }
+        }
+        None => ClusterToken {
+            secret: SecretKeyRef { name: token_secret_name(&name), key: "token".to_string() },
+            create: true,
+        },
+    };
+    let network_policy = spec.network_policy.enabled.then(|| {
+        let from = &spec.network_policy.http_from_namespaces;
+        if from.iter().any(|n| n == "*") {
+            return ValidNetworkPolicy { http_from: None };
+        }
+        for ns in from {
+            // A namespace name is a DNS-1123 label: it may start with a digit.
+            let ok = !ns.is_empty()
+                && ns.len() <= 63
+                && ns.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !ns.starts_with('-')
+                && !ns.ends_with('-');
+            if !ok {
+                problems.push(format!(
+                    "spec.networkPolicy.httpFromNamespaces: {ns:?} is not a namespace name (or \"*\" for every namespace)"
+                ));
+            }
+        }
+        ValidNetworkPolicy { http_from: Some(from.iter().cloned().collect()) }
+    });
+
     if spec.worker_groups.len() > MAX_WORKER_GROUPS {
         problems.push(format!("spec.workerGroups: at most {MAX_WORKER_GROUPS} groups"));
     }
@@ -261,13 +318,14 @@ pub fn validate(cluster: &TaskCluster) -> Result<ValidCluster, Vec<String>> {
             service_type: spec.head.service_type,
             ports: spec.head.ports.clone(),
             template: head_template,
-            token_secret: spec.head.token_secret.clone(),
+            token,
             num_cpus,
             state: head_state,
         },
         groups,
         spill_volume: spec.object_store.spill_volume.clone().unwrap_or_default(),
         suspend: spec.suspend,
+        network_policy,
     })
 }
 
@@ -395,5 +453,28 @@ mod tests {
         assert!(text.contains("longer than 16"), "{text}");
         assert!(text.contains("not a valid pod template"), "{text}");
         assert!(text.contains("spec.objectStore.memory"), "{text}");
+    }
+
+    #[test]
+    fn the_token_secret_and_network_policy_default_to_the_operators() {
+        let mut tc = fixtures::cluster();
+        let valid = validate(&tc).expect("valid");
+        assert_eq!(valid.head.token.secret.name, "demo-token");
+        assert_eq!(valid.head.token.secret.key, "token");
+        assert!(valid.head.token.create);
+        assert_eq!(valid.network_policy, Some(ValidNetworkPolicy { http_from: Some(BTreeSet::new()) }));
+
+        tc.spec.network_policy.http_from_namespaces = vec!["1st-team".into(), "*".into()];
+        assert_eq!(validate(&tc).expect("valid").network_policy, Some(ValidNetworkPolicy { http_from: None }));
+        tc.spec.network_policy.http_from_namespaces = vec!["Not_A_Namespace".into()];
+        let text = validate(&tc).expect_err("invalid").join("\n");
+        assert!(text.contains("\"Not_A_Namespace\" is not a namespace name"), "{text}");
+        tc.spec.network_policy.enabled = false;
+        tc.spec.head.token_secret = Some(SecretKeyRef { name: "mine".into(), key: String::new() });
+        let text = validate(&tc).expect_err("invalid").join("\n");
+        assert!(text.contains("tokenSecret needs a name and a key"), "{text}");
+        tc.spec.head.token_secret = Some(SecretKeyRef { name: "mine".into(), key: "k".into() });
+        let valid = validate(&tc).expect("valid");
+        assert!(!valid.head.token.create && valid.network_policy.is_none());
     }
 }

@@ -151,11 +151,11 @@ fn every_committed_document_parses_into_its_type() {
 fn chart_with_every_option_renders_valid_objects() {
     let release = helm::Release { name: "shoal".into(), namespace: "ops".into() };
     let all = "serviceMonitor: {enabled: true}\npodMonitor: {enabled: true}\ndashboard: {enabled: true}\n\
-               networkPolicy: {enabled: true}\nexampleCluster: {enabled: true}\nwatchNamespace: team-a\n\
+               exampleCluster: {enabled: true}\nwatchNamespace: team-a\n\
                leaderElection: {enabled: false}\n";
     let rendered = helm::render_chart(&chart(), &release, all).expect("renders");
     let kinds = parse_documents("chart (all options)", &rendered);
-    for kind in ["ServiceMonitor", "PodMonitor", "ConfigMap", "NetworkPolicy", "TaskCluster", "Role", "RoleBinding"] {
+    for kind in ["ServiceMonitor", "PodMonitor", "ConfigMap", "TaskCluster", "Role", "RoleBinding"] {
         assert!(kinds.iter().any(|k| k == kind), "missing {kind} in {kinds:?}");
     }
     assert!(!kinds.iter().any(|k| k == "ClusterRole"), "a namespaced install needs no ClusterRole");
@@ -188,7 +188,8 @@ fn rbac_grants_only_what_the_operator_uses() {
             "pods:get,list,watch,create,patch,delete",
             "services:get,create,patch",
             "persistentvolumeclaims:get,create,patch",
-            "secrets:get",
+            "secrets:get,create",
+            "networkpolicies:get,create,patch,delete",
             "events:create,patch",
         ]
     );

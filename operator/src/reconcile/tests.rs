@@ -9,7 +9,10 @@ use serde_json::json;
 
 use crate::build;
 use crate::crd::{TaskCluster, TaskClusterStatus};
-use crate::fixtures::{self, call, harness, live, Call, Harness, Made, Reply, EVENTS, PODS, SERVICE, STATUS};
+use crate::fixtures::{
+    self, call, harness, live, Call, Harness, Made, Reply, EVENTS, NETPOL, PODS, SECRET, SECRETS, SERVICE, STATUS,
+    TOKEN,
+};
 use crate::validate::validate;
 
 fn owner(tc: &TaskCluster) -> OwnerReference {
@@ -240,6 +243,7 @@ async fn scale_down_removes_idle_pods_first() {
     .await;
     assert!(ok);
     assert_eq!(made[1].body["preconditions"], json!({"uid": "uid-demo-cpu-1"}));
+    assert_eq!(h.idle.1.lock().expect("lock").as_deref(), Some(TOKEN), "the head is asked with the cluster token");
     assert_eq!(
         event(&made[2]),
         ("Normal".into(), "Deleted".into(), "deleted pod demo-cpu-1: the group has more pods than replicas".into())
@@ -441,6 +445,8 @@ async fn invalid_spec_is_reported_once_without_touching_pods() {
     let mut h = harness();
     let mut tc = fixtures::cluster();
     tc.spec.worker_groups[0].min_replicas = 9;
+    // An invalid cluster gets no Secret and no policy: nothing but its status is touched.
+    h.opening = vec![];
     let (ok, made) = run(&mut h, &mut tc, vec![call(Method::POST, EVENTS), call(Method::PATCH, STATUS)]).await;
     assert!(ok);
     assert_eq!(event(&made[0]).1, "InvalidSpec");
@@ -450,4 +456,100 @@ async fn invalid_spec_is_reported_once_without_touching_pods() {
     // Reported once: the same invalid spec makes no further calls.
     let (ok, _) = run(&mut h, &mut tc, vec![]).await;
     assert!(ok);
+}
+
+#[tokio::test]
+async fn a_missing_token_secret_is_created_once_and_its_value_is_in_no_event_or_status() {
+    let mut h = harness();
+    let mut tc = fixtures::cluster();
+    h.opening = vec![
+        Call { method: Method::GET, path: SECRET.into(), reply: Reply::Fail(404, "secrets \"demo-token\" not found") },
+        call(Method::POST, SECRETS),
+        call(Method::POST, EVENTS),
+        call(Method::PATCH, NETPOL),
+    ];
+    let (ok, made) = run(&mut h, &mut tc, with(create_calls(), vec![call(Method::PATCH, SERVICE)], vec![])).await;
+    assert!(ok);
+    let created = &h.opened[1];
+    assert!(created.query.contains("fieldManager=shoal-operator"), "{}", created.query);
+    assert_eq!(created.body["metadata"]["name"], "demo-token");
+    assert_eq!(created.body["metadata"]["ownerReferences"][0]["uid"], tc.metadata.uid.clone().expect("uid"));
+    let token = created.body["stringData"]["token"].as_str().expect("a token").to_string();
+    assert_eq!(token.len(), 64);
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()), "{token}");
+    assert_eq!(event(&h.opened[2]).1, "Created");
+
+    // Every pod mounts the Secret and every shoal process reads the token from it.
+    for pod in made.iter().filter(|m| m.body["kind"] == "Pod") {
+        let volumes = pod.body["spec"]["volumes"].as_array().expect("volumes");
+        assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "demo-token"), "{}", pod.path);
+        for c in pod.body["spec"]["containers"].as_array().expect("containers") {
+            let args = c["args"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "));
+            let env = c["env"].as_array().cloned().unwrap_or_default();
+            let reads_token = args.is_some_and(|a| a.contains("--token-file /var/run/shoal/token/token"))
+                || env.iter().any(|e| e["name"] == "SHOAL_TOKEN_FILE");
+            assert!(reads_token, "container {} of {} gets the token", c["name"], pod.path);
+        }
+    }
+    // The value itself appears in no call but the Secret's create.
+    for m in h.opened.iter().chain(&made).filter(|m| m.path != SECRETS) {
+        assert!(!m.body.to_string().contains(&token), "the token leaked into {}", m.path);
+    }
+
+    // Once it exists it is read, never rewritten.
+    h.opening = fixtures::opening_calls();
+    let (ok, _) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE)]).await;
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn a_named_token_secret_is_used_as_it_is_and_never_created() {
+    let mut h = harness();
+    let mut tc = fixtures::cluster();
+    tc.spec.head.token_secret = Some(crate::crd::SecretKeyRef { name: "mine".into(), key: "t".into() });
+    h.opening = vec![call(Method::PATCH, NETPOL)];
+    let (ok, made) = run(&mut h, &mut tc, with(create_calls(), vec![call(Method::PATCH, SERVICE)], vec![])).await;
+    assert!(ok);
+    let head = &made[1].body;
+    let volume =
+        head["spec"]["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == "shoal-token").cloned();
+    assert_eq!(volume.expect("the token volume")["secret"]["secretName"], "mine");
+}
+
+#[tokio::test]
+async fn a_failing_secret_read_stops_the_reconcile_before_any_pod() {
+    let mut h = harness();
+    let mut tc = fixtures::cluster();
+    h.opening = vec![
+        Call { method: Method::GET, path: SECRET.into(), reply: Reply::Fail(403, "secrets is forbidden") },
+        call(Method::POST, EVENTS),
+        call(Method::PATCH, STATUS),
+    ];
+    let (ok, _) = run(&mut h, &mut tc, vec![]).await;
+    assert!(!ok);
+    let status = status_of(&h.opened[2]);
+    let failure = status.conditions.iter().find(|c| c.type_ == "ReplicaFailure").expect("condition");
+    assert_eq!(failure.status, "True");
+    assert!(failure.message.contains("reading the token Secret demo-token"), "{}", failure.message);
+}
+
+#[tokio::test]
+async fn the_network_policy_is_applied_by_default_and_removed_when_turned_off() {
+    let mut h = harness();
+    let mut tc = fixtures::cluster();
+    let (ok, _) = run(&mut h, &mut tc, with(create_calls(), vec![call(Method::PATCH, SERVICE)], vec![])).await;
+    assert!(ok);
+    let policy = &h.opened[1];
+    assert!(policy.query.contains("fieldManager=shoal-operator") && policy.query.contains("force=true"));
+    let valid = validate(&tc).expect("valid");
+    assert_eq!(policy.body, serde_json::to_value(build::network_policy(&valid, &owner(&tc), None)).expect("json"));
+
+    tc.spec.network_policy.enabled = false;
+    tc.metadata.generation = Some(2);
+    let mut opening = fixtures::opening_calls();
+    opening[1].method = Method::DELETE;
+    opening[1].reply = Reply::Fail(404, "not found");
+    h.opening = opening;
+    let (ok, _) = run(&mut h, &mut tc, vec![call(Method::PATCH, SERVICE), call(Method::PATCH, STATUS)]).await;
+    assert!(ok, "an absent policy is already removed");
 }
