@@ -116,7 +116,7 @@ async fn partitioned_raylet_is_declared_dead_and_rejoins_as_a_new_node() {
     let first: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     let old_id = first["node_id"].as_str().unwrap().to_string();
     let ns_address = first["grpc"].as_str().unwrap().to_string();
-    shoal::auth::remember(&[ns_address.clone()], cluster.token.as_ref().expect("the cluster has a token"));
+    shoal::auth::remember(std::slice::from_ref(&ns_address), cluster.token.as_ref().expect("the cluster has a token"));
     // Every raylet sees the new node before work is spread over it.
     let mut addresses: Vec<String> = cluster.raylets.iter().map(|r| r.address.clone()).collect();
     addresses.push(ns_address.clone());
@@ -185,7 +185,7 @@ async fn a_result_reaches_an_owner_that_could_not_be_reached_while_its_task_ran(
     common::wait_for("the owner raylet is ready", Duration::from_secs(20), || async { ready.exists() }).await;
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     let owner = info["grpc"].as_str().unwrap().to_string();
-    shoal::auth::remember(&[owner.clone()], cluster.token.as_ref().expect("the cluster has a token"));
+    shoal::auth::remember(std::slice::from_ref(&owner), cluster.token.as_ref().expect("the cluster has a token"));
     common::wait_for("the owner knows both nodes", Duration::from_secs(20), || async {
         common::stats(&owner).await.known_nodes >= 2
     })

@@ -1,6 +1,6 @@
 //! The flags of `shoal operator`, each with its environment variable and default.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 
 /// Flags of `shoal operator`.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -45,4 +45,31 @@ pub struct OperatorArgs {
     /// TaskClusters reconciled at the same time.
     #[arg(long, env = "SHOAL_OPERATOR_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+}
+
+/// `shoal operator [render FILE]`: run the operator, or print what it would create.
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct OperatorCommand {
+    /// What to do instead of running the operator.
+    #[command(subcommand)]
+    pub action: Option<OperatorAction>,
+    /// The operator's flags.
+    #[command(flatten)]
+    pub args: OperatorArgs,
+}
+
+/// Subcommands of `shoal operator`.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Print, as YAML, every object the operator would create for the TaskClusters in
+    /// FILE (`-` for stdin): token Secret, NetworkPolicy, Service, state claim and pods.
+    /// No API server is needed; each Secret holds a freshly drawn token.
+    Render {
+        /// A YAML file with one or more TaskClusters.
+        file: std::path::PathBuf,
+        /// The operator's namespace, let through the NetworkPolicies to the REST API.
+        #[arg(long, default_value = "")]
+        operator_namespace: String,
+    },
 }

@@ -39,13 +39,14 @@ pub mod metrics;
 pub mod plan;
 pub mod quantity;
 pub mod reconcile;
+pub mod render;
 pub mod status;
 pub mod validate;
 
 #[cfg(test)]
 mod fixtures;
 
-pub use args::OperatorArgs;
+pub use args::{OperatorAction, OperatorArgs, OperatorCommand};
 pub use controller::run;
 pub use crd::{crd_yaml, TaskCluster, TaskClusterSpec, TaskClusterStatus};
 pub use error::Error;

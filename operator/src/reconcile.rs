@@ -443,7 +443,7 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 
 /// A new cluster token: 32 random bytes from the kernel, as 64 hex digits (the format
 /// `shoal head` generates).
-fn new_token() -> std::io::Result<String> {
+pub(crate) fn new_token() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

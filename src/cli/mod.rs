@@ -59,7 +59,7 @@ pub enum Command {
     /// Wait until a TCP address accepts connections (init containers).
     WaitFor(cluster::WaitForArgs),
     /// Run the Kubernetes operator that reconciles TaskCluster resources.
-    Operator(shoal_operator::OperatorArgs),
+    Operator(shoal_operator::OperatorCommand),
     /// Print the TaskCluster CustomResourceDefinition as YAML.
     Crd,
     /// Submit a job to a cluster's REST API.
@@ -110,9 +110,28 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => cluster::run(a).await,
         Command::Bench(a) => cluster::bench(a).await,
         Command::WaitFor(a) => cluster::wait_for(a).await,
-        Command::Operator(a) => {
-            shoal_operator::run(a).await?;
+        Command::Operator(shoal_operator::OperatorCommand { action: None, args }) => {
+            shoal_operator::run(args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator(shoal_operator::OperatorCommand {
+            action: Some(shoal_operator::OperatorAction::Render { file, operator_namespace }),
+            ..
+        }) => {
+            use anyhow::Context as _;
+            let yaml = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let ns = (!operator_namespace.is_empty()).then_some(operator_namespace.as_str());
+            match shoal_operator::render::render(&yaml, ns) {
+                Ok(out) => {
+                    print!("{out}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => anyhow::bail!("{e}"),
+            }
         }
         Command::Crd => {
             print!("{}", shoal_operator::crd_yaml());
