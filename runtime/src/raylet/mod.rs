@@ -279,10 +279,14 @@ impl Raylet {
         }
         let unix = tokio::net::UnixListener::bind(&config.worker_socket)
             .map_err(|e| Error::io(format!("cannot listen on {}", config.worker_socket.display()), e))?;
-        // Only this user's processes may connect (the hello's token is checked too).
+        // Workers this raylet starts run as its user: only that user may connect. External
+        // workers (a pod's worker container) may run as any uid, so any may connect; the
+        // socket's directory is then the pod's own volume, and the hello's token is what
+        // admits a worker either way.
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&config.worker_socket, std::fs::Permissions::from_mode(0o600));
+            let mode = if config.external_workers { 0o666 } else { 0o600 };
+            let _ = std::fs::set_permissions(&config.worker_socket, std::fs::Permissions::from_mode(mode));
         }
 
         let gcs = connect_gcs(&config.gcs_address, config.token.as_ref(), Duration::from_secs(30)).await?;
