@@ -56,6 +56,9 @@ pub const TOKEN_FILE: &str = "/var/run/shoal/token/token";
 pub const SPILL_DIR: &str = "/var/lib/shoal/spill";
 /// Where the head keeps its job table, job logs and KV store.
 pub const STATE_DIR: &str = "/var/lib/shoal/state";
+/// uid, gid and fsGroup of shoal pods unless their template sets a pod securityContext
+/// (the distroless image's `nonroot` user).
+pub const DEFAULT_UID: i64 = 65532;
 /// Seconds the GCS-wait init container waits before failing (and being retried by the kubelet).
 pub const GCS_WAIT_TIMEOUT_SECS: u32 = 300;
 
@@ -425,6 +428,7 @@ fn raylet_template(cluster: &ValidCluster, group: &ValidGroup) -> Pod {
             &node.worker_processes().to_string(),
         ]));
         worker.args = None;
+        worker.security_context.get_or_insert_with(restricted_container_context);
         if worker.resources.is_none() {
             worker.resources = group.resources.clone();
         }
@@ -485,11 +489,18 @@ fn base_pod(
         annotations.entry(k.to_string()).or_insert(v);
     }
     let mut spec = template.spec.clone().unwrap_or_default();
+    // A numeric uid, so images whose default user is root (most Python images) still
+    // start under runAsNonRoot; fsGroup makes the shared volumes usable by it.
     spec.security_context.get_or_insert_with(|| PodSecurityContext {
         run_as_non_root: Some(true),
+        run_as_user: Some(DEFAULT_UID),
+        run_as_group: Some(DEFAULT_UID),
+        fs_group: Some(DEFAULT_UID),
         seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
         ..PodSecurityContext::default()
     });
+    // No shoal pod calls the API server.
+    spec.automount_service_account_token.get_or_insert(false);
     Pod { metadata, spec: Some(spec), status: None }
 }
 
@@ -517,11 +528,16 @@ fn image_of(c: &mut Container, cluster: &ValidCluster) {
     if c.image_pull_policy.is_none() {
         c.image_pull_policy = cluster.image_pull_policy.map(|p| p.as_str().to_string());
     }
-    c.security_context.get_or_insert_with(|| SecurityContext {
+    c.security_context.get_or_insert_with(restricted_container_context);
+}
+
+/// The container security context of the restricted Pod Security profile.
+fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
         ..SecurityContext::default()
-    });
+    }
 }
 
 /// Sets name, namespace, owner and hash on a built template.
@@ -896,5 +912,93 @@ mod tests {
         assert_eq!(any, LabelSelector::default(), "\"*\": every namespace");
         valid.network_policy = None;
         assert!(network_policy(&valid, &owner(), None).is_none());
+    }
+
+    /// The rules of the restricted Pod Security profile (and the kubelet's runAsNonRoot
+    /// check) that a pod's spec decides; returns every violation.
+    fn restricted_violations(pod: &Pod) -> Vec<String> {
+        let spec = pod.spec.as_ref().expect("spec");
+        let pod_ctx = spec.security_context.clone().unwrap_or_default();
+        let mut v = Vec::new();
+        if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+            v.push("host namespaces".to_string());
+        }
+        if spec.automount_service_account_token != Some(false) {
+            v.push("a service account token is mounted".to_string());
+        }
+        for vol in spec.volumes.iter().flatten() {
+            let allowed = vol.empty_dir.is_some()
+                || vol.secret.is_some()
+                || vol.config_map.is_some()
+                || vol.persistent_volume_claim.is_some()
+                || vol.projected.is_some()
+                || vol.downward_api.is_some();
+            if !allowed {
+                v.push(format!("volume {} has a restricted type", vol.name));
+            }
+        }
+        let all = spec.init_containers.iter().flatten().chain(spec.containers.iter());
+        for c in all {
+            let ctx = c.security_context.clone().unwrap_or_default();
+            let non_root = ctx.run_as_non_root.or(pod_ctx.run_as_non_root) == Some(true);
+            // The kubelet refuses runAsNonRoot without a numeric non-zero uid when the
+            // image's user is root (or a name): the uid must be set here.
+            let uid = ctx.run_as_user.or(pod_ctx.run_as_user);
+            if !non_root || uid.is_none() || uid == Some(0) {
+                v.push(format!("{}: not a numeric non-root uid ({uid:?})", c.name));
+            }
+            if ctx.allow_privilege_escalation != Some(false) {
+                v.push(format!("{}: allowPrivilegeEscalation is not false", c.name));
+            }
+            if ctx.privileged == Some(true) {
+                v.push(format!("{}: privileged", c.name));
+            }
+            let caps = ctx.capabilities.unwrap_or_default();
+            if !caps.drop.unwrap_or_default().iter().any(|d| d == "ALL") {
+                v.push(format!("{}: capabilities do not drop ALL", c.name));
+            }
+            if caps.add.unwrap_or_default().iter().any(|a| a != "NET_BIND_SERVICE") {
+                v.push(format!("{}: adds capabilities", c.name));
+            }
+            let seccomp = ctx.seccomp_profile.or(pod_ctx.seccomp_profile.clone()).map(|p| p.type_);
+            if !matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")) {
+                v.push(format!("{}: no seccomp profile", c.name));
+            }
+            if c.ports.iter().flatten().any(|p| p.host_port.is_some()) {
+                v.push(format!("{}: host ports", c.name));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn every_pod_meets_the_restricted_pod_security_profile_with_any_image() {
+        let (valid, _) = fixtures::valid_and_desired();
+        let pods = [
+            head_pod(&valid, &owner()),
+            raylet_pod(&valid, &valid.groups[0], "demo-cpu-abcde", &owner()),
+            // The gpu group's worker container runs python:3.12-slim, whose user is root.
+            raylet_pod(&valid, &valid.groups[1], "demo-gpu-abcde", &owner()),
+        ];
+        for pod in &pods {
+            let v = restricted_violations(pod);
+            assert!(v.is_empty(), "{:?}: {v:?}", pod.metadata.name);
+            let ctx = pod.spec.as_ref().and_then(|s| s.security_context.clone()).expect("pod context");
+            assert_eq!((ctx.run_as_user, ctx.run_as_group, ctx.fs_group), (Some(65532), Some(65532), Some(65532)));
+        }
+        // The check bites: a worker container whose template sets a context of its own
+        // (here: root) keeps it, and is reported.
+        let mut root = valid.clone();
+        let worker = root.groups[1]
+            .template
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers.iter_mut().find(|c| c.name == "worker"))
+            .expect("worker");
+        worker.security_context = Some(SecurityContext { run_as_user: Some(0), ..SecurityContext::default() });
+        let pod = raylet_pod(&root, &root.groups[1], "demo-gpu-abcde", &owner());
+        let v = restricted_violations(&pod);
+        assert!(v.iter().any(|m| m.starts_with("worker: not a numeric non-root uid")), "{v:?}");
+        assert!(v.iter().any(|m| m.starts_with("worker: allowPrivilegeEscalation")), "{v:?}");
     }
 }

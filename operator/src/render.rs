@@ -100,7 +100,7 @@ mod tests {
 
         let err = render("kind: ConfigMap\napiVersion: v1\n", None).expect_err("no cluster");
         assert!(err.contains("no TaskCluster"), "{err}");
-        let bad = yaml.replace("image: ", "image: \"\"\n  ignored: ");
+        let bad = yaml.replacen("  image: ghcr.io/shoal-dev/shoal:0.1.0", "  image: \"\"", 1);
         let err = render(&bad, None).expect_err("invalid");
         assert!(err.contains("spec.image must not be empty"), "{err}");
     }
