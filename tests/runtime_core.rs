@@ -389,3 +389,49 @@ async fn gpu_tasks_see_their_own_devices_in_cuda_visible_devices() {
     let none = c.submit(show(0.0)).await.unwrap();
     assert_eq!(c.get::<String>(&none).await.unwrap(), "[]");
 }
+
+/// A worker someone else started (a pod's worker container, `--worker-mode
+/// external`) gets what a worker the raylet starts finds in its environment:
+/// the raylet's address for nested tasks, the GCS's and the node id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_worker_gets_the_environment_of_its_raylet() {
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let cluster = common::cluster_with(vec![vec!["--worker-mode", "external", "--num-cpus", "2"]]).await;
+    let socket = cluster.session_dir.join("raylet-0.sock");
+    let _workers: Vec<KillOnDrop> = (0..2)
+        .map(|_| {
+            let child = std::process::Command::new(common::binary())
+                .arg("worker")
+                .arg("--raylet-socket")
+                .arg(&socket)
+                .env_remove(shoal::raylet::ENV_ADDRESS)
+                .env_remove("SHOAL_GCS_ADDRESS")
+                .env_remove("SHOAL_NODE_ID")
+                .env_remove(shoal::auth::ENV_TOKEN)
+                .env(shoal::auth::ENV_TOKEN_FILE, cluster.session_dir.join("token"))
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            KillOnDrop(child)
+        })
+        .collect();
+    let c = Client::connect(&cluster.raylets[0].address).await.unwrap();
+    let node = common::node(&cluster, 0);
+    let there = Strategy::NodeAffinity { node, soft: false };
+    let ran_on =
+        tokio::time::timeout(Duration::from_secs(30), whereami(&c, Task::builtin("whereami").strategy(there.clone())))
+            .await
+            .expect("the external workers run tasks");
+    assert_eq!(ran_on, node.to_string(), "SHOAL_NODE_ID is the raylet's");
+    // Nested tasks need SHOAL_ADDRESS: before the welcome they failed with
+    // "SHOAL_ADDRESS is not set: not running under a raylet".
+    let r = c.submit(Task::builtin("spawn_sum").arg(5u64).strategy(there)).await.unwrap();
+    let sum: u64 = tokio::time::timeout(Duration::from_secs(30), c.get(&r)).await.expect("no hang").unwrap();
+    assert_eq!(sum, 10);
+}

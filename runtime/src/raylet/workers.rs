@@ -173,12 +173,21 @@ async fn handle(inner: std::sync::Weak<Inner>, stream: UnixStream) {
             return;
         }
     }
+    let welcome = pb::ToWorker {
+        kind: Some(pb::to_worker::Kind::Welcome(pb::WorkerWelcome {
+            address: inner_now.address.clone(),
+            gcs_address: inner_now.config.gcs_address.clone(),
+            node_id: inner_now.node_id.to_string(),
+        })),
+    };
     drop(inner_now);
     let Ok(id) = WorkerId::from_slice(&hello.worker_id) else {
         tracing::warn!("a worker sent a malformed id; closing it");
         return;
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<pb::ToWorker>();
+    // The welcome goes first: the channel keeps order.
+    let _ = tx.send(welcome);
     // Writer: batch whatever is queued into one write.
     let writer = tokio::spawn(async move {
         let mut out = BytesMut::with_capacity(64 * 1024);

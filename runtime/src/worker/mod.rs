@@ -31,12 +31,13 @@ pub fn run(socket: &Path, worker_id: WorkerId, registry: &Registry) -> std::io::
     serve(socket, worker_id, |task| execute(&mut ctx, registry, task))
 }
 
-/// Connects to the raylet's socket and says hello as `worker_id`, with the
-/// cluster token of the environment (`SHOAL_TOKEN`, set by the raylet, or
-/// `SHOAL_TOKEN_FILE` for an external worker).
-fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, BufWriter<UnixStream>)> {
+/// Connects to the raylet's socket, says hello as `worker_id` with the cluster
+/// token of the environment (`SHOAL_TOKEN`, set by the raylet, or
+/// `SHOAL_TOKEN_FILE` for an external worker), and waits for the raylet's
+/// welcome. Returns the stream's halves and whatever was read past the welcome.
+fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, BufWriter<UnixStream>, BytesMut)> {
     let stream = UnixStream::connect(socket)?;
-    let reader = stream.try_clone()?;
+    let mut reader = stream.try_clone()?;
     let mut writer = BufWriter::with_capacity(256 * 1024, stream);
     let hello = pb::FromWorker {
         kind: Some(pb::from_worker::Kind::Hello(pb::WorkerHello {
@@ -50,7 +51,34 @@ fn connect(socket: &Path, worker_id: WorkerId) -> std::io::Result<(UnixStream, B
     };
     frame::write_blocking(&mut writer, &hello)?;
     writer.flush()?;
-    Ok((reader, writer))
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    match frame::read_blocking::<pb::ToWorker, _>(&mut reader, &mut buf)? {
+        Some(pb::ToWorker { kind: Some(pb::to_worker::Kind::Welcome(w)) }) => welcome(&w),
+        Some(_) => {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the raylet did not welcome this worker"))
+        }
+        None => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the raylet closed the socket after the hello (a wrong or missing cluster token? see SHOAL_TOKEN_FILE)",
+            ))
+        }
+    }
+    Ok((reader, writer, buf))
+}
+
+/// Gives a worker someone else started the environment a worker the raylet starts
+/// has (its address, the GCS's, its node id), so nested tasks, `exec` tasks and
+/// drivers find their raylet. Runs before any thread of the worker loop exists;
+/// what the environment already says wins.
+fn welcome(w: &pb::WorkerWelcome) {
+    for (name, value) in
+        [(crate::raylet::ENV_ADDRESS, &w.address), ("SHOAL_GCS_ADDRESS", &w.gcs_address), ("SHOAL_NODE_ID", &w.node_id)]
+    {
+        if std::env::var_os(name).is_none() && !value.is_empty() {
+            std::env::set_var(name, value);
+        }
+    }
 }
 
 /// The worker protocol with any executor: says hello on the raylet's
@@ -63,8 +91,7 @@ pub fn serve(
     worker_id: WorkerId,
     mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = connect(socket, worker_id)?;
-    let mut buf = BytesMut::with_capacity(256 * 1024);
+    let (mut reader, mut writer, mut buf) = connect(socket, worker_id)?;
     loop {
         let msg: Option<pb::ToWorker> = frame::read_blocking(&mut reader, &mut buf)?;
         let Some(msg) = msg else { return Ok(()) };
@@ -88,10 +115,10 @@ pub fn serve_interruptible(
     mut execute: impl FnMut(pb::ExecuteTask) -> pb::TaskDone,
     interrupt: impl Fn(&[u8], u32) + Send + 'static,
 ) -> std::io::Result<()> {
-    let (mut reader, mut writer) = connect(socket, worker_id)?;
+    let (mut reader, mut writer, buf) = connect(socket, worker_id)?;
     let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<pb::ExecuteTask>>();
     std::thread::Builder::new().name("shoal-worker-reader".into()).spawn(move || {
-        let mut buf = BytesMut::with_capacity(256 * 1024);
+        let mut buf = buf;
         loop {
             let msg = match frame::read_blocking::<pb::ToWorker, _>(&mut reader, &mut buf) {
                 Ok(Some(m)) => m,
@@ -107,7 +134,7 @@ pub fn serve_interruptible(
                     interrupt(&i.task_id, i.attempt);
                     true
                 }
-                None => true,
+                Some(pb::to_worker::Kind::Welcome(_)) | None => true,
             };
             if !sent {
                 return;
