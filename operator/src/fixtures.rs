@@ -47,7 +47,7 @@ fn ready(mut p: PodView) -> PodView {
 // body, and replies. A missing call times the verifier out; an extra call leaves the
 // reconcile waiting for a reply, which times the reconcile out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,28 +145,21 @@ pub(crate) struct Harness {
 
 /// The opening calls of a reconcile when the cluster's token Secret exists.
 pub(crate) fn opening_calls() -> Vec<Call> {
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "demo-token", "namespace": "default"},
-        "data": {"token": base64(TOKEN.as_bytes())}});
+    // ByteString serializes as base64, as the API server sends `data`.
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("demo-token".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("token".to_string(), k8s_openapi::ByteString(TOKEN.as_bytes().to_vec()))])),
+        ..Default::default()
+    };
+    let secret = serde_json::to_value(secret).expect("json");
     vec![
         Call { method: Method::GET, path: SECRET.to_string(), reply: Reply::Json(secret) },
         call(Method::PATCH, NETPOL),
     ]
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 pub(crate) fn harness() -> Harness {

@@ -161,11 +161,9 @@ pub fn desired(cluster: &ValidCluster) -> Desired {
 
 async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Error> {
     let name = tc.name_any();
-    let (Some(namespace), Some(uid), Some(owner)) = (tc.namespace(), tc.uid(), tc.controller_owner_ref(&())) else {
+    let (Some(namespace), Some(uid), Some(owner)) = (tc.namespace(), tc.uid(), owner_ref(tc)) else {
         return Err(Error::IncompleteObject(name));
     };
-    let owner =
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { block_owner_deletion: Some(true), ..owner };
     let key = (namespace.clone(), name.clone());
     if tc.metadata.deletion_timestamp.is_some() {
         // Pods and the Service go with the cluster through their owner references.
@@ -315,6 +313,13 @@ async fn reconcile_cluster(tc: &TaskCluster, ctx: &Context) -> Result<Action, Er
         Some(f) => Err(Error::Replica { cluster: format!("{namespace}/{name}"), message: f.message }),
         None => Ok(Action::requeue(RESYNC_INTERVAL)),
     }
+}
+
+/// The owner reference every object of the cluster carries: controller, and
+/// blocking the owner's deletion until it is gone.
+pub(crate) fn owner_ref(tc: &TaskCluster) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    let owner = tc.controller_owner_ref(&())?;
+    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference { block_owner_deletion: Some(true), ..owner })
 }
 
 /// Records the outcome of a pod create.

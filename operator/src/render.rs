@@ -40,13 +40,8 @@ pub fn render(yaml: &str, operator_namespace: Option<&str>) -> Result<String, St
         }
         let valid = validate::validate(&tc)
             .map_err(|problems| format!("TaskCluster {}: {}", tc.name_any(), problems.join("; ")))?;
-        let owner = tc
-            .controller_owner_ref(&())
-            .map(|o| k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                block_owner_deletion: Some(true),
-                ..o
-            })
-            .ok_or_else(|| format!("TaskCluster {}: no name", tc.name_any()))?;
+        let owner =
+            crate::reconcile::owner_ref(&tc).ok_or_else(|| format!("TaskCluster {}: no name", tc.name_any()))?;
         if valid.head.token.create {
             let token = crate::reconcile::new_token().map_err(|e| format!("drawing a token: {e}"))?;
             push(&mut out, &build::token_secret(&valid, &owner, &token))?;
